@@ -1,0 +1,163 @@
+"""The `aistack` command: thin wrappers that parse arguments and call into the packages.
+
+`--env-file F` works anywhere on the line (`aistack task list --env-file F` too): `main` moves it
+into `AISTACK_ENV_FILE`, so every service this command starts reads the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aistack import __version__
+from aistack.config import ENV_FILE_VARIABLE, ConfigError, Settings, effective_items, env_template, load_settings, resolve_env_file
+
+app = typer.Typer(help="aistack: hand a coding task to a local AI and get back verified work.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or create the stack's .env.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run one service in the foreground.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(serve_app, name="serve")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def settings() -> Settings:
+    """The validated configuration, or exit 2 with the one-line reason."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _root(
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="The .env to use (else $AISTACK_ENV_FILE, else ~/.config/aistack/.env).")
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if env_file:
+        os.environ[ENV_FILE_VARIABLE] = str(env_file.expanduser().absolute())
+    if version:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (secrets masked)."""
+    cfg = settings()
+    table = Table(title=f"aistack config — {resolve_env_file()}")
+    for col in ("variable", "value", "meaning"):
+        table.add_column(col)
+    for name, value, description in effective_items(cfg):
+        table.add_row(name, value, description)
+    console.print(table)
+
+
+@config_app.command("init")
+def config_init(force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False) -> None:
+    """Write a commented .env with every setting and its default."""
+    path = resolve_env_file()
+    if path.exists() and not force:
+        err_console.print(f"✗ {path} exists; use --force to overwrite it")
+        raise typer.Exit(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(env_template())
+    tmp.replace(path)
+    console.print(f"✓ wrote {path}")
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+@serve_app.command("ralph-wiggum")
+def serve_ralph() -> None:
+    """The orchestrator: task API and the loop."""
+    from aistack.ralph_wiggum.app import run
+
+    _run_service(run)
+
+
+@serve_app.command("aider-wrapper")
+def serve_wrapper() -> None:
+    """Runs aider in a workspace for one iteration."""
+    from aistack.aider_wrapper.app import run
+
+    _run_service(run)
+
+
+@serve_app.command("llama-cpp")
+def serve_llama() -> None:
+    """llama.cpp's llama-server with the configured model."""
+    from aistack.llama_cpp.server import run
+
+    _run_service(run)
+
+
+@serve_app.command("dashboard")
+def serve_dashboard() -> None:
+    """The web dashboard."""
+    from aistack.dashboard.app import run
+
+    _run_service(run)
+
+
+def _run_service(run) -> None:
+    cfg = settings()
+    try:
+        code = run(cfg)
+    except ConfigError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code or 0)
+
+
+def _mount(module: str) -> None:
+    """Merge a package's `commands` Typer into the top level (its commands keep their names)."""
+    import importlib
+
+    try:
+        sub = importlib.import_module(module).commands
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return  # that package is not part of this build
+        raise
+    app.registered_commands.extend(sub.registered_commands)
+    app.registered_groups.extend(sub.registered_groups)
+
+
+for _module in (
+    "aistack.ralph_wiggum.commands",
+    "aistack.llama_cpp.commands",
+    "aistack.lifecycle.commands",
+    "aistack.demo",
+):
+    _mount(_module)
+
+
+def main() -> None:
+    """Entry point: lift `--env-file F` from anywhere on the line, then run the app."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--env-file" and i + 1 < len(argv):
+            os.environ[ENV_FILE_VARIABLE] = str(Path(argv[i + 1]).expanduser().absolute())
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--env-file="):
+            os.environ[ENV_FILE_VARIABLE] = str(Path(arg.split("=", 1)[1]).expanduser().absolute())
+            del argv[i]
+            break
+    app(args=argv, prog_name="aistack")

@@ -1,0 +1,28 @@
+"""Confinement: every path a request names must resolve inside one of the allowed roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PathNotAllowed(ValueError):
+    """The path leaves the allowed roots (via `..`, an absolute path elsewhere, or a symlink)."""
+
+
+def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Path | None = None) -> Path:
+    """Resolve `path` (relative to `base`, default the first root) and return it only if the
+    real location lies inside a root. Symlinks are resolved first, so a link pointing out of the
+    root is refused even though its own name lies inside."""
+    if not roots:
+        raise PathNotAllowed("no allowed root is configured")
+    raw = Path(str(path)).expanduser()
+    if "\x00" in str(path):
+        raise PathNotAllowed("path contains a NUL byte")
+    candidate = raw if raw.is_absolute() else (base or roots[0]) / raw
+    real = candidate.resolve(strict=False)
+    for root in roots:
+        real_root = root.expanduser().resolve(strict=False)
+        if real == real_root or real.is_relative_to(real_root):
+            return real
+    shown = ", ".join(str(r) for r in roots)
+    raise PathNotAllowed(f"{path} resolves to {real}, which is outside the allowed root ({shown})")

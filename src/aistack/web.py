@@ -1,0 +1,99 @@
+"""What every aistack HTTP service shares: JSON errors, the API key, and safe binding."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aistack.config import ConfigError
+
+API_KEY_HEADER = "X-API-Key"
+log = logging.getLogger("aistack")
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond this machine without an API key."""
+    if not is_loopback(host) and not api_key:
+        raise ConfigError(
+            f"invalid setting AISTACK_BIND_ADDRESS={host!r}: binding beyond loopback needs RALPH_WIGGUM_API_KEY set"
+        )
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes `{"detail": message, "field": name}`; nothing leaks a traceback."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        field = _field_of(tuple(first.get("loc", ())))
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "json_invalid":
+            return JSONResponse({"detail": "request body is not valid JSON", "field": "body"}, status_code=422)
+        got = first.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        return JSONResponse({"detail": f"{field}: {msg}{shown}", "field": field}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.detail, dict):
+            return JSONResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def http_error(status: int, message: str, field: str | None = None) -> HTTPException:
+    body = {"detail": message}
+    if field:
+        body["field"] = field
+    return HTTPException(status_code=status, detail=body)
+
+
+def require_api_key(app: FastAPI, api_key: str | None, open_paths: tuple[str, ...] = ("/health",)) -> None:
+    """With a key configured, every path but `open_paths` needs it (header or `?api_key=`)."""
+    if not api_key:
+        return
+    expected = api_key.encode()
+
+    @app.middleware("http")
+    async def _check_key(request: Request, call_next):
+        if request.url.path in open_paths:
+            return await call_next(request)
+        given = request.headers.get(API_KEY_HEADER) or request.query_params.get("api_key") or ""
+        auth = request.headers.get("Authorization", "")
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:]
+        if not hmac.compare_digest(given.encode(), expected):
+            return JSONResponse(
+                {"detail": f"missing or wrong API key: send it in the {API_KEY_HEADER} header"}, status_code=401
+            )
+        return await call_next(request)
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    """Run `app` with uvicorn until SIGTERM/SIGINT (graceful shutdown included)."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
