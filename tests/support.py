@@ -1,0 +1,150 @@
+"""Test helpers shared by every suite: free ports, git repos, .env files, real service processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AISTACK = [sys.executable, "-m", "aistack"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_git_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A repository with one commit holding `files` (default: a README)."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@example.com")
+    git(path, "config", "user.name", "test")
+    for name, text in (files or {"README.md": "# sample\n"}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@dataclass
+class StackEnv:
+    """An isolated stack configuration: its own data dir, workspace root, ports and .env file.
+    The cache dir (models, llama-server builds) is shared with the machine on purpose."""
+
+    root: Path
+    values: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / ".env"
+
+    @property
+    def workspace_root(self) -> Path:
+        return Path(self.values["WORKSPACE_ROOT"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["AISTACK_DATA_DIR"])
+
+    def set(self, **values: object) -> StackEnv:
+        for key, value in values.items():
+            self.values[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.values.items()))
+        return self
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.values[service.upper().replace('-', '_') + '_PORT']}"
+
+
+def new_stack_env(root: Path) -> StackEnv:
+    env = StackEnv(root)
+    (root / "workspaces").mkdir(parents=True, exist_ok=True)
+    return env.set(
+        AISTACK_DATA_DIR=root / "data",
+        WORKSPACE_ROOT=root / "workspaces",
+        LLAMA_CPP_HOST="127.0.0.1",
+        AIDER_WRAPPER_HOST="127.0.0.1",
+        RALPH_WIGGUM_HOST="127.0.0.1",
+        DASHBOARD_HOST="127.0.0.1",
+        LLAMA_CPP_PORT=free_port(),
+        AIDER_WRAPPER_PORT=free_port(),
+        RALPH_WIGGUM_PORT=free_port(),
+        DASHBOARD_PORT=free_port(),
+        STARTUP_DEPENDENCY_CHECK=False,
+    )
+
+
+def child_env(env: StackEnv, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child process: only the .env file configures it, not the caller's variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RALPH_", "AIDER_", "LLAMA_CPP_", "AISTACK_", "WORKSPACE_"))}
+    base.update({"AISTACK_ENV_FILE": str(env.env_file), "PYTHONUNBUFFERED": "1"})
+    base.update(extra or {})
+    return base
+
+
+class ServiceProcess:
+    """`aistack serve NAME` as a real child process in its own process group."""
+
+    def __init__(self, name: str, env: StackEnv, extra_env: dict[str, str] | None = None):
+        self.name, self.env = name, env
+        self.log_path = env.root / f"{name}.{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*AISTACK, "serve", name],
+            env=child_env(env, extra_env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.env.url(self.name)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, timeout: float = 60, path: str = "/health") -> ServiceProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not healthy after {timeout}s:\n{self.log()[-4000:]}")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return self.proc.returncode
