@@ -1,0 +1,38 @@
+"""Process plumbing shared by the build and the supervisor: children that die with us, file locks."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the kernel send `sig` to the child when this process dies,
+    however it dies (even `kill -9`), so no orphan keeps a port or a CPU busy. None off Linux."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: never load libraries after fork
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` (processes building the same file wait for each other)."""
+    with path.with_name(path.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

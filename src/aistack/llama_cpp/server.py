@@ -1,0 +1,128 @@
+"""`aistack serve llama-cpp`: run llama.cpp's `llama-server` as a supervised child process.
+
+The supervisor prepares the model and the binary, then execs nothing itself: llama-server serves
+the API (and its native `/health`: 503 while loading, 200 when ready) directly on the configured
+port. Its log goes straight to our stdout; SIGTERM/SIGINT are forwarded once (llama-server shuts
+down gracefully on the first one), and the kernel kills it if the supervisor dies any other way.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aistack.config import ConfigError, Settings
+from aistack.llama_cpp import SetupError
+from aistack.llama_cpp.engine import ensure_server_bin
+from aistack.llama_cpp.models import ensure_model
+from aistack.llama_cpp.process import die_with_parent
+from aistack.web import check_bind
+
+# How long llama-server may take to shut down after a forwarded signal before it is killed.
+STOP_GRACE_SECONDS = 20.0
+
+
+def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
+    """The llama-server command line for these settings."""
+    threads = settings.llama_cpp_threads or os.cpu_count() or 1
+    cmd = [
+        str(binary),
+        "--model", str(model),
+        "--alias", settings.llama_cpp_model_alias,
+        "--host", settings.aistack_bind_address,
+        "--port", str(settings.llama_cpp_port),
+        # llama-server splits the context evenly across its slots: give each slot the configured size.
+        "--ctx-size", str(settings.llama_cpp_context_size * settings.llama_cpp_parallel),
+        "--parallel", str(settings.llama_cpp_parallel),
+        "--threads", str(threads),
+        "--cache-reuse", str(settings.llama_cpp_cache_reuse),
+        "--jinja",  # use the chat template the GGUF carries
+        "--log-colors", "off",
+    ]  # fmt: skip
+    if settings.llama_cpp_metrics:
+        cmd.append("--metrics")
+    return cmd
+
+
+def run(settings: Settings) -> int:
+    """Prepare model and binary, then run llama-server until it exits; return its exit code."""
+    check_bind(settings.aistack_bind_address, _api_key(settings))
+    _check_port_free(settings.aistack_bind_address, settings.llama_cpp_port)
+    # Until the child runs, a SIGTERM ends us through SystemExit, so temp files get cleaned up.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        model = ensure_model(settings)
+        binary = ensure_server_bin(settings)
+    except SetupError as exc:
+        print(f"✗ {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    cmd = server_command(settings, binary, model)
+    print(f"llama-cpp: {shlex.join(cmd)}", flush=True)
+    return supervise(cmd)
+
+
+def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
+    """Run `cmd` as a child that shares our stdout; forward SIGTERM/SIGINT; return its exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,  # llama-server logs to stderr; the service's log is its stdout
+        # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )
+    stop_requested: float | None = None
+
+    def forward(signum: int, _frame) -> None:
+        nonlocal stop_requested
+        stop_requested = stop_requested or time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_requested and time.monotonic() - stop_requested > grace:
+                    print(f"llama-cpp: llama-server did not stop within {grace:.0f}s; killing it", flush=True)
+                    proc.kill()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
+
+
+def _api_key(settings: Settings) -> str | None:
+    key = settings.ralph_wiggum_api_key
+    return key.get_secret_value() if key else None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before the (possibly long) set-up if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"invalid setting LLAMA_CPP_PORT={port}: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
