@@ -1,0 +1,271 @@
+"""`aistack preflight | up | down | status | logs | deploy | rollback` — merged into the top-level CLI."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aistack import preflight as preflight_checks
+from aistack.config import ConfigError, Settings, load_settings
+from aistack.lifecycle import health
+from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
+from aistack.lifecycle.process import ProcessRuntime, exclusive
+from aistack.lifecycle.services import SERVICES, get, installed_source_root
+
+commands = typer.Typer()
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RuntimeName(str, Enum):
+    process = "process"
+    podman = "podman"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _selected(names: list[str] | None) -> list[str]:
+    """The named services in start order (all when none is named); an unknown name exits 2."""
+    for name in names or []:
+        if name not in SERVICES:
+            err_console.print(f"✗ unknown service {name!r}: allowed: {', '.join(SERVICES)}")
+            raise typer.Exit(2)
+    return [name for name in SERVICES if not names or name in names]
+
+
+def _in_build(rt: ProcessRuntime, name: str) -> bool:
+    release = rt.releases.state(name).current
+    return get(name).present_in(rt.releases.dir(name, release) or installed_source_root())
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _print_log_tail(name: str, text: str) -> None:
+    if text.strip():
+        err_console.print(f"[bold]last lines of {name}'s log:[/bold]")
+        err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+ServicesArg = Annotated[list[str] | None, typer.Argument(help="Services (default: the whole stack).", show_default=False)]
+
+
+@commands.command()
+def preflight(
+    timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 2.0,
+) -> None:
+    """Check every service of the stack: reachable, ready, latency, and what to do if not."""
+    cfg = _settings()
+    results = preflight_checks.check_all(cfg, timeout)
+    table = Table(title="aistack pre-flight")
+    for col in ("service", "URL", "reachable", "ready", "latency", "what to do"):
+        table.add_column(col)
+    yes_no = lambda ok: "[green]yes[/green]" if ok else "[red]no[/red]"  # noqa: E731
+    for r in results:
+        latency = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else "-"
+        table.add_row(r.service, r.url, yes_no(r.reachable), yes_no(r.ready) + f" ({r.detail})", latency, r.advice)
+    console.print(table)
+    raise typer.Exit(0 if all(r.ready for r in results) else 1)
+
+
+@commands.command()
+def up(
+    services: ServicesArg = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for each /health (default per service).")] = None,
+) -> None:
+    """Start the stack in the background in dependency order and wait until each is healthy."""
+    cfg = _settings()
+    rt = ProcessRuntime(cfg)
+    started: list[str] = []
+    table = Table(title="aistack up")
+    for col in ("service", "URL", "state", "pid", "release", "took"):
+        table.add_column(col)
+    with exclusive(cfg):
+        for name in _selected(services):
+            svc = get(name)
+            if not _in_build(rt, name):
+                table.add_row(name, cfg.url(name), "[dim]skipped: not in this build[/dim]", "-", "-", "-")
+                continue
+            record = rt.running(name)
+            if record is None and rt.port_taken_by_other(name):
+                _fail_up(rt, name, started, f"port {cfg.port(name)} is in use by another program", "")
+            t0 = time.monotonic()
+            fresh = record is None
+            with console.status(f"starting {name} (waiting for {cfg.url(name)}/health)…"):
+                if fresh:
+                    record = rt.start(name, rt.releases.state(name).current)
+                    started.append(name)
+                result = rt.wait_healthy(record, timeout or svc.start_timeout + cfg.startup_timeout_seconds)
+            if not result.ready:
+                _fail_up(rt, name, started, result.detail, rt.log_tail(name, 20, since=record.log_offset))
+            state = f"[green]{result.state}[/green]" if result.state == "healthy" else f"[yellow]{result.state}[/yellow]"
+            took = f"{time.monotonic() - t0:.1f} s" if fresh else "already running"
+            table.add_row(name, cfg.url(name), state, str(record.pid), record.release, took)
+    console.print(table)
+
+
+def _fail_up(rt: ProcessRuntime, name: str, started: list[str], why: str, tail: str) -> None:
+    err_console.print(f"[red]✗[/red] {name} did not start: {why}", highlight=False, soft_wrap=True)
+    _print_log_tail(name, tail)
+    for other in reversed(started):  # leave nothing half-started
+        if rt.stop(other):
+            err_console.print(f"  stopped {other}")
+    raise typer.Exit(1)
+
+
+@commands.command()
+def down(
+    services: ServicesArg = None,
+    timeout: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
+) -> None:
+    """Stop the stack in reverse order: SIGTERM, then SIGKILL after --timeout."""
+    cfg = _settings()
+    rt = ProcessRuntime(cfg)
+    with exclusive(cfg):
+        for name in reversed(_selected(services)):
+            record = rt.stop(name, timeout)
+            if record:
+                console.print(f"✓ stopped {name} (pid {record.pid}, up {_uptime(record.uptime())})")
+            else:
+                console.print(f"[dim]· {name} was not running[/dim]")
+
+
+@commands.command()
+def status() -> None:
+    """Service, URL, health, pid, uptime and release of each service; exit 0 only if all are healthy."""
+    cfg = _settings()
+    rt = ProcessRuntime(cfg)
+    table = Table(title="aistack status")
+    for col in ("service", "URL", "health", "pid", "uptime", "release"):
+        table.add_column(col)
+    all_healthy = True
+    for name in SERVICES:
+        if not _in_build(rt, name):
+            table.add_row(name, cfg.url(name), "[dim]not in this build[/dim]", "-", "-", "-")
+            continue
+        record = rt.running(name)
+        result = health.check(cfg, name)
+        all_healthy &= result.state == "healthy"
+        colour = {"healthy": "green", "degraded": "yellow", "loading": "yellow"}.get(result.state, "red")
+        table.add_row(
+            name,
+            cfg.url(name),
+            f"[{colour}]{result.state}[/{colour}] ({result.detail})",
+            str(record.pid) if record else "-",
+            _uptime(record.uptime()) if record else "-",
+            record.release if record else rt.releases.state(name).current,
+        )
+    console.print(table)
+    raise typer.Exit(0 if all_healthy else 1)
+
+
+@commands.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="llama-cpp, aider-wrapper, ralph-wiggum or dashboard.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many of the last lines to print first.")] = 50,
+) -> None:
+    """Print a service's log (the background process's output)."""
+    _selected([service])
+    rt = ProcessRuntime(_settings())
+    path = rt.log_file(service)
+    if not path.exists():
+        err_console.print(f"✗ no log for {service} yet ({path})")
+        raise typer.Exit(1)
+    with path.open("rb") as f:
+        text = f.read().decode(errors="replace")
+        if lines:
+            print("\n".join(text.splitlines()[-lines:]), flush=True)
+        while follow:
+            chunk = f.read()
+            if chunk:
+                print(chunk.decode(errors="replace"), end="", flush=True)
+            else:
+                time.sleep(0.3)
+
+
+def _report(result: DeployResult) -> None:
+    if result.ok:
+        console.print(f"[green]✓[/green] {result.message} ({result.duration_s:.1f} s)", highlight=False, soft_wrap=True)
+        return
+    err_console.print(f"[red]✗[/red] {result.action} of {result.service} {result.outcome}: {result.message}",
+                      highlight=False, soft_wrap=True)
+    if result.serving is None:
+        err_console.print(f"  {result.service} is not running", highlight=False)
+    _print_log_tail(f"release {result.version}", result.log_tail)
+    raise typer.Exit(1)
+
+
+@commands.command()
+def deploy(
+    service: Annotated[str | None, typer.Argument(help="The service to deploy.", show_default=False)] = None,
+    runtime: Annotated[RuntimeName, typer.Option(help="process or podman.")] = RuntimeName.process,
+    source: Annotated[Path | None, typer.Option(help="Project tree to release (default: the one this command runs from).")] = None,
+    health_timeout: Annotated[float | None, typer.Option(help="Seconds the new release has to answer /health 200.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="List past deploys and exit.")] = False,
+) -> None:
+    """Deploy SERVICE from the source tree: validate, build, back up, start, verify, or roll back."""
+    cfg = _settings()
+    if history:
+        _print_history(cfg, service)
+        return
+    if service is None:
+        err_console.print("✗ missing SERVICE: allowed: " + ", ".join(SERVICES))
+        raise typer.Exit(2)
+    _selected([service])
+    if runtime is RuntimeName.podman:
+        from aistack.lifecycle.podman import PodmanDeployer
+
+        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
+    else:
+        deployer = Deployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
+    with exclusive(cfg):
+        result = deployer.deploy(service, source, health_timeout)
+    _report(result)
+
+
+@commands.command()
+def rollback(
+    service: Annotated[str, typer.Argument(help="The service to return to its previous release.")],
+    runtime: Annotated[RuntimeName, typer.Option(help="process or podman.")] = RuntimeName.process,
+) -> None:
+    """Return SERVICE to the release it ran before the current one."""
+    cfg = _settings()
+    _selected([service])
+    if runtime is RuntimeName.podman:
+        from aistack.lifecycle.podman import PodmanDeployer
+
+        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
+    else:
+        deployer = Deployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
+    with exclusive(cfg):
+        result = deployer.rollback(service)
+    _report(result)
+
+
+def _print_history(cfg: Settings, service: str | None) -> None:
+    entries = read_history(cfg, service)
+    table = Table(title="aistack deploys")
+    for col in ("when (UTC)", "service", "action", "outcome", "release", "previous", "serving", "took", "message"):
+        table.add_column(col)
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("started_at", 0)))
+        table.add_row(when, e.get("service", ""), e.get("action", ""), e.get("outcome", ""), str(e.get("version") or "-"),
+                      str(e.get("previous") or "-"), str(e.get("serving") or "-"), f"{e.get('duration_s', 0):.1f} s",
+                      e.get("message", ""))
+    console.print(table)

@@ -1,0 +1,226 @@
+"""The process runtime: each service is `python -m aistack serve NAME` in its own process group,
+started in the background with a pid file and a log file under the data dir.
+
+A pid file records the process's start time (from /proc), so a pid that the kernel has since
+handed to another program is recognised as stale and never signalled.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aistack.config import Settings
+from aistack.lifecycle import health
+from aistack.lifecycle.releases import INSTALLED, Releases
+from aistack.lifecycle.services import get
+
+
+@dataclass
+class ProcessRecord:
+    """What a pid file holds."""
+
+    service: str
+    pid: int
+    starttime: int  # clock ticks after boot (/proc/PID/stat field 22): pid + starttime name one process
+    cmdline: list[str]
+    release: str
+    started_at: float  # wall clock, for uptime
+    log_path: str
+    log_offset: int  # where this run's output starts in the log
+
+    def uptime(self) -> float:
+        return max(0.0, time.time() - self.started_at)
+
+
+def proc_starttime(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has exited; it only waits to be reaped
+        return None
+    return int(fields[19])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (a bind attempt, as the service would make)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.run_dir = settings.aistack_data_dir / "run"
+        self.logs_dir = settings.logs_dir
+        self.releases = Releases(settings, "process")
+        self._children: dict[int, subprocess.Popen] = {}  # processes this command started, to reap them
+
+    # --- pid files --------------------------------------------------------------------------------
+
+    def pid_file(self, service: str) -> Path:
+        return self.run_dir / f"{service}.pid.json"
+
+    def log_file(self, service: str) -> Path:
+        return self.logs_dir / f"{service}.log"
+
+    def _read(self, service: str) -> ProcessRecord | None:
+        try:
+            return ProcessRecord(**json.loads(self.pid_file(service).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def is_alive(self, record: ProcessRecord) -> bool:
+        """The recorded process still runs — the same process, not a later one with the same pid."""
+        child = self._children.get(record.pid)
+        if child is not None and child.poll() is not None:
+            return False
+        return proc_starttime(record.pid) == record.starttime
+
+    def running(self, service: str) -> ProcessRecord | None:
+        """The live process of `service`, or None (a stale pid file is removed, nothing is signalled)."""
+        record = self._read(service)
+        if record is None:
+            self.pid_file(service).unlink(missing_ok=True)
+            return None
+        if not self.is_alive(record):
+            self.pid_file(service).unlink(missing_ok=True)
+            return None
+        return record
+
+    def exit_code(self, record: ProcessRecord) -> int | None:
+        child = self._children.get(record.pid)
+        return child.poll() if child is not None else None
+
+    # --- start / stop -----------------------------------------------------------------------------
+
+    def start(self, service: str, release: str = INSTALLED) -> ProcessRecord:
+        """Start `release` of `service` in the background (does not wait for health)."""
+        svc = get(service)
+        release_dir = self.releases.dir(service, release)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if release_dir is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(release_dir), os.environ.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, *svc.command]
+        log_path = self.log_file(service)
+        with log_path.open("ab") as log:
+            offset = log.tell()
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service} release {release}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                cwd=release_dir or self.settings.aistack_data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: `stop` reaches its children too
+            )
+        self._children[proc.pid] = proc
+        starttime = proc_starttime(proc.pid) or 0
+        record = ProcessRecord(service, proc.pid, starttime, cmd, release, time.time(), str(log_path), offset)
+        tmp = self.pid_file(service).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record)))
+        os.replace(tmp, self.pid_file(service))
+        return record
+
+    def stop(self, service: str, timeout: float = 10.0) -> ProcessRecord | None:
+        """SIGTERM to the service's process group, SIGKILL after `timeout`. Returns what was stopped."""
+        record = self.running(service)
+        if record is None:
+            return None
+        self._signal(record, signal.SIGTERM)
+        if not self._wait_group_gone(record, timeout):
+            self._signal(record, signal.SIGKILL)
+            self._wait_group_gone(record, 5.0)
+        self.pid_file(service).unlink(missing_ok=True)
+        return record
+
+    def _signal(self, record: ProcessRecord, sig: int) -> None:
+        try:
+            if self.is_alive(record) or self._group_exists(record.pid):
+                os.killpg(record.pid, sig)  # pgid == pid: it was started in a new session
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _group_exists(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _wait_group_gone(self, record: ProcessRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child = self._children.get(record.pid)
+            if child is not None:
+                child.poll()  # reap it, or its zombie keeps the group alive
+            if not self.is_alive(record) and not self._group_exists(record.pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    # --- health and logs --------------------------------------------------------------------------
+
+    def wait_healthy(self, record: ProcessRecord, timeout: float) -> health.Health:
+        """Poll /health until it answers 200, the process exits, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = health.check(self.settings, record.service)
+            if result.ready:
+                return result
+            if not self.is_alive(record):
+                code = self.exit_code(record)
+                return health.Health("exited", f"the process exited{f' with status {code}' if code is not None else ''}")
+            if time.monotonic() >= deadline:
+                return health.Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
+            time.sleep(0.2)
+
+    def log_tail(self, service: str, lines: int = 20, since: int = 0) -> str:
+        path = self.log_file(service)
+        try:
+            with path.open("rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def port_taken_by_other(self, service: str) -> bool:
+        """The service's port is in use but not by its recorded process."""
+        return self.running(service) is None and port_in_use(self.settings.aistack_bind_address, self.settings.port(service))
+
+
+@contextmanager
+def exclusive(settings: Settings) -> Iterator[None]:
+    """One `up`/`down`/`deploy`/`rollback` at a time per data dir."""
+    run_dir = settings.aistack_data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "lifecycle.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
