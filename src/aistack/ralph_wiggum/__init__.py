@@ -1,0 +1,1 @@
+"""ralph-wiggum: the orchestrator service (task API, the loop, durable state)."""

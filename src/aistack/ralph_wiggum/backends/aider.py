@@ -1,0 +1,101 @@
+"""`aider` backend: an HTTP client of the aider-wrapper service (`POST /api/execute`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from aistack.contracts import BackendHealth, ExecuteRequest, ExecuteResult
+from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
+
+log = logging.getLogger("aistack.ralph")
+HEALTH_POLL_SECONDS = 5.0
+
+
+class AiderBackend:
+    name = "aider"
+
+    def __init__(self, base_url: str, api_key: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None))
+        self._reachable: bool | None = None
+        self._detail: str | None = "not checked yet"
+        self._poller: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Poll the wrapper's health in the background, so `health()` never waits on it."""
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await self.refresh_health()
+            await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+    async def refresh_health(self) -> None:
+        try:
+            resp = await self._client.get("/health", timeout=2.0)
+            self._reachable = resp.status_code == 200
+            self._detail = None if self._reachable else f"/health answered {resp.status_code}"
+        except httpx.HTTPError as exc:
+            self._reachable, self._detail = False, f"unreachable: {type(exc).__name__}"
+
+    def health(self) -> BackendHealth:
+        return BackendHealth(name=self.name, available=True, reachable=self._reachable, url=self.base_url, detail=self._detail)
+
+    async def run(self, request: IterationRequest) -> IterationResult:
+        run_id = f"{request.task_id}-{request.iteration}"
+        body = ExecuteRequest(
+            prompt=request.prompt,
+            workspace=str(request.worktree),
+            files=list(request.context.get("files", [])),
+            read_only_files=list(request.context.get("read_only_files", [])),
+            timeout_seconds=max(1, int(request.timeout_seconds)),
+            iteration=request.iteration,
+            context=request.context,
+            run_id=run_id,
+        )
+        where = f"aider-wrapper at {self.base_url}"
+        try:
+            resp = await self._client.post("/api/execute", json=body.model_dump(), timeout=httpx.Timeout(10.0, read=request.timeout_seconds + 30))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel(run_id))
+            raise
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout, httpx.RemoteProtocolError) as exc:
+            self._reachable = False
+            return IterationResult("error", "", f"{where} unreachable: {type(exc).__name__}", transient=True)
+        except httpx.HTTPError as exc:
+            return IterationResult("error", "", f"{where} failed: {exc}", transient=True)
+        if resp.status_code in (409, 429, 502, 503, 504):
+            return IterationResult("error", "", f"{where} answered {resp.status_code}: {_detail(resp)}", transient=True)
+        if resp.status_code != 200:
+            return IterationResult("error", "", f"{where} refused the run ({resp.status_code}): {_detail(resp)}")
+        result = ExecuteResult.model_validate(resp.json())
+        return IterationResult(
+            status=result.status,
+            output=result.output,
+            error=result.error,
+            exit_code=result.exit_code,
+            transient=result.transient,
+            tokens=result.tokens,
+        )
+
+    async def _cancel(self, run_id: str) -> None:
+        try:
+            await self._client.post(f"/api/runs/{run_id}/cancel", timeout=2.0)
+        except httpx.HTTPError as exc:
+            log.warning("could not cancel aider run %s: %s", run_id, exc)
+
+    async def aclose(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+        await self._client.aclose()
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail", resp.text))[:300]
+    except ValueError:
+        return resp.text[:300]

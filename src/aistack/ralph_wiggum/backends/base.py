@@ -1,0 +1,43 @@
+"""The one small interface every agent backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from aistack.contracts import BackendHealth, TokenCounts
+
+
+@dataclass(frozen=True)
+class IterationRequest:
+    task_id: str
+    iteration: int
+    prompt: str  # the task's prompt, with the last failed check's output appended when there is one
+    worktree: Path
+    timeout_seconds: float
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    status: Literal["success", "error"]
+    output: str
+    error: str | None = None
+    exit_code: int | None = None
+    transient: bool = False  # the backend's service was unreachable/busy: the attempt does not count
+    tokens: TokenCounts = field(default_factory=TokenCounts)
+
+
+class Backend(Protocol):
+    """Runs one iteration in a worktree. Cancelling `run` must end everything it started."""
+
+    name: str
+
+    async def run(self, request: IterationRequest) -> IterationResult: ...
+
+    def health(self) -> BackendHealth:
+        """Last known health; must answer at once (no I/O)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,39 @@
+"""`command` backend: any CLI agent. Runs RALPH_COMMAND_BACKEND in the worktree each iteration."""
+
+from __future__ import annotations
+
+import os
+
+from aistack.contracts import BackendHealth
+from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
+from aistack.ralph_wiggum.proc import run_shell
+
+
+class CommandBackend:
+    """The prompt arrives on stdin and in $AISTACK_PROMPT, the iteration number in
+    $AISTACK_ITERATION; stdout and stderr together are the reply; exit 0 is success."""
+
+    name = "command"
+
+    def __init__(self, command: str):
+        self.command = command
+
+    async def run(self, request: IterationRequest) -> IterationResult:
+        env = {
+            **os.environ,
+            "AISTACK_PROMPT": request.prompt,
+            "AISTACK_ITERATION": str(request.iteration),
+            "AISTACK_TASK_ID": request.task_id,
+        }
+        result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds)
+        if result.timed_out:
+            return IterationResult("error", result.output, f"command timed out after {request.timeout_seconds:.0f} s")
+        if result.exit_code != 0:
+            return IterationResult("error", result.output, f"command exited with {result.exit_code}", exit_code=result.exit_code)
+        return IterationResult("success", result.output, exit_code=0)
+
+    def health(self) -> BackendHealth:
+        return BackendHealth(name=self.name, available=True, reachable=None, detail=self.command)
+
+    async def aclose(self) -> None:
+        return None
