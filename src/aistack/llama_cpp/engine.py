@@ -116,8 +116,11 @@ def download_sdist(into: Path, log) -> Path:
 def unpack_source(sdist: Path, into: Path) -> Path:
     """Unpack the sdist (with tarfile's safe `data` filter) and return its llama.cpp tree."""
     into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(sdist) as tar:
-        tar.extractall(into, filter="data")
+    try:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise SetupError(f"cannot unpack {sdist.name}: {exc}") from None
     tops = [p for p in into.iterdir() if (p / SOURCE_SUBDIR / "CMakeLists.txt").is_file()]
     if not tops:
         raise SetupError(f"{sdist.name} has no {SOURCE_SUBDIR}/CMakeLists.txt")

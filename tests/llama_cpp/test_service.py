@@ -1,0 +1,119 @@
+"""`aistack serve llama-cpp` as a real process tree: supervisor → llama-server with the SmolLM2 model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import AISTACK, child_env
+
+SMOL = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "2048", "LLAMA_CPP_PARALLEL": "2"}
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def exe_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/exe").resolve().name
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(condition, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def llama_child(supervisor_pid: int) -> int:
+    kids = [k for k in children(supervisor_pid) if exe_name(k) == "llama-server"]
+    assert len(kids) == 1, f"expected one llama-server child, got {kids}"
+    return kids[0]
+
+
+@pytest.mark.e2e
+def test_serves_the_openai_api_and_stops_cleanly_on_sigterm(stack_env, services):
+    stack_env.set(**SMOL)
+    port = int(stack_env.values["LLAMA_CPP_PORT"])
+    svc = services("llama-cpp", stack_env, timeout=180)
+    child = llama_child(svc.proc.pid)
+
+    health = httpx.get(svc.url + "/health", timeout=5)
+    assert health.json() == {"status": "ok"}
+    listed = httpx.get(svc.url + "/v1/models", timeout=5).json()
+    assert [m["id"] for m in listed["data"]] == ["local-coder"]
+
+    reply = httpx.post(
+        svc.url + "/v1/chat/completions",
+        json={"model": "local-coder", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
+        timeout=120,
+    ).json()
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+    assert reply["choices"][0]["message"]["content"].strip()
+    assert 1 <= reply["usage"]["completion_tokens"] <= 8
+    assert reply["usage"]["prompt_tokens"] > 3  # the chat template wrapped the message
+
+    metrics = httpx.get(svc.url + "/metrics", timeout=5).text
+    tokens = [line for line in metrics.splitlines() if line.startswith("llamacpp:prompt_tokens_total")]
+    assert tokens and float(tokens[0].split()[-1]) >= reply["usage"]["prompt_tokens"]
+
+    assert svc.stop() == 0  # SIGTERM to the supervisor's group; forwarded, graceful
+    assert wait_until(lambda: not alive(child))
+    assert not listening(port)
+    assert "llama-server" in svc.log() and "--alias local-coder" in svc.log()
+
+
+@pytest.mark.e2e
+def test_kill_9_of_the_supervisor_leaves_no_llama_server(stack_env, services):
+    stack_env.set(**SMOL)
+    port = int(stack_env.values["LLAMA_CPP_PORT"])
+    svc = services("llama-cpp", stack_env, timeout=180)
+    child = llama_child(svc.proc.pid)
+    assert listening(port)
+    svc.kill9()  # SIGKILL reaches only the supervisor: llama-server runs in its own session
+    assert wait_until(lambda: not alive(child)), "llama-server outlived its supervisor"
+    assert wait_until(lambda: not listening(port))
+
+
+def test_bad_model_file_stops_with_one_line(stack_env, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model\n")
+    stack_env.set(LLAMA_CPP_MODEL_FILE=bad)
+    done = subprocess.run([*AISTACK, "serve", "llama-cpp"], env=child_env(stack_env), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "LLAMA_CPP_MODEL_FILE" in lines[0] and "not a GGUF model" in lines[0] and "Traceback" not in done.stderr
+    assert done.stdout == ""
