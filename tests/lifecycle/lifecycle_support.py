@@ -1,0 +1,22 @@
+"""Helpers of the lifecycle suites."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from support import AISTACK, StackEnv, child_env
+
+# The smallest bundled model keeps llama-cpp's start to about a second.
+SMALL_LLAMA = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "1024", "LLAMA_CPP_THREADS": "1"}
+
+
+def aistack(env: StackEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `aistack` command against `env`'s .env; output is captured as text."""
+    return subprocess.run(
+        [*AISTACK, *args], env=child_env(env, {"COLUMNS": "200"}), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def pid_files(env: StackEnv) -> list[Path]:
+    return sorted((env.data_dir / "run").glob("*.pid.json"))

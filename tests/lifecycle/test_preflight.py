@@ -1,0 +1,137 @@
+"""Pre-flight checks against real sockets and real HTTP servers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from aistack import preflight
+from aistack.config import Settings
+from lifecycle_support import aistack
+from support import free_port
+
+
+def settings_for(llama_port: int, **overrides) -> Settings:
+    values = {"llama_cpp_host": "127.0.0.1", "llama_cpp_port": llama_port, "startup_timeout_seconds": 3, **overrides}
+    return Settings(_env_file=None, **values)
+
+
+class Health(BaseHTTPRequestHandler):
+    """/health answers 503 ("loading") until `ready_at` (monotonic), then 200."""
+
+    ready_at = 0.0
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        code = 200 if time.monotonic() >= self.ready_at else 503
+        body = b'{"status": "ok"}' if code == 200 else b'{"status": "loading model"}'
+        self.send_response(code if self.path == "/health" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    """A real HTTP server on a free port; `start(ready_after=s)` makes /health 503 for `s` seconds."""
+    servers = []
+
+    def start(ready_after: float = 0.0, port: int | None = None) -> int:
+        handler = type("H", (Health,), {"ready_at": time.monotonic() + ready_after})
+        server = ThreadingHTTPServer(("127.0.0.1", port or 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("timeout", [2, 4])
+def test_fail_fast_exits_1_after_the_timeout(capsys, timeout):
+    settings = settings_for(free_port(), startup_timeout_seconds=timeout)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        preflight.before_serve(settings, "aider-wrapper")
+    took = time.monotonic() - started
+    assert exc.value.code == 1
+    assert timeout - 1 <= took <= timeout + 1
+    err = capsys.readouterr().err
+    assert f"✗ llama-cpp at {settings.url('llama-cpp')} not reachable after {timeout} s" in err
+    assert err.strip().endswith("— exiting")
+
+
+def test_without_fail_fast_it_warns_and_continues(capsys):
+    settings = settings_for(free_port(), startup_fail_fast=False)
+    started = time.monotonic()
+    preflight.before_serve(settings, "aider-wrapper")  # returns: the service starts degraded
+    assert 2 <= time.monotonic() - started <= 4
+    err = capsys.readouterr().err
+    assert "⚠ llama-cpp at" in err and "not reachable after 3 s" in err and err.strip().endswith("— continuing")
+
+
+def test_disabled_check_does_nothing(capsys):
+    settings = settings_for(free_port(), startup_dependency_check=False)
+    started = time.monotonic()
+    preflight.before_serve(settings, "aider-wrapper")
+    assert time.monotonic() - started < 0.5
+    assert capsys.readouterr().err == ""
+
+
+def test_a_loading_dependency_is_waited_for(health_server, capsys):
+    port = health_server(ready_after=2.5)
+    settings = settings_for(port, startup_timeout_seconds=10)
+    assert preflight.probe("llama-cpp", settings.url("llama-cpp")).detail == "HTTP 503 (loading)"
+    started = time.monotonic()
+    preflight.before_serve(settings, "aider-wrapper")
+    assert 2.0 <= time.monotonic() - started <= 5.0  # a retry every 2 s
+    assert f"✓ llama-cpp is reachable at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_dependency_that_stays_loading_is_not_ready(health_server, capsys):
+    port = health_server(ready_after=60)
+    with pytest.raises(SystemExit):
+        preflight.before_serve(settings_for(port), "aider-wrapper")
+    assert "not ready after 3 s (HTTP 503 (loading)) — exiting" in capsys.readouterr().err
+
+
+def test_a_dependency_that_appears_later_is_found(health_server, capsys):
+    port = free_port()
+    threading.Timer(1.0, health_server, kwargs={"port": port}).start()
+    preflight.before_serve(settings_for(port, startup_timeout_seconds=8), "aider-wrapper")
+    assert "✓ llama-cpp is reachable" in capsys.readouterr().err
+
+
+def test_urls_come_from_settings_not_localhost():
+    with socket.socket() as s:  # an address on loopback other than 127.0.0.1 proves the host is read
+        s.bind(("127.0.0.2", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        settings = Settings(_env_file=None, llama_cpp_host="127.0.0.2", llama_cpp_port=port)
+        result = preflight.probe("llama-cpp", settings.url("llama-cpp"), timeout=1)
+    assert result.url == f"http://127.0.0.2:{port}" and result.reachable
+
+
+def test_unready_dependencies_for_a_degraded_health(health_server):
+    assert preflight.unready_dependencies(settings_for(free_port()), "aider-wrapper") == ["llama-cpp"]
+    assert preflight.unready_dependencies(settings_for(health_server()), "aider-wrapper") == []
+    assert preflight.unready_dependencies(settings_for(free_port()), "llama-cpp") == []
+
+
+def test_preflight_command_prints_a_table_and_fails_when_something_is_down(stack, services):
+    services("llama-cpp", stack, timeout=120)
+    result = aistack(stack, "preflight")
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    assert "HTTP 200" in rows["llama-cpp"] and stack.url("llama-cpp") in rows["llama-cpp"]
+    assert "connection refused" in rows["ralph-wiggum"] and "aistack up" in rows["ralph-wiggum"]
+    assert "RALPH_WIGGUM_HOST" in rows["ralph-wiggum"]
