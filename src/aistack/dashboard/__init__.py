@@ -1,0 +1,1 @@
+"""The web dashboard: `aistack serve dashboard` (see `app.create_app` and `app.run`)."""

@@ -1,0 +1,102 @@
+// Live parts of the dashboard: periodic refresh of server-rendered fragments, and a task's
+// event stream (same-origin relay) that re-renders the task as it changes. No build step.
+"use strict";
+
+// Replace a container's HTML with a fresh fragment, keeping which <details> were open and
+// any diff already loaded, so a refresh never collapses what the reader has opened.
+async function refreshFragment(container, url) {
+  const response = await fetch(url, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+  if (response.status === 401) { window.location.reload(); return false; }
+  const html = await response.text();
+  const open = new Set([...container.querySelectorAll("details[open][id]")].map((d) => d.id));
+  const closed = new Set([...container.querySelectorAll("details[id]:not([open])")].map((d) => d.id));
+  const loaded = new Map([...container.querySelectorAll("details[data-diff][data-loaded]")].map((d) => [d.id, d.querySelector("pre").textContent]));
+  const focusedId = document.activeElement && container.contains(document.activeElement) ? document.activeElement.id : null;
+  container.innerHTML = html;
+  container.querySelectorAll("details[id]").forEach((d) => {
+    if (open.has(d.id)) d.open = true;
+    else if (closed.has(d.id)) d.open = false;
+    if (loaded.has(d.id)) { d.querySelector("pre").textContent = loaded.get(d.id); d.dataset.loaded = "1"; }
+  });
+  if (focusedId && document.getElementById(focusedId)) document.getElementById(focusedId).focus();
+  wireDiffs(container);
+  return true;
+}
+
+// Diffs load when their <details> is first opened.
+function wireDiffs(root) {
+  root.querySelectorAll("details[data-diff]").forEach((d) => {
+    const load = async () => {
+      if (!d.open || d.dataset.loaded) return;
+      d.dataset.loaded = "1";
+      const response = await fetch(d.dataset.diff, { credentials: "same-origin" });
+      d.querySelector("pre").textContent = await response.text();
+    };
+    d.addEventListener("toggle", load);
+    load();
+  });
+}
+
+function startPolling(container) {
+  const interval = Number(container.dataset.interval || 0);
+  if (!interval) return;
+  const tick = async () => {
+    try { await refreshFragment(container, container.dataset.refresh); } catch (e) { /* keep the last view */ }
+    const running = container.querySelector("[data-running]");
+    if (running && running.dataset.running === "false" && container.id === "deploy-log") {
+      window.location.reload(); // the job ended: re-enable the buttons
+      return;
+    }
+    setTimeout(tick, interval);
+  };
+  setTimeout(tick, interval);
+}
+
+const EVENT_TYPES = ["status", "iteration_started", "iteration_finished", "check", "approval_needed", "relay_error"];
+
+function startTaskStream(live) {
+  const log = document.getElementById("event-log");
+  const state = document.getElementById("stream-state");
+  let pending = null;
+  let source = null;
+  const refresh = () => {
+    clearTimeout(pending);
+    pending = setTimeout(async () => {
+      try { await refreshFragment(live, live.dataset.fragment); } catch (e) { return; }
+      const task = live.querySelector(".task");
+      if (task && task.dataset.terminal === "true" && source) {
+        source.close();
+        state.textContent = "task finished — stream closed";
+      }
+    }, 150);
+  };
+  const show = (type, event) => {
+    const item = document.createElement("li");
+    let text = event.data;
+    try { const data = JSON.parse(event.data); text = Object.entries(data.data || data).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" "); } catch (e) { /* raw */ }
+    item.textContent = `${new Date().toLocaleTimeString()} ${type} ${text}`.slice(0, 400);
+    item.dataset.type = type;
+    log.appendChild(item);
+    log.scrollTop = log.scrollHeight;
+  };
+  const initial = live.querySelector(".task");
+  if (initial && initial.dataset.terminal === "true") {
+    state.textContent = "task finished";
+    return;
+  }
+  source = new EventSource(live.dataset.events);
+  source.onopen = () => { state.textContent = "live"; refresh(); };
+  source.onerror = () => { if (source.readyState !== EventSource.CLOSED) state.textContent = "reconnecting…"; };
+  source.onmessage = (event) => { show("message", event); refresh(); };
+  EVENT_TYPES.forEach((type) => source.addEventListener(type, (event) => { show(type, event); refresh(); }));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wireDiffs(document);
+  document.querySelectorAll("[data-refresh]").forEach(startPolling);
+  const live = document.getElementById("task-live");
+  if (live) startTaskStream(live);
+  // Typing a fixed limit selects "Fixed".
+  const max = document.getElementById("max_iterations");
+  if (max) max.addEventListener("input", () => { document.getElementById("limit_fixed").checked = true; });
+});
