@@ -1,0 +1,174 @@
+"""`aistack up / status / down / logs` with the process runtime, on real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from aistack.lifecycle.process import proc_starttime
+from aistack.lifecycle.services import SERVICES, installed_source_root
+from lifecycle_support import aistack, pid_files
+from support import StackEnv
+
+
+def healthy(env: StackEnv, service: str) -> bool:
+    try:
+        return httpx.get(env.url(service) + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def port_free(env: StackEnv, service: str) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", int(env.url(service).rsplit(":", 1)[1]))) != 0
+
+
+def in_build(service: str) -> bool:
+    return SERVICES[service].present_in(installed_source_root())
+
+
+def test_up_status_logs_down(stack):
+    up = aistack(stack, "up", "llama-cpp", "ralph-wiggum", "--timeout", "120")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "llama-cpp" in up.stdout and "ralph-wiggum" in up.stdout and "healthy" in up.stdout
+    assert healthy(stack, "llama-cpp") and healthy(stack, "ralph-wiggum")
+    records = {p.name.split(".")[0]: json.loads(p.read_text()) for p in pid_files(stack)}
+    assert set(records) == {"llama-cpp", "ralph-wiggum"}
+    assert all(proc_starttime(r["pid"]) == r["starttime"] for r in records.values())
+
+    again = aistack(stack, "up", "llama-cpp", "ralph-wiggum")  # idempotent: nothing restarted
+    assert again.returncode == 0 and again.stdout.count("already running") == 2
+    assert {p.name.split(".")[0]: json.loads(p.read_text())["pid"] for p in pid_files(stack)} == {
+        k: v["pid"] for k, v in records.items()
+    }
+
+    status = aistack(stack, "status")
+    lines = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if line.count("│") > 3}
+    assert str(records["llama-cpp"]["pid"]) in lines["llama-cpp"] and "healthy (HTTP 200" in lines["llama-cpp"]
+    # ralph-wiggum serves, degraded while its aider backend is not running
+    assert str(records["ralph-wiggum"]["pid"]) in lines["ralph-wiggum"] and "HTTP 200" in lines["ralph-wiggum"]
+    # aider-wrapper (and the dashboard, where it is built) are not running: status is not all-healthy
+    assert status.returncode == 1
+    if in_build("aider-wrapper"):
+        assert "down" in lines["aider-wrapper"]
+
+    logs = aistack(stack, "logs", "ralph-wiggum", "-n", "200")
+    assert logs.returncode == 0 and "starting ralph-wiggum release installed" in logs.stdout
+
+    down = aistack(stack, "down", "--timeout", "10")
+    assert down.returncode == 0
+    assert "stopped ralph-wiggum" in down.stdout and "stopped llama-cpp" in down.stdout
+    assert down.stdout.index("stopped ralph-wiggum") < down.stdout.index("stopped llama-cpp")  # reverse order
+    assert pid_files(stack) == []
+    for record in records.values():
+        assert proc_starttime(record["pid"]) is None
+    assert port_free(stack, "llama-cpp") and port_free(stack, "ralph-wiggum")
+    # llama-server, the grandchild, went with its process group
+    assert not subprocess.run(["pgrep", "-f", f"--port {stack.values['LLAMA_CPP_PORT']}"], capture_output=True).stdout
+
+
+def test_a_stale_pid_file_never_touches_another_process(stack):
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        run_dir = stack.data_dir / "run"
+        run_dir.mkdir(parents=True)
+        # The pid now belongs to `sleep`; the recorded start time is that of the process that had it before.
+        (run_dir / "llama-cpp.pid.json").write_text(json.dumps({
+            "service": "llama-cpp", "pid": stranger.pid, "starttime": proc_starttime(stranger.pid) - 1,
+            "cmdline": ["python", "-m", "aistack", "serve", "llama-cpp"], "release": "installed",
+            "started_at": time.time() - 100, "log_path": "", "log_offset": 0,
+        }))
+        status = aistack(stack, "status")
+        assert status.returncode == 1
+        row = next(line for line in status.stdout.splitlines() if line.startswith("│ llama-cpp"))
+        assert str(stranger.pid) not in row and "down" in row
+
+        (run_dir / "llama-cpp.pid.json").write_text(json.dumps({
+            "service": "llama-cpp", "pid": stranger.pid, "starttime": proc_starttime(stranger.pid) + 7,
+            "cmdline": [], "release": "installed", "started_at": 0, "log_path": "", "log_offset": 0,
+        }))
+        down = aistack(stack, "down")
+        assert down.returncode == 0 and "llama-cpp was not running" in down.stdout
+        assert stranger.poll() is None  # still alive: never signalled
+
+        up = aistack(stack, "up", "llama-cpp", "--timeout", "120")
+        assert up.returncode == 0, up.stdout + up.stderr
+        record = json.loads((run_dir / "llama-cpp.pid.json").read_text())
+        assert record["pid"] != stranger.pid and healthy(stack, "llama-cpp")
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_up_refuses_a_port_taken_by_another_program(stack):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(stack.values["LLAMA_CPP_PORT"])))
+        s.listen()
+        up = aistack(stack, "up", "llama-cpp")
+    assert up.returncode == 1
+    assert f"llama-cpp did not start: port {stack.values['LLAMA_CPP_PORT']} is in use by another program" in up.stderr
+    assert pid_files(stack) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")]
+)
+def test_up_with_an_unreachable_dependency_and_fail_fast(stack, service, dependency):
+    if not in_build(service):
+        pytest.skip(f"{service} is not in this build")
+    stack.set(STARTUP_DEPENDENCY_CHECK=True, STARTUP_FAIL_FAST=True, STARTUP_TIMEOUT_SECONDS=3)
+    started = time.monotonic()
+    up = aistack(stack, "up", service)
+    assert up.returncode == 1
+    assert time.monotonic() - started < 30
+    assert f"{service} did not start" in up.stderr
+    # the service's own last log lines say why
+    assert f"✗ {dependency} at {stack.url(dependency)} not reachable after 3 s" in up.stderr
+    assert pid_files(stack) == [] and port_free(stack, service)
+
+
+@pytest.mark.parametrize(
+    ("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")]
+)
+def test_up_with_an_unreachable_dependency_without_fail_fast(stack, service, dependency):
+    if not in_build(service):
+        pytest.skip(f"{service} is not in this build")
+    stack.set(STARTUP_DEPENDENCY_CHECK=True, STARTUP_FAIL_FAST=False, STARTUP_TIMEOUT_SECONDS=3)
+    up = aistack(stack, "up", service)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert healthy(stack, service)
+    log = aistack(stack, "logs", service).stdout
+    assert f"⚠ {dependency} at {stack.url(dependency)} not reachable after 3 s" in log and "— continuing" in log
+    body = httpx.get(stack.url(service) + "/health", timeout=5).json()
+    assert body.get("status") == "degraded", body
+
+
+def test_a_failed_start_stops_what_up_started(stack):
+    """ralph-wiggum cannot reach aider-wrapper (not started) and fails fast: llama-cpp, which this `up`
+    started first, is stopped again — nothing is left half-started."""
+    stack.set(STARTUP_DEPENDENCY_CHECK=True, STARTUP_FAIL_FAST=True, STARTUP_TIMEOUT_SECONDS=2)
+    up = aistack(stack, "up", "llama-cpp", "ralph-wiggum", "--timeout", "120")
+    assert up.returncode == 1
+    assert "ralph-wiggum did not start" in up.stderr and "stopped llama-cpp" in up.stderr
+    assert "last lines of ralph-wiggum's log" in up.stderr
+    assert pid_files(stack) == [] and port_free(stack, "llama-cpp")
+
+
+def test_down_escalates_to_sigkill(stack):
+    """A service that ignores SIGTERM is killed after --timeout."""
+    up = aistack(stack, "up", "ralph-wiggum")
+    assert up.returncode == 0, up.stdout + up.stderr
+    record = json.loads((stack.data_dir / "run" / "ralph-wiggum.pid.json").read_text())
+    os.kill(record["pid"], signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+    started = time.monotonic()
+    down = aistack(stack, "down", "ralph-wiggum", "--timeout", "1")
+    assert down.returncode == 0 and "stopped ralph-wiggum" in down.stdout
+    assert 1 <= time.monotonic() - started < 10
+    assert proc_starttime(record["pid"]) is None
