@@ -86,6 +86,7 @@ def limit_error(requested: int | None, cap: int) -> str | None:
 # --- completion evidence ---------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_PROMISE = re.compile(r"<promise>(.*)</promise>", re.DOTALL)
 
 
 def _norm(text: str) -> str:
@@ -98,8 +99,10 @@ def promise_line(output: str, promise: str) -> str | None:
     lines = [line for line in _ANSI.sub("", output).splitlines() if line.strip()]
     if not lines:
         return None
-    last = _norm(lines[-1])
-    return last if last == f"<promise>{_norm(promise)}</promise>" else None
+    match = _PROMISE.fullmatch(lines[-1].strip())
+    if match is None or _norm(match.group(1)) != _norm(promise):
+        return None
+    return f"<promise>{_norm(promise)}</promise>"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,445 @@
+"""Contract tests of the orchestrator: a real `aistack serve ralph-wiggum` process, a real SQLite
+file, real git repositories and the `command` backend running real shell scripts."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import AISTACK, ServiceProcess, StackEnv, child_env, git, make_git_repo
+
+AGENT = """#!/bin/sh
+# appends one line per iteration and says so
+echo "line $AISTACK_ITERATION" >> notes.txt
+echo "appended line $AISTACK_ITERATION"
+"""
+THREE_LINES = "test $(wc -l < notes.txt) -ge 3"
+
+
+def write_script(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def ralph(stack_env: StackEnv, services):
+    """Start ralph-wiggum with the given command agent; returns (client, env, process)."""
+    clients = []
+
+    def start(agent: str = AGENT, **settings):
+        script = write_script(stack_env.root / "agent.sh", agent)
+        stack_env.set(RALPH_COMMAND_BACKEND=str(script), **settings)
+        proc = services("ralph-wiggum", stack_env)
+        client = httpx.Client(base_url=proc.url, timeout=10)
+        clients.append(client)
+        return client, proc
+
+    yield start
+    for c in clients:
+        c.close()
+
+
+def repo(env: StackEnv, name: str = "repo", files: dict[str, str] | None = None) -> Path:
+    return make_git_repo(env.workspace_root / name, files)
+
+
+def wait_for(client: httpx.Client, task_id: str, statuses: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = client.get(f"/tasks/{task_id}").json()
+        if task["status"] in statuses:
+            return task
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} still {task['status']} after {timeout}s: {task}")
+
+
+def submit(client: httpx.Client, **body) -> str:
+    body.setdefault("backend", "command")
+    body.setdefault("prompt", "add notes")
+    resp = client.post("/tasks", json=body)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["status"] == "queued"
+    return resp.json()["task_id"]
+
+
+# --- the main promise -------------------------------------------------------------------------------
+
+
+def test_iterates_until_check_passes_with_checkpoints_and_untouched_checkout(ralph, stack_env):
+    client, _ = ralph()
+    workspace = repo(stack_env, files={"README.md": "hi\n", "dirty.txt": "committed\n"})
+    (workspace / "dirty.txt").write_text("user's uncommitted edit\n")
+    (workspace / "untracked.txt").write_text("user's untracked file\n")
+    head_before = git(workspace, "rev-parse", "HEAD")
+    status_before = git(workspace, "status", "--porcelain")
+
+    task_id = submit(client, workspace="repo", check_command=THREE_LINES)
+    task = wait_for(client, task_id, {"completed", "exhausted", "failed"})
+
+    assert task["status"] == "completed" and task["iteration"] == 3
+    assert task["completion_reason"] == "check_command"
+    assert task["evidence"]["rule"] == "check_command" and task["evidence"]["iteration"] == 3
+    assert task["evidence"]["check_exit_code"] == 0
+    assert task["branch"] == f"aistack/{task_id}"
+    iterations = client.get(f"/tasks/{task_id}/iterations").json()
+    assert [it["number"] for it in iterations] == [1, 2, 3]
+    assert [it["check_exit_code"] for it in iterations] == [1, 1, 0]
+    assert all(it["files_modified"] == ["notes.txt"] for it in iterations)
+    assert all(it["output_excerpt"].startswith("appended line") for it in iterations)
+    # every iteration is a checkpoint commit on the task branch, in order
+    log = git(workspace, "log", "--format=%H %s", f"aistack/{task_id}").splitlines()
+    assert [line.split()[0] for line in log[:3]] == [it["checkpoint_commit"] for it in reversed(iterations)]
+    assert git(workspace, "show", f"aistack/{task_id}:notes.txt").splitlines() == ["line 1", "line 2", "line 3"]
+    # the user's checkout, index and uncommitted files are untouched
+    assert git(workspace, "rev-parse", "HEAD") == head_before
+    assert git(workspace, "status", "--porcelain") == status_before
+    assert (workspace / "dirty.txt").read_text() == "user's uncommitted edit\n"
+    assert not (workspace / "notes.txt").exists()
+    diff = client.get(f"/tasks/{task_id}/diff").json()["diff"]
+    assert "+line 3" in diff
+    one = client.get(f"/tasks/{task_id}/diff", params={"iteration": 2}).json()["diff"]
+    assert "+line 2" in one and "+line 1" not in one
+
+
+def test_limit_reached_without_evidence_is_exhausted(ralph, stack_env):
+    client, _ = ralph()
+    repo(stack_env)
+    task = wait_for(client, submit(client, workspace="repo", check_command="false", max_iterations=2), {"exhausted", "completed", "failed"})
+    assert task["status"] == "exhausted" and task["iteration"] == 2 and task["evidence"] is None
+    assert task["limit_source"] == "request"
+
+
+def test_failed_check_output_reaches_next_iteration(ralph, stack_env):
+    agent = '#!/bin/sh\nprintf "%s" "$AISTACK_PROMPT" > "prompt-$AISTACK_ITERATION.txt"\ncat > stdin.txt\necho ok\n'
+    client, _ = ralph(agent)
+    workspace = repo(stack_env)
+    check = "echo 'E   expected 42, got 41'; test -f prompt-2.txt"
+    task_id = submit(client, workspace="repo", prompt="Make it 42", check_command=check, max_iterations=3)
+    task = wait_for(client, task_id, {"completed", "exhausted", "failed"})
+    assert task["status"] == "completed" and task["iteration"] == 2
+    first = git(workspace, "show", f"aistack/{task_id}:prompt-1.txt")
+    second = git(workspace, "show", f"aistack/{task_id}:prompt-2.txt")
+    assert first == "Make it 42"
+    assert second.startswith("Make it 42\n") and "expected 42, got 41" in second
+    assert git(workspace, "show", f"aistack/{task_id}:stdin.txt") == second  # stdin carries the same prompt
+
+
+def test_completion_promise_must_be_the_last_line(ralph, stack_env):
+    agent = (
+        '#!/bin/sh\necho "$AISTACK_ITERATION" >> n.txt\n'
+        'if [ "$AISTACK_ITERATION" = 1 ]; then echo "I will say <promise>SHIPPED</promise> when done"; echo working;'
+        ' else echo done; echo "<promise>SHIPPED</promise>"; fi\n'
+    )
+    client, _ = ralph(agent)
+    repo(stack_env)
+    task = wait_for(client, submit(client, workspace="repo", completion_promise="SHIPPED"), {"completed", "exhausted", "failed"})
+    assert task["status"] == "completed" and task["iteration"] == 2
+    assert task["evidence"]["rule"] == "completion_promise"
+    assert task["evidence"]["promise_line"] == "<promise>SHIPPED</promise>"
+
+
+def test_without_check_a_real_diff_is_the_evidence_and_no_change_gets_stuck(ralph, stack_env):
+    agent = '#!/bin/sh\nif [ -f go ]; then echo change > out.txt; fi\necho "nothing to do"\n'
+    client, _ = ralph(agent, RALPH_STUCK_ITERATIONS=3)
+    repo(stack_env, "idle")
+    repo(stack_env, "busy", {"go": "1\n"})
+    idle = wait_for(client, submit(client, workspace="idle", max_iterations=10), {"completed", "exhausted", "failed"})
+    assert idle["status"] == "failed" and idle["completion_reason"] == "stuck" and idle["iteration"] == 3
+    assert "stuck" in idle["error"]
+    busy = wait_for(client, submit(client, workspace="busy", max_iterations=10), {"completed", "exhausted", "failed"})
+    assert busy["status"] == "completed" and busy["iteration"] == 1
+    assert busy["evidence"]["rule"] == "diff" and busy["evidence"]["files_modified"] == ["out.txt"]
+
+
+def test_files_written_by_the_check_do_not_count_as_changes(ralph, stack_env):
+    agent = '#!/bin/sh\necho same\n'
+    client, _ = ralph(agent)
+    repo(stack_env)
+    task = wait_for(client, submit(client, workspace="repo", check_command="date > check-artifact; false", max_iterations=2), {"exhausted", "failed", "completed"})
+    iterations = client.get(f"/tasks/{task['id']}/iterations").json()
+    assert [it["files_modified"] for it in iterations] == [[], []]
+
+
+# --- approval and stop ----------------------------------------------------------------------------------
+
+
+def test_approval_gates_even_a_single_iteration(ralph, stack_env):
+    client, _ = ralph()
+    workspace = repo(stack_env)
+    task_id = submit(client, workspace="repo", max_iterations=1, require_approval=True)
+    task = wait_for(client, task_id, {"awaiting_approval"})
+    time.sleep(1.0)  # give a bypass the chance to happen
+    task = client.get(f"/tasks/{task_id}").json()
+    assert task["status"] == "awaiting_approval" and task["iteration"] == 0
+    assert client.get(f"/tasks/{task_id}/iterations").json() == []
+    assert git(workspace, "log", "--format=%s", f"aistack/{task_id}") == "initial"
+    events = client.get(f"/tasks/{task_id}/events.json").json()
+    assert any(e["type"] == "approval_needed" and e["data"]["iteration"] == 1 for e in events)
+
+    resp = client.post(f"/tasks/{task_id}/approve", json={"approved": True})
+    assert resp.status_code == 200, resp.text
+    task = wait_for(client, task_id, {"completed", "exhausted", "failed"})
+    assert task["status"] == "completed" and task["iteration"] == 1
+    assert client.post(f"/tasks/{task_id}/approve", json={"approved": True}).status_code == 409
+
+
+def test_approval_before_every_iteration_and_reject(ralph, stack_env):
+    client, _ = ralph()
+    repo(stack_env)
+    task_id = submit(client, workspace="repo", max_iterations=5, check_command="false", require_approval=True)
+    wait_for(client, task_id, {"awaiting_approval"})
+    assert client.post(f"/tasks/{task_id}/approve", params={"approved": "true"}).status_code == 200
+    wait_for(client, task_id, {"awaiting_approval"}, timeout=10)
+    task = client.get(f"/tasks/{task_id}").json()
+    assert task["iteration"] == 1  # ran exactly one iteration, then waits again
+    assert client.post(f"/tasks/{task_id}/approve").status_code == 422
+    resp = client.post(f"/tasks/{task_id}/approve", json={"approved": False})
+    assert resp.status_code == 200 and resp.json()["status"] == "rejected"
+    assert client.get(f"/tasks/{task_id}").json()["status"] == "rejected"
+
+
+def test_stop_mid_iteration_ends_the_agents_process_group(ralph, stack_env):
+    pidfile = stack_env.root / "child.pid"
+    client, _ = ralph(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n')
+    repo(stack_env)
+    task_id = submit(client, workspace="repo")
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline, "agent never started"
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    t0 = time.monotonic()
+    assert client.post(f"/tasks/{task_id}/stop").status_code == 202
+    task = wait_for(client, task_id, {"stopped"}, timeout=2)
+    assert time.monotonic() - t0 <= 2
+    assert task["iteration"] == 0 and task["completion_reason"] == "stopped by user"
+    deadline = time.monotonic() + 2
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the agent's child process survived the stop"
+    assert client.post(f"/tasks/{task_id}/stop").status_code == 409
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stop_a_queued_task(ralph, stack_env):
+    client, _ = ralph("#!/bin/sh\nsleep 5\n", RALPH_MAX_CONCURRENT_TASKS=1)
+    repo(stack_env)
+    first = submit(client, workspace="repo")
+    wait_for(client, first, {"running"})
+    second = submit(client, workspace="repo")
+    assert client.get(f"/tasks/{second}").json()["status"] == "queued"
+    assert client.post(f"/tasks/{second}/stop").status_code == 202
+    assert client.get(f"/tasks/{second}").json()["status"] == "stopped"
+    client.post(f"/tasks/{first}/stop")
+
+
+# --- durability -----------------------------------------------------------------------------------------
+
+
+def test_kill_9_mid_task_resumes_after_last_finished_iteration(stack_env, services):
+    agent = write_script(stack_env.root / "slow.sh", '#!/bin/sh\necho "line $AISTACK_ITERATION" >> notes.txt\nsleep 0.7\necho done\n')
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent))
+    workspace = repo(stack_env)
+    first = services("ralph-wiggum", stack_env)
+    client = httpx.Client(base_url=first.url, timeout=10)
+    task_id = submit(client, workspace="repo", check_command="test $(wc -l < notes.txt) -ge 5", max_iterations=8)
+    deadline = time.monotonic() + 20
+    while client.get(f"/tasks/{task_id}").json()["iteration"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside iteration 3
+    first.kill9()
+
+    second = services("ralph-wiggum", stack_env)
+    task = wait_for(client, task_id, {"completed", "exhausted", "failed"}, timeout=30)
+    assert task["status"] == "completed" and task["iteration"] == 5
+    iterations = client.get(f"/tasks/{task_id}/iterations").json()
+    assert [it["number"] for it in iterations] == [1, 2, 3, 4, 5]
+    assert git(workspace, "show", f"aistack/{task_id}:notes.txt").splitlines() == [f"line {i}" for i in range(1, 6)]
+    assert len(git(workspace, "log", "--format=%H", f"aistack/{task_id}").splitlines()) == 6  # 5 checkpoints + base
+    second.stop()
+
+
+def test_queued_tasks_run_fifo_within_the_concurrency_limit(ralph, stack_env):
+    client, _ = ralph("#!/bin/sh\necho x >> f.txt\nsleep 0.3\n", RALPH_MAX_CONCURRENT_TASKS=1)
+    repo(stack_env)
+    ids = [submit(client, workspace="repo", max_iterations=1) for _ in range(3)]
+    tasks = [wait_for(client, i, {"completed"}) for i in ids]
+    starts = [t["started_at"] for t in tasks]
+    assert starts == sorted(starts)
+    for earlier, later in zip(tasks, tasks[1:]):
+        assert later["started_at"] >= earlier["finished_at"]
+
+
+# --- transient failures -----------------------------------------------------------------------------------
+
+
+def test_unreachable_backend_does_not_consume_iterations_then_fails_naming_it(ralph, stack_env):
+    client, _ = ralph(RALPH_TRANSIENT_RETRY_SECONDS=3)
+    repo(stack_env)
+    task_id = submit(client, workspace="repo", backend="aider", max_iterations=3)
+    task = wait_for(client, task_id, {"failed", "completed", "exhausted"}, timeout=20)
+    assert task["status"] == "failed" and task["iteration"] == 0
+    assert "aider-wrapper" in task["error"] and stack_env.url("aider-wrapper") in task["error"]
+    assert client.get(f"/tasks/{task_id}/iterations").json() == []
+    events = client.get(f"/tasks/{task_id}/events.json").json()
+    assert sum(e["type"] == "transient_retry" for e in events) >= 2
+
+
+# --- input validation -------------------------------------------------------------------------------------
+
+
+def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
+    client, _ = ralph()
+    repo(stack_env)
+    (stack_env.workspace_root / "plain").mkdir()
+    make_git_repo(tmp_path / "outside")
+    (stack_env.workspace_root / "escape").symlink_to(tmp_path / "outside")
+    empty = stack_env.workspace_root / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+
+    cases = [
+        ({"backend": "nope"}, "backend", "available: aider, command"),
+        ({"max_iterations": 0}, "max_iterations", "between 1 and 100"),
+        ({"max_iterations": 101}, "max_iterations", "between 1 and 100"),
+        ({"workspace": "../outside"}, "workspace", "outside"),
+        ({"workspace": str(tmp_path / "outside")}, "workspace", "outside"),
+        ({"workspace": "escape"}, "workspace", "outside"),
+        ({"workspace": "plain"}, "workspace", "not a git repository"),
+        ({"workspace": "missing"}, "workspace", "does not exist"),
+        ({"workspace": "empty"}, "workspace", "without commits"),
+        ({"prompt": ""}, "prompt", "at least 1"),
+        ({"surprise": 1}, "surprise", "Extra inputs"),
+        ({"context": {"files": "a.py"}}, "context.files", "list"),
+    ]
+    for extra, field, words in cases:
+        body = {"prompt": "p", "backend": "command", "workspace": "repo", **extra}
+        resp = client.post("/tasks", json=body)
+        assert 400 <= resp.status_code < 500, (extra, resp.text)
+        assert resp.json()["field"] == field, (extra, resp.json())
+        assert words in resp.json()["detail"], (extra, resp.json())
+    assert client.post("/tasks", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert client.get("/tasks/unknown").status_code == 404
+    assert client.get("/tasks", params={"status": "bogus"}).status_code == 422
+    assert client.get("/tasks", params={"limit": 0}).status_code == 422
+    assert client.get("/tasks").json()["total"] == 0  # nothing was stored
+
+
+def test_bad_env_value_stops_the_service_with_one_line(stack_env):
+    stack_env.set(RALPH_MAX_ITERATIONS_CAP="lots")
+    proc = subprocess.run([*AISTACK, "serve", "ralph-wiggum"], env=child_env(stack_env), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "RALPH_MAX_ITERATIONS_CAP='lots'" in lines[0] and "1 to 10000" in lines[0]
+
+
+def test_non_loopback_bind_without_key_is_refused(stack_env):
+    stack_env.set(AISTACK_BIND_ADDRESS="0.0.0.0")
+    proc = subprocess.run([*AISTACK, "serve", "ralph-wiggum"], env=child_env(stack_env), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "RALPH_WIGGUM_API_KEY" in proc.stderr
+
+
+def test_api_key_guards_everything_but_health(ralph, stack_env):
+    client, proc = ralph(RALPH_WIGGUM_API_KEY="s3cret-key")
+    assert client.get("/health").status_code == 200
+    for path in ("/tasks", "/stats", "/metrics", "/config/limits"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.get(path, headers={"X-API-Key": "s3cret-key"}).status_code == 200
+    assert "s3cret-key" not in proc.log()
+
+
+# --- observability --------------------------------------------------------------------------------------
+
+
+def test_health_lists_backends_and_is_degraded_when_wrapper_is_down(ralph):
+    client, _ = ralph()
+    deadline = time.monotonic() + 10
+    while True:
+        health = client.get("/health").json()
+        aider = next(b for b in health["backends"] if b["name"] == "aider")
+        if aider["reachable"] is False or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert health["status"] == "degraded" and health["loop_enabled"] is True
+    assert {b["name"] for b in health["backends"]} == {"aider", "command"}
+
+
+def test_events_stream_is_resumable(ralph, stack_env):
+    client, _ = ralph()
+    repo(stack_env)
+    task_id = submit(client, workspace="repo", check_command=THREE_LINES)
+    wait_for(client, task_id, {"completed"})
+
+    def read_stream(headers=None):
+        events = []
+        with client.stream("GET", f"/tasks/{task_id}/events", headers=headers or {}) as resp:
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            current = {}
+            for line in resp.iter_lines():
+                if line.startswith("id:"):
+                    current["id"] = int(line[3:])
+                elif line.startswith("event:"):
+                    current["event"] = line[6:].strip()
+                elif line == "" and current:
+                    events.append(current)
+                    current = {}
+        return events
+
+    everything = read_stream()
+    kinds = [e["event"] for e in everything]
+    assert kinds[0] == "status" and kinds[-1] == "end"
+    assert kinds.count("iteration_started") == 3 and kinds.count("iteration_finished") == 3 and kinds.count("check") == 3
+    middle = everything[4]["id"]
+    resumed = read_stream({"Last-Event-ID": str(middle)})
+    assert [e["id"] for e in resumed if "id" in e] == [e["id"] for e in everything if e.get("id", 0) > middle]
+
+
+def test_stats_metrics_and_live_limit_reload(ralph, stack_env):
+    client, _ = ralph()
+    repo(stack_env)
+    wait_for(client, submit(client, workspace="repo", check_command="true"), {"completed"})
+    wait_for(client, submit(client, workspace="repo", check_command="false", max_iterations=2), {"exhausted"})
+    stats = client.get("/stats").json()
+    assert stats["by_status"] == {"completed": 1, "exhausted": 1} and stats["total"] == 2
+    assert stats["mean_iterations"] == 1.5
+    assert stats["per_backend"]["command"] == {"total": 2, "completed": 1, "success_rate": 0.5}
+    metrics = client.get("/metrics").text
+    assert 'aistack_iterations_total{backend="command",status="success"} 3.0' in metrics
+    assert 'aistack_tasks{backend="command",status="completed"} 1.0' in metrics
+
+    stack_env.set(RALPH_MAX_ITERATIONS_SIMPLE=4, RALPH_MAX_ITERATIONS_CAP=40)
+    assert client.post("/config/reload").json()["ralph_max_iterations_simple"] == 4
+    task_id = submit(client, workspace="repo", prompt="fix the typo")
+    assert client.get(f"/tasks/{task_id}").json()["max_iterations"] == 4
+    assert client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "repo", "max_iterations": 41}).status_code == 422
+    stack_env.set(RALPH_MAX_ITERATIONS_SIMPLE="many")
+    resp = client.post("/config/reload")
+    assert resp.status_code == 422 and "RALPH_MAX_ITERATIONS_SIMPLE" in resp.json()["detail"]
+    assert client.get("/config/limits").json()["ralph_max_iterations_simple"] == 4
+
+
+def test_tasks_on_the_same_repository_run_at_once(ralph, stack_env):
+    client, _ = ralph("#!/bin/sh\necho \"$AISTACK_TASK_ID\" > who.txt\nsleep 0.5\n", RALPH_MAX_CONCURRENT_TASKS=2)
+    workspace = repo(stack_env)
+    a, b = submit(client, workspace="repo", max_iterations=1), submit(client, workspace="repo", max_iterations=1)
+    ta, tb = wait_for(client, a, {"completed"}), wait_for(client, b, {"completed"})
+    assert ta["started_at"] < tb["finished_at"] and tb["started_at"] < ta["finished_at"]  # overlapped
+    assert git(workspace, "show", f"aistack/{a}:who.txt") == a and git(workspace, "show", f"aistack/{b}:who.txt") == b
+    page = client.get("/tasks", params={"limit": 1}).json()
+    assert page["total"] == 2 and [t["id"] for t in page["items"]] == [b]
+    assert [t["id"] for t in client.get("/tasks", params={"limit": 1, "offset": 1}).json()["items"]] == [a]
+    assert client.get("/tasks", params={"status": "queued"}).json()["total"] == 0
