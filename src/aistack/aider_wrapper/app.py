@@ -1,0 +1,182 @@
+"""The aider-wrapper HTTP service.
+
+    GET  /health                   WrapperHealth; never spawns aider, never waits on the LLM
+    POST /api/execute              ExecuteRequest -> ExecuteResult (200 also when status=error)
+    POST /api/runs/{run_id}/cancel ends that run's whole process group
+
+A run holds its workspace (a second run there gets 409) and one of AIDER_MAX_PARALLEL slots;
+runs beyond the limit wait for a slot (the orchestrator already bounds its own concurrency, and
+waiting beats making it retry). A client that disconnects cancels its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+
+from aistack import __version__
+from aistack.aider_wrapper import command, gitstate
+from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
+from aistack.config import Settings
+from aistack.contracts import ExecuteRequest, ExecuteResult, WrapperHealth
+from aistack.paths import PathNotAllowed, confine
+from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, serve
+
+log = logging.getLogger("aistack.aider_wrapper")
+
+LLM_POLL_SECONDS = 5.0
+DISCONNECT_POLL_SECONDS = 0.5
+CANCEL_WAIT_SECONDS = 5.0
+
+
+def _api_key(settings: Settings) -> str | None:
+    return settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+
+
+class WrapperState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.files = command.write_model_files(settings)
+        self.registry = RunRegistry(settings.aider_max_parallel)
+        self.aider = AiderCheck(None, None, "not checked yet")
+        self.llm_problem: str | None = "not checked yet"
+        self.client = httpx.AsyncClient()
+
+    async def poll_llm(self) -> None:
+        while True:
+            self.llm_problem = await probe_llm(self.settings, self.client)
+            await asyncio.sleep(LLM_POLL_SECONDS)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = WrapperState(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        # Before the first request: whether aider runs at all (cached for the service's life).
+        state.aider = await asyncio.to_thread(check_aider, settings, state.files)
+        if state.aider.available:
+            log.info("aider: %s (%s)", state.aider.path, state.aider.version)
+        else:
+            log.warning("aider is not available: %s", state.aider.problem)
+        poller = asyncio.create_task(state.poll_llm())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            await state.client.aclose()
+
+    app = FastAPI(title="aistack aider-wrapper", version=__version__, lifespan=lifespan)
+    app.state.wrapper = state
+    install_error_handlers(app)
+    require_api_key(app, _api_key(settings))
+
+    @app.get("/health", response_model=WrapperHealth)
+    async def health() -> WrapperHealth:
+        llm_ok = state.llm_problem is None
+        return WrapperHealth(
+            status="healthy" if state.aider.available and llm_ok else "degraded",
+            version=__version__,
+            aider_available=state.aider.available,
+            workspace=str(settings.workspace_root),
+            llama_cpp_url=settings.url("llama-cpp"),
+            llm_reachable=llm_ok,
+        )
+
+    @app.post("/api/execute", response_model=ExecuteResult)
+    async def execute_run(body: ExecuteRequest, request: Request) -> ExecuteResult:
+        if not state.aider.available:
+            raise http_error(503, f"aider is not available: {state.aider.problem}")
+        job = await _validate(settings, body)
+        try:
+            run = state.registry.claim(job.workspace, body.run_id)
+        except Busy as exc:
+            raise http_error(409, str(exc), exc.field) from None
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
+        try:
+            return await execute(settings, state.files, state.aider, state.client, job, run, state.registry)
+        finally:
+            watcher.cancel()
+            state.registry.release(run)
+
+    @app.post("/api/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str) -> dict:
+        run = state.registry.get(run_id)
+        if run is None:
+            raise http_error(404, f"no run {run_id!r} is in progress", "run_id")
+        run.cancel.set()
+        try:
+            await asyncio.wait_for(run.finished.wait(), CANCEL_WAIT_SECONDS)
+        except TimeoutError:
+            return {"run_id": run_id, "cancelled": True, "ended": False}
+        return {"run_id": run_id, "cancelled": True, "ended": True}
+
+    return app
+
+
+async def _cancel_on_disconnect(request: Request, run: ActiveRun) -> None:
+    """Nobody is waiting for the answer any more: stop aider instead of finishing for no one."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    log.info("client of run %s disconnected: cancelling it", run.run_id)
+    run.cancel.set()
+
+
+async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
+    """Resolve and confine every path; 400 naming the field when one is not allowed."""
+    roots = [settings.workspace_root, settings.worktrees_dir]
+    allowed = " or ".join(str(r) for r in roots)
+    try:
+        workspace = confine(body.workspace, roots, base=settings.workspace_root)
+    except PathNotAllowed as exc:
+        raise http_error(400, f"workspace: {exc}", "workspace") from None
+    if not workspace.exists():
+        raise http_error(400, f"workspace {body.workspace!r} does not exist (it must be a git repository inside {allowed})", "workspace")
+    if not workspace.is_dir():
+        raise http_error(400, f"workspace {body.workspace!r} is not a directory", "workspace")
+    try:
+        top = await gitstate.toplevel(workspace)
+    except gitstate.GitError:
+        raise http_error(400, f"workspace {body.workspace!r} is not a git repository (run `git init` there first)", "workspace") from None
+    if top != workspace:
+        raise http_error(400, f"workspace {body.workspace!r} must be the top directory of its git repository ({top})", "workspace")
+
+    def inside(names: list[str], field: str, must_exist: bool) -> list[Path]:
+        paths = []
+        for i, name in enumerate(names):
+            try:
+                path = confine(name, [workspace], base=workspace)
+            except PathNotAllowed as exc:
+                raise http_error(400, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
+            if path == workspace or (path.exists() and not path.is_file()):
+                raise http_error(400, f"{field}[{i}]: {name!r} is not a file", f"{field}[{i}]")
+            if must_exist and not path.exists():
+                raise http_error(400, f"{field}[{i}]: {name!r} does not exist", f"{field}[{i}]")
+            paths.append(path)
+        return paths
+
+    limit = settings.aider_timeout_seconds
+    return Job(
+        prompt=body.prompt,
+        workspace=workspace,
+        files=inside(body.files, "files", must_exist=False),  # aider creates a missing one
+        read_only_files=inside(body.read_only_files, "read_only_files", must_exist=True),
+        timeout_seconds=min(body.timeout_seconds or limit, limit),
+    )
+
+
+def run(settings: Settings) -> int:
+    """`aistack serve aider-wrapper`: wait for llama-cpp (pre-flight), then serve until stopped."""
+    check_bind(settings.aistack_bind_address, _api_key(settings))
+    from aistack.preflight import before_serve
+
+    before_serve(settings, "aider-wrapper")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health poll
+    serve(create_app(settings), settings.aistack_bind_address, settings.aider_wrapper_port, settings.log_level)
+    return 0

@@ -1,0 +1,236 @@
+"""One iteration of aider in a workspace, and the bookkeeping around runs: one run per workspace,
+at most AIDER_MAX_PARALLEL at once (more wait their turn), cancellable by run id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from aistack.aider_wrapper import command, gitstate
+from aistack.aider_wrapper.errors import find_fatal
+from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
+from aistack.config import Settings
+from aistack.contracts import ExecuteResult, TokenCounts
+
+log = logging.getLogger("aistack.aider_wrapper")
+
+VERSION_TIMEOUT_SECONDS = 60
+LLM_PROBE_TIMEOUT_SECONDS = 1.0
+KEEP_RUN_FOLDERS = 50
+# aider's repo map keeps a tags cache in the repository root; the wrapper removes one a run made.
+TAGS_CACHE_GLOB = ".aider.tags.cache.v*"
+
+
+@dataclass(frozen=True)
+class AiderCheck:
+    """Whether aider can run, found once at start."""
+
+    path: Path | None
+    version: str | None
+    problem: str | None  # why not, for people
+
+    @property
+    def available(self) -> bool:
+        return self.problem is None
+
+
+def check_aider(settings: Settings, files: command.AiderFiles) -> AiderCheck:
+    """`aider --version` once (blocking: call it in a thread)."""
+    path = command.find_aider(settings)
+    if path is None:
+        return AiderCheck(None, None, "aider is not installed: run ./scripts/setup.sh or set AIDER_BIN")
+    try:
+        done = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_SECONDS,
+            env=command.aider_env(settings, files), stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except FileNotFoundError:
+        return AiderCheck(path, None, f"aider not found at {path}: run ./scripts/setup.sh or set AIDER_BIN")
+    except PermissionError:
+        return AiderCheck(path, None, f"{path} is not executable")
+    except subprocess.TimeoutExpired:
+        return AiderCheck(path, None, f"`{path} --version` did not answer within {VERSION_TIMEOUT_SECONDS} s")
+    except OSError as exc:
+        return AiderCheck(path, None, f"cannot run {path}: {exc.strerror or exc}")
+    version = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if done.returncode != 0 or not version.startswith("aider"):
+        return AiderCheck(path, None, f"`{path} --version` failed (exit {done.returncode}): {version or done.stderr.strip()[:200]}")
+    return AiderCheck(path, version, None)
+
+
+class Busy(Exception):
+    """The workspace (or run id) already has a run."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class ActiveRun:
+    run_id: str
+    workspace: Path
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    started: bool = False  # holds one of the parallel slots and aider is (about to be) running
+
+
+class RunRegistry:
+    def __init__(self, max_parallel: int) -> None:
+        self.slots = asyncio.Semaphore(max_parallel)
+        self._by_workspace: dict[Path, ActiveRun] = {}
+        self._by_id: dict[str, ActiveRun] = {}
+
+    def claim(self, workspace: Path, run_id: str | None) -> ActiveRun:
+        if workspace in self._by_workspace:
+            raise Busy(f"workspace {workspace} already has a run ({self._by_workspace[workspace].run_id})", "workspace")
+        if run_id and run_id in self._by_id:
+            raise Busy(f"run {run_id} is already running", "run_id")
+        run = ActiveRun(run_id or uuid.uuid4().hex, workspace)
+        self._by_workspace[workspace] = run
+        self._by_id[run.run_id] = run
+        return run
+
+    def release(self, run: ActiveRun) -> None:
+        self._by_workspace.pop(run.workspace, None)
+        if self._by_id.get(run.run_id) is run:
+            del self._by_id[run.run_id]
+        run.finished.set()
+
+    def get(self, run_id: str) -> ActiveRun | None:
+        return self._by_id.get(run_id)
+
+    def __len__(self) -> int:
+        return len(self._by_workspace)
+
+
+async def probe_llm(settings: Settings, client: httpx.AsyncClient) -> str | None:
+    """None when llama-cpp's /health answers 200, else why not (one short request)."""
+    url = settings.url("llama-cpp")
+    try:
+        resp = await client.get(url + "/health", timeout=LLM_PROBE_TIMEOUT_SECONDS)
+    except httpx.ConnectError:
+        return f"llama-cpp at {url} is not reachable (connection refused)"
+    except httpx.TimeoutException:
+        return f"llama-cpp at {url} did not answer within {LLM_PROBE_TIMEOUT_SECONDS:g} s"
+    except httpx.HTTPError as exc:
+        return f"llama-cpp at {url} is not reachable ({type(exc).__name__})"
+    if resp.status_code == 503:
+        return f"llama-cpp at {url} is still loading its model (HTTP 503)"
+    if resp.status_code != 200:
+        return f"llama-cpp at {url} is unhealthy (HTTP {resp.status_code})"
+    return None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request: every path resolved and confined already."""
+
+    prompt: str
+    workspace: Path  # top of a git work tree
+    files: list[Path]
+    read_only_files: list[Path]
+    timeout_seconds: int
+
+
+async def execute(
+    settings: Settings,
+    files: command.AiderFiles,
+    aider: AiderCheck,
+    client: httpx.AsyncClient,
+    job: Job,
+    run: ActiveRun,
+    registry: RunRegistry,
+) -> ExecuteResult:
+    """Wait for a slot, run aider once, and describe what happened."""
+    started = time.monotonic()
+
+    def result(status: str, output: str = "", error: str | None = None, files_modified: list[str] | None = None,
+               exit_code: int | None = None, completed: bool = False, transient: bool = False,
+               tokens: TokenCounts | None = None) -> ExecuteResult:  # fmt: skip
+        return ExecuteResult(
+            status=status, output=output, error=error, files_modified=files_modified or [],
+            duration_seconds=round(time.monotonic() - started, 3), exit_code=exit_code,
+            completed=completed, transient=transient, tokens=tokens or TokenCounts(),
+        )  # fmt: skip
+
+    # Queue for a slot, but let a cancel end the wait.
+    slot = asyncio.create_task(registry.slots.acquire())
+    cancelled = asyncio.create_task(run.cancel.wait())
+    await asyncio.wait({slot, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+    cancelled.cancel()
+    if not slot.done() or run.cancel.is_set():
+        slot.cancel()
+        if slot.done() and not slot.cancelled():
+            registry.slots.release()
+        return result("error", error="cancelled")
+    try:
+        run.started = True
+        return await _run_in_slot(settings, files, aider, client, job, run, result)
+    except gitstate.GitError as exc:
+        return result("error", error=str(exc))
+    except OSError as exc:  # aider vanished since the start, or the data dir is not writable
+        return result("error", error=f"could not run aider: {exc.strerror or exc}")
+    finally:
+        registry.slots.release()
+
+
+async def _run_in_slot(settings, files, aider, client, job: Job, run: ActiveRun, result) -> ExecuteResult:
+    # aider would retry an unreachable LLM for a minute; find out in a moment instead.
+    problem = await probe_llm(settings, client)
+    if problem:
+        return result("error", error=problem, transient=True)
+
+    folder = files.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    run_files = command.RunFiles(folder)
+    run_files.message.write_text(job.prompt, encoding="utf-8")
+    _prune_runs(files.runs)
+
+    caches_before = set(job.workspace.glob(TAGS_CACHE_GLOB))
+    before = await gitstate.snapshot(job.workspace)
+    cmd = command.aider_command(
+        settings, aider.path, files, run_files,
+        edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
+        timeout_seconds=job.timeout_seconds,
+    )  # fmt: skip
+    log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
+    outcome = await run_process(cmd, job.workspace, command.aider_env(settings, files), job.timeout_seconds, run.cancel)
+    for cache in set(job.workspace.glob(TAGS_CACHE_GLOB)) - caches_before:
+        shutil.rmtree(cache, ignore_errors=True)
+    after = await gitstate.snapshot(job.workspace)
+
+    common = dict(
+        output=outcome.output,
+        files_modified=gitstate.changed_paths(before, after),
+        exit_code=outcome.exit_code,
+        completed=outcome.ending is Ending.exited,
+        tokens=tokens_from_analytics(run_files.analytics),
+    )
+    log.info("run %s ended: %s, exit %s, files %s", run.run_id, outcome.ending.value, outcome.exit_code, common["files_modified"])
+    if outcome.ending is Ending.cancelled:
+        return result("error", error="cancelled", **common)
+    if outcome.ending is Ending.timeout:
+        return result("error", error=f"aider timed out after {job.timeout_seconds} s", **common)
+    fatal = outcome.fatal or find_fatal(outcome.output)
+    if fatal:
+        return result("error", error=fatal.error, transient=fatal.transient, **common)
+    if outcome.exit_code != 0:
+        last = next((line.strip() for line in reversed(outcome.output.splitlines()) if line.strip()), "no output")
+        return result("error", error=f"aider exited with code {outcome.exit_code}: {last[:300]}", **common)
+    return result("success", **common)
+
+
+def _prune_runs(runs: Path) -> None:
+    """Keep the newest KEEP_RUN_FOLDERS run folders (for looking into a run after the fact)."""
+    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.name)
+    for old in folders[:-KEEP_RUN_FOLDERS]:
+        shutil.rmtree(old, ignore_errors=True)
