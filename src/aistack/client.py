@@ -1,0 +1,106 @@
+"""Typed async client of the orchestrator's HTTP API, shared by the CLI and the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from aistack.contracts import (
+    IterationLimits,
+    IterationView,
+    RalphHealth,
+    Stats,
+    TaskAccepted,
+    TaskCreate,
+    TaskPage,
+    TaskView,
+)
+from aistack.web import API_KEY_HEADER
+
+
+class RalphError(Exception):
+    """The orchestrator refused a request (4xx/5xx) or could not be reached (status 0)."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.field = status, detail, field
+
+
+class RalphClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0):
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self.base_url = base_url
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RalphError(0, f"orchestrator at {self.base_url} is unreachable ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                detail, field = str(body.get("detail", response.text)), body.get("field")
+            except ValueError:
+                detail, field = response.text[:500] or response.reason_phrase, None
+            raise RalphError(response.status_code, detail, field)
+        return response.json()
+
+    # --- reading ---------------------------------------------------------------------------------
+    async def health(self) -> RalphHealth:
+        return RalphHealth.model_validate(await self._request("GET", "/health"))
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._request("GET", "/stats"))
+
+    async def tasks(self, status: str | None = None, limit: int = 20, offset: int = 0) -> TaskPage:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        return TaskPage.model_validate(await self._request("GET", "/tasks", params=params))
+
+    async def task(self, task_id: str) -> TaskView:
+        return TaskView.model_validate(await self._request("GET", f"/tasks/{task_id}"))
+
+    async def iterations(self, task_id: str) -> list[IterationView]:
+        return [IterationView.model_validate(i) for i in await self._request("GET", f"/tasks/{task_id}/iterations")]
+
+    async def diff(self, task_id: str, iteration: int | None = None) -> str:
+        params = {"iteration": iteration} if iteration is not None else {}
+        return str((await self._request("GET", f"/tasks/{task_id}/diff", params=params)).get("diff", ""))
+
+    async def limits(self) -> IterationLimits:
+        return IterationLimits.model_validate(await self._request("GET", "/config/limits"))
+
+    # --- acting ----------------------------------------------------------------------------------
+    async def submit(self, task: TaskCreate) -> TaskAccepted:
+        body = task.model_dump(mode="json", exclude_none=True)
+        return TaskAccepted.model_validate(await self._request("POST", "/tasks", json=body))
+
+    async def stop(self, task_id: str) -> dict[str, Any]:
+        return await self._request("POST", f"/tasks/{task_id}/stop")
+
+    async def decide(self, task_id: str, approved: bool) -> dict[str, Any]:
+        return await self._request("POST", f"/tasks/{task_id}/approve", json={"approved": approved})
+
+    async def reload_config(self) -> IterationLimits:
+        return IterationLimits.model_validate(await self._request("POST", "/config/reload"))
+
+    # --- live events -----------------------------------------------------------------------------
+    async def events(self, task_id: str, last_event_id: str | None = None) -> AsyncIterator[bytes]:
+        """The task's server-sent events, passed through byte for byte (the browser parses them)."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(10.0, read=None)  # an idle stream is normal
+        async with self._http.stream("GET", f"/tasks/{task_id}/events", headers=headers, timeout=timeout) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise RalphError(response.status_code, response.text[:500])
+            async for chunk in response.aiter_raw():
+                yield chunk

@@ -1,0 +1,79 @@
+"""`aistack demo`: the main job end to end — start the stack, give the local model a small task
+in a sample repository, follow it live, and show the verified result."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+
+from aistack.client import RalphClient
+from aistack.config import Settings
+
+commands = typer.Typer()
+console = Console()
+
+DEMO_PROMPT = "Create hello.py with a function hello() that returns 'hello'"
+DEMO_CHECK = "python3 -c \"import hello; assert hello.hello() == 'hello'\""
+
+
+def sample_repository(root: Path, name: str = "aistack-demo") -> Path:
+    """A small git repository inside WORKSPACE_ROOT (created once, never modified afterwards:
+    every task works on its own branch)."""
+    repo = root / name
+    if (repo / ".git").is_dir():
+        return repo
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / "README.md").write_text("# aistack demo\n\nA sample workspace for the aistack demo task.\n")
+    ident = ["-c", "user.name=aistack", "-c", "user.email=aistack@localhost"]
+    for args in (["init", "-q", "-b", "main"], ["add", "README.md"], [*ident, "commit", "-q", "-m", "Sample workspace"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+@commands.command()
+def demo(
+    backend: Annotated[str, typer.Option(help="aider (the local model) or command.")] = "aider",
+    prompt: Annotated[str, typer.Option(help="The task.")] = DEMO_PROMPT,
+    check: Annotated[str, typer.Option(help="How to know it is done.")] = DEMO_CHECK,
+    max_iterations: Annotated[int, typer.Option("--max-iterations")] = 5,
+) -> None:
+    """Start the stack and run a small real task on the bundled model, live."""
+    from aistack.lifecycle.commands import _settings, up
+    from aistack.ralph_wiggum.commands import follow
+
+    settings: Settings = _settings()
+    repo = sample_repository(settings.workspace_root)
+    console.rule("1. the stack")
+    up(services=None, timeout=None)
+    console.rule("2. the task")
+    console.print(f"workspace: {repo}\nprompt:    {prompt}\ncheck:     {check}", highlight=False)
+    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+
+    async def submit():
+        from aistack.contracts import TaskCreate
+
+        client = RalphClient(settings.url("ralph-wiggum"), key)
+        try:
+            body = TaskCreate(prompt=prompt, backend=backend, workspace=str(repo), check_command=check, max_iterations=max_iterations)
+            return await client.submit(body)
+        finally:
+            await client.aclose()
+
+    accepted = asyncio.run(submit())
+    console.print(f"task {accepted.task_id}: {accepted.message}")
+    code = follow(accepted.task_id)
+    console.rule("3. the result")
+    branch = f"aistack/{accepted.task_id}"
+    diff = subprocess.run(["git", "diff", "--stat", "-p", "main", branch], cwd=repo, capture_output=True, text=True).stdout
+    console.print(Syntax(diff or "(no changes)", "diff", theme="ansi_dark", word_wrap=True))
+    console.print(
+        f"The work is on branch [bold]{branch}[/bold] of {repo}: `git -C {repo} merge {branch}` to take it.\n"
+        f"The stack keeps running (dashboard: {settings.url('dashboard')}); `aistack down` stops it."
+    )
+    raise typer.Exit(code)

@@ -1,0 +1,62 @@
+"""`aistack task …` against a real orchestrator process."""
+
+from __future__ import annotations
+
+import subprocess
+
+from support import AISTACK, child_env, make_git_repo
+
+
+def aistack(env, *args, timeout=60):
+    return subprocess.run([*AISTACK, *args], env=child_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def test_submit_wait_list_show_logs(stack_env, services):
+    agent = stack_env.root / "agent.sh"
+    agent.write_text('#!/bin/sh\necho "line $AISTACK_ITERATION" >> notes.txt\necho "wrote line $AISTACK_ITERATION"\n')
+    agent.chmod(0o755)
+    stack_env.set(RALPH_COMMAND_BACKEND=agent)
+    services("ralph-wiggum", stack_env)
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+
+    done = aistack(stack_env, "task", "submit", "add two lines", "--backend", "command", "--workspace", str(repo),
+                   "--check", "test $(wc -l < notes.txt) -ge 2", "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "iteration 1: success check exit 1" in done.stdout and "iteration 2: success check exit 0" in done.stdout
+    assert "result: completed after 2 iteration(s)" in done.stdout
+    task_id = done.stdout.split("task ")[1].split()[0]
+
+    failed = aistack(stack_env, "task", "submit", "never done", "--backend", "command", "--workspace", str(repo),
+                     "--check", "false", "--max-iterations", "1", "--wait")
+    assert failed.returncode == 1 and "exhausted" in failed.stdout
+
+    listed = aistack(stack_env, "task", "list", "--status", "completed")
+    assert task_id in listed.stdout and "of 1" in listed.stdout
+    shown = aistack(stack_env, "task", "show", task_id)
+    assert "notes.txt" in shown.stdout and "evidence: check_command" in shown.stdout
+    logs = aistack(stack_env, "task", "logs", task_id, "--iteration", "2")
+    assert "wrote line 2" in logs.stdout and "wrote line 1" not in logs.stdout
+
+    bad = aistack(stack_env, "task", "submit", "x", "--backend", "nope")
+    assert bad.returncode == 1 and "unknown backend 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    missing = aistack(stack_env, "task", "show", "nosuchtask")
+    assert missing.returncode == 1 and "no task with id" in missing.stderr
+
+
+def test_cli_reports_unreachable_orchestrator(stack_env):
+    out = aistack(stack_env, "task", "list")
+    assert out.returncode == 1 and "unreachable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_show_masks_secrets_and_init_writes_every_setting(stack_env, tmp_path):
+    stack_env.set(RALPH_WIGGUM_API_KEY="topsecret")
+    shown = aistack(stack_env, "config", "show")
+    assert shown.returncode == 0 and "topsecret" not in shown.stdout and "********" in shown.stdout
+    target = tmp_path / "fresh.env"
+    init = aistack(stack_env, "--env-file", str(target), "config", "init")
+    assert init.returncode == 0 and target.is_file()
+    text = target.read_text()
+    for name in ("RALPH_MAX_ITERATIONS_DEFAULT=20", "LLAMA_CPP_PORT=8080", "WORKSPACE_ROOT=", "RALPH_STUCK_ITERATIONS=3"):
+        assert f"# {name}" in text
+    again = aistack(stack_env, "config", "init", "--env-file", str(target))
+    assert again.returncode == 1 and "exists" in again.stderr

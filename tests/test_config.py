@@ -1,0 +1,68 @@
+"""The one configuration: precedence, validation messages, host fallback, confinement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aistack.config import ENV_FILE_VARIABLE, ConfigError, load_settings, resolve_host
+from aistack.paths import PathNotAllowed, confine
+
+
+def test_precedence_environment_over_file_over_defaults(tmp_path, monkeypatch):
+    env = tmp_path / ".env"
+    env.write_text("RALPH_MAX_ITERATIONS_SIMPLE=7\nRALPH_MAX_ITERATIONS_COMPLEX=70\n")
+    monkeypatch.setenv("RALPH_MAX_ITERATIONS_COMPLEX", "77")
+    s = load_settings(env)
+    assert (s.ralph_max_iterations_simple, s.ralph_max_iterations_complex, s.ralph_max_iterations_default) == (7, 77, 20)
+
+
+def test_env_file_variable_and_explicit_file(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.env", tmp_path / "b.env"
+    a.write_text("RALPH_WIGGUM_PORT=1111\n")
+    b.write_text("RALPH_WIGGUM_PORT=2222\n")
+    monkeypatch.setenv(ENV_FILE_VARIABLE, str(a))
+    assert load_settings().ralph_wiggum_port == 1111
+    assert load_settings(b).ralph_wiggum_port == 2222
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.env")
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("RALPH_STUCK_ITERATIONS=-1", "RALPH_STUCK_ITERATIONS='-1': allowed: a whole number from 0 to 1000"),
+        ("LLAMA_CPP_PORT=http", "from 1 to 65535"),
+        ("RALPH_ADAPTIVE_ITERATIONS=maybe", "true or false"),
+        ("LLAMA_CPP_MODEL=gpt-5", "qwen2.5-coder-1.5b"),
+        ("LOG_LEVEL=loud", "debug, info, warning, error"),
+    ],
+)
+def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, words):
+    env = tmp_path / ".env"
+    env.write_text(line + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    message = str(err.value)
+    assert "\n" not in message and line.split("=")[0] in message and words in message
+
+
+def test_container_names_fall_back_to_loopback_only_when_unresolvable():
+    assert resolve_host("llama-cpp") == "127.0.0.1"  # no container network here
+    assert resolve_host("gpu-box.internal") == "gpu-box.internal"  # anything else is kept as given
+    assert load_settings(None).url("aider-wrapper") == "http://127.0.0.1:8099"
+
+
+def test_confine(tmp_path):
+    root = tmp_path / "root"
+    (root / "repo").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    assert confine("repo", [root]) == (root / "repo").resolve()
+    assert confine(str(root / "repo"), [root]) == (root / "repo").resolve()
+    assert confine(".", [root]) == root.resolve()
+    for bad in ("../outside", str(tmp_path / "outside"), "link", "repo/../../outside", "/etc"):
+        with pytest.raises(PathNotAllowed):
+            confine(bad, [root])
+    assert confine(str(tmp_path / "outside" / "x"), [root, tmp_path / "outside"]) == (tmp_path / "outside" / "x").resolve()
