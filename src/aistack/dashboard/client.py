@@ -136,4 +136,9 @@ async def probe(http: httpx.AsyncClient, url: str) -> Probe:
         return Probe("healthy", latency, body)
     # A service that answers but says it is not fully well (llama-server answers 503 while loading).
     detail = str(body.get("detail") or body.get("error") or status or f"HTTP {response.status_code}")
+    troubled = [  # the orchestrator names the backends behind its "degraded"
+        str(b.get("name")) for b in body.get("backends") or [] if isinstance(b, dict) and (b.get("reachable") is False or not b.get("available"))
+    ]
+    if troubled:
+        detail = f"backend unreachable: {', '.join(troubled)}"
     return Probe("degraded", latency, body, detail[:200])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ LIMIT_FIELDS = (
     "ralph_max_iterations_cap",
 )
 CLEAR_PREFIX = "clear__"
+_ALTERNATIVES = re.compile(r"^\^\(([\w.-]+(?:\|[\w.-]+)+)\)\$$")  # a pattern like ^(a|b|c)$
 
 
 @dataclass
@@ -78,10 +80,11 @@ def rows(file_values: Mapping[str, str], submitted: Mapping[str, str] | None = N
     for name, info in Settings.model_fields.items():
         annotation, optional = _inner(info.annotation)
         env = name.upper()
-        lo = hi = None
+        lo = hi = pattern = None
         for meta in info.metadata:
             lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
             hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
+            pattern = getattr(meta, "pattern", None) or pattern
         if name in SECRET_FIELDS or annotation is SecretStr:
             kind, label, choices = "secret", "secret", []
         elif annotation is bool:
@@ -92,6 +95,8 @@ def rows(file_values: Mapping[str, str], submitted: Mapping[str, str] | None = N
             kind, label, choices = "choice", "one of", [m.value for m in annotation]
         elif annotation is Path:
             kind, label, choices = "path", "path", []
+        elif pattern and (alternatives := _ALTERNATIVES.match(pattern)):
+            kind, label, choices = "choice", "one of", alternatives.group(1).split("|")
         else:
             kind, label, choices = "text", "text", []
         if optional:

@@ -52,7 +52,7 @@ function startPolling(container) {
   setTimeout(tick, interval);
 }
 
-const EVENT_TYPES = ["status", "iteration_started", "iteration_finished", "check", "approval_needed", "relay_error"];
+const EVENT_TYPES = ["status", "iteration_started", "iteration_finished", "check", "approval_needed", "end", "relay_error"];
 
 function startTaskStream(live) {
   const log = document.getElementById("event-log");

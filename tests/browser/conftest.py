@@ -1,0 +1,92 @@
+"""Browser-test fixtures: headless Debian Chromium driven by Playwright, and a real stack of
+`aistack serve ralph-wiggum` + `aistack serve dashboard` whose loop uses the `command` backend
+(a shell script), so no language model is needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from support import REPO_ROOT, ServiceProcess, StackEnv, make_git_repo
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
+
+# The "agent": appends one line per iteration to notes.txt in the task's worktree.
+AGENT_SCRIPT = """#!/bin/sh
+echo "iteration $AISTACK_ITERATION: $AISTACK_PROMPT" >> notes.txt
+echo "appended line $AISTACK_ITERATION to notes.txt"
+"""
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def screenshot():
+    """`screenshot(page, name)` saves the whole page under test-artifacts/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+@dataclass
+class Stack:
+    env: StackEnv
+    ralph: ServiceProcess
+    dashboard: ServiceProcess
+    repo: Path
+
+    @property
+    def url(self) -> str:
+        return self.dashboard.url
+
+
+@pytest.fixture
+def stack(stack_env: StackEnv, services, tmp_path: Path):
+    """Starts the orchestrator and the dashboard on one isolated .env; returns a `start(**env)`
+    that accepts extra .env values (e.g. an API key) before the services start."""
+
+    def start(**values: object) -> Stack:
+        script = tmp_path / "agent.sh"
+        script.write_text(AGENT_SCRIPT)
+        script.chmod(0o755)
+        repo = make_git_repo(stack_env.workspace_root / "repo")
+        stack_env.set(RALPH_COMMAND_BACKEND=script, RALPH_MAX_CONCURRENT_TASKS=2, **values)
+        ralph = services("ralph-wiggum", stack_env)
+        dashboard = services("dashboard", stack_env)
+        return Stack(stack_env, ralph, dashboard, repo)
+
+    return start

@@ -1,0 +1,207 @@
+"""The dashboard in headless Chromium against a real orchestrator and a real .env.
+
+Each test drives the pages as a person would (labelled fields, buttons) and checks the outcome
+both on the page and at the source: the orchestrator's API or the .env file itself.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+
+def api(stack, path: str, **kwargs) -> httpx.Response:
+    key = stack.env.values.get("RALPH_WIGGUM_API_KEY")
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.request(kwargs.pop("method", "GET"), stack.ralph.url + path, headers=headers, timeout=10, **kwargs)
+
+
+def submit_task(page, stack, prompt: str, check: str | None = None, approval: bool = False, fixed: int | None = None) -> str:
+    page.goto(stack.url + "/tasks/new")
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Backend", exact=True).select_option("command")
+    page.get_by_label("Workspace").fill("repo")
+    if check:
+        page.get_by_label("Check command").fill(check)
+    if fixed is not None:
+        page.get_by_label("Maximum iterations").fill(str(fixed))
+    if approval:
+        page.get_by_label("Require approval before every iteration").check()
+    page.get_by_role("button", name="Submit task").click()
+    page.wait_for_url(f"{stack.url}/tasks/*")
+    return page.url.rsplit("/", 1)[1]
+
+
+def test_submit_through_form_and_watch_it_complete_live(page, stack, screenshot) -> None:
+    stack = stack()
+    page.goto(stack.url + "/")
+    # Only the orchestrator and the dashboard run: the orchestrator says why it is degraded.
+    ralph_row = page.locator('[data-service="ralph-wiggum"]')
+    expect(ralph_row.locator("[data-health]")).to_have_text("degraded")
+    expect(ralph_row).to_contain_text("backend unreachable: aider")
+    expect(ralph_row).to_contain_text(stack.ralph.url)
+    expect(page.locator('[data-service="dashboard"] [data-health]')).to_have_text("healthy")
+    expect(page.locator('[data-service="aider-wrapper"] [data-health]')).to_have_text("down")
+    screenshot(page, "overview")
+
+    page.goto(stack.url + "/tasks/new")
+    screenshot(page, "new-task")
+    # Two iterations: the check passes once the agent has written two lines.
+    task_id = submit_task(page, stack, "Write two lines of notes", check="test $(wc -l < notes.txt) -ge 2", fixed=5)
+    page.evaluate("window.__sameDocument = true")  # survives only if the page never reloads
+
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.locator("#stream-state")).to_contain_text("stream closed")
+    # The relayed stream arrived in this page (its last events may race the task's end; the
+    # task view itself is re-read from the API on every event, so it is always complete).
+    expect(page.locator("#event-log li[data-type=iteration_started]").first).to_contain_text("iteration=1")
+    expect(page.locator("#event-log li[data-type=end]")).to_contain_text("status=completed")
+    expect(page.locator("#iterations li.iteration")).to_have_count(2)
+    expect(page.locator("#evidence-rule")).to_have_text("check command")
+    newest = page.locator('#iterations li[data-number="2"]')
+    expect(newest.locator("[data-check]")).to_have_text("exit 0")
+    expect(newest.locator("pre.output").first).to_contain_text("appended line 2 to notes.txt")
+    expect(newest.locator("ul.files")).to_contain_text("notes.txt")
+    newest.locator("details.diff summary").click()
+    expect(newest.locator("details.diff pre")).to_contain_text("+iteration 2: Write two lines of notes")
+    screenshot(page, "task-completed")
+
+    # The page shows what the orchestrator recorded.
+    task = api(stack, f"/tasks/{task_id}").json()
+    assert task["status"] == "completed" and task["iteration"] == 2 and task["max_iterations"] == 5
+    assert task["evidence"]["rule"] == "check_command"
+
+    page.goto(stack.url + "/tasks?status=completed")
+    expect(page.locator(f'#task-list tr[data-task="{task_id}"]')).to_contain_text("completed")
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#task-list")).to_contain_text("No tasks with this status")
+    page.goto(stack.url + "/tasks")
+    screenshot(page, "tasks")
+
+    page.goto(stack.url + "/")
+    expect(page.locator('#stats [data-stat="completed"]')).to_have_text("1")
+
+
+def test_approve_a_waiting_task_then_it_runs(page, stack, screenshot) -> None:
+    stack = stack()
+    task_id = submit_task(page, stack, "Write a note after approval", check="test -s notes.txt", approval=True)
+    expect(page.locator("#task-status")).to_have_text("awaiting approval", timeout=20_000)
+    assert api(stack, f"/tasks/{task_id}").json()["iteration"] == 0  # nothing ran yet
+    screenshot(page, "task-awaiting-approval")
+
+    page.get_by_role("button", name="Approve").click()
+    expect(page.locator("#flash")).to_contain_text("Approved")
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
+    task = api(stack, f"/tasks/{task_id}").json()
+    assert task["status"] == "completed" and task["iteration"] == 1
+
+    # Reject ends a second waiting task without running it.
+    other = submit_task(page, stack, "Never run this one", check="test -s notes.txt", approval=True)
+    expect(page.locator("#task-status")).to_have_text("awaiting approval", timeout=20_000)
+    page.get_by_role("button", name="Reject").click()
+    expect(page.locator("#task-status")).to_have_text("rejected")
+    assert api(stack, f"/tasks/{other}").json()["iteration"] == 0
+
+
+def test_changed_iteration_limit_is_used_by_the_running_orchestrator(page, stack, screenshot) -> None:
+    stack = stack()
+    page.goto(stack.url + "/controls")
+    expect(page.locator('[data-live="ralph_max_iterations_default"]')).to_have_text("20")
+    screenshot(page, "controls")
+
+    # Above the cap: refused, nothing saved.
+    before = stack.env.env_file.read_bytes()
+    page.get_by_label("Default", exact=True).fill("500")
+    page.get_by_role("button", name="Save and apply").click()
+    expect(page.locator("#form-error")).to_contain_text("above the cap")
+    assert stack.env.env_file.read_bytes() == before
+
+    page.get_by_label("Adaptive: pick the limit from the prompt's complexity").uncheck()
+    page.get_by_label("Default", exact=True).fill("7")
+    page.get_by_role("button", name="Save and apply").click()
+    expect(page.locator("#flash")).to_contain_text("applied to the running orchestrator")
+    expect(page.locator('[data-live="ralph_max_iterations_default"]')).to_have_text("7")
+    expect(page.locator('[data-live="ralph_adaptive_iterations"]')).to_have_text("false")
+    text = stack.env.env_file.read_text()
+    assert "RALPH_MAX_ITERATIONS_DEFAULT=7\n" in text and "RALPH_ADAPTIVE_ITERATIONS=false\n" in text
+    assert api(stack, "/config/limits").json()["ralph_max_iterations_default"] == 7
+    screenshot(page, "controls-saved")
+
+    # A task without max_iterations now gets the new limit, same orchestrator process.
+    task_id = submit_task(page, stack, "Write notes until told to stop", check="false")
+    task = api(stack, f"/tasks/{task_id}").json()
+    assert task["max_iterations"] == 7 and task["limit_source"] == "default"
+    expect(page.locator("#task-iteration")).to_contain_text("of 7")
+    assert stack.ralph.proc.poll() is None
+
+
+def test_invalid_config_value_shows_error_and_leaves_file_unchanged(page, stack, screenshot) -> None:
+    stack = stack()
+    page.goto(stack.url + "/config")
+    screenshot(page, "config")
+    before = stack.env.env_file.read_bytes()
+
+    page.get_by_label("RALPH_MAX_ITERATIONS_CAP").fill("zero")
+    page.get_by_label("LOG_LEVEL").select_option("debug")  # a valid change in the same save
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#form-error")).to_contain_text("RALPH_MAX_ITERATIONS_CAP='zero'")
+    expect(page.locator("#form-error")).to_contain_text("whole number from 1 to 10000")
+    expect(page.locator('tr[data-setting="RALPH_MAX_ITERATIONS_CAP"] input')).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("RALPH_MAX_ITERATIONS_CAP")).to_have_value("zero")  # what was typed stays for fixing
+    assert stack.env.env_file.read_bytes() == before
+    assert not stack.env.env_file.with_name(".env.bak").exists()
+    screenshot(page, "config-invalid")
+
+    # Fixing it saves both changes, keeps a backup and the orchestrator applies the limit.
+    page.get_by_label("RALPH_MAX_ITERATIONS_CAP").fill("60")
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#flash")).to_contain_text("Saved 2 change(s)")
+    assert stack.env.env_file.with_name(".env.bak").read_bytes() == before
+    text = stack.env.env_file.read_text()
+    assert "RALPH_MAX_ITERATIONS_CAP=60\n" in text and "LOG_LEVEL=debug\n" in text
+    assert api(stack, "/config/limits").json()["ralph_max_iterations_cap"] == 60
+
+
+def test_api_key_login_and_secret_never_reaches_the_browser(page, stack, screenshot) -> None:
+    key = "browser-test-key-7f3a"
+    stack = stack(RALPH_WIGGUM_API_KEY=key)
+    seen: list[str] = []
+    page.on("response", lambda r: seen.append(r.text()) if "text" in (r.headers.get("content-type") or "") else None)
+
+    page.goto(stack.url + "/config")
+    expect(page).to_have_url(f"{stack.url}/login?next=/config")
+    screenshot(page, "login")
+    page.get_by_label("API key (RALPH_WIGGUM_API_KEY)").fill("wrong")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#login-error")).to_be_visible()
+    page.get_by_label("API key (RALPH_WIGGUM_API_KEY)").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{stack.url}/config")
+    secret = page.get_by_label("RALPH_WIGGUM_API_KEY")
+    expect(secret).to_have_value("")
+    expect(secret).to_have_attribute("placeholder", "set — leave empty to keep")
+
+    # Saving with the secret left empty keeps it.
+    page.get_by_label("RALPH_STUCK_ITERATIONS").fill("4")
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#flash")).to_contain_text("Saved 1 change(s)")
+    assert f"RALPH_WIGGUM_API_KEY={key}\n" in stack.env.env_file.read_text()
+
+    # The dashboard reaches the protected orchestrator with the key it holds.
+    task_id = submit_task(page, stack, "Write a note", check="test -s notes.txt")
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
+    page.goto(stack.url + "/deploy")
+    screenshot(page, "deploy")
+    assert seen and not any(key in body for body in seen)
+
+    # A form post without the session's CSRF token is refused.
+    response = page.request.post(stack.url + f"/tasks/{task_id}/stop", form={"csrf_token": "forged"})
+    assert response.status == 403
+    page.get_by_role("button", name="Log out").click()
+    page.goto(stack.url + "/tasks")
+    expect(page).to_have_url(f"{stack.url}/login?next=/tasks")
