@@ -20,3 +20,9 @@ def aistack(env: StackEnv, *args: str, timeout: float = 120) -> subprocess.Compl
 
 def pid_files(env: StackEnv) -> list[Path]:
     return sorted((env.data_dir / "run").glob("*.pid.json"))
+
+
+def table_rows(output: str) -> dict[str, str]:
+    """The rows of a printed service table, by service name (the first word of the row)."""
+    names = ("llama-cpp", "aider-wrapper", "ralph-wiggum", "dashboard")
+    return {line.split()[0]: line for line in output.splitlines() if line.split() and line.split()[0] in names}

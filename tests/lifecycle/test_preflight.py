@@ -11,7 +11,7 @@ import pytest
 
 from aistack import preflight
 from aistack.config import Settings
-from lifecycle_support import aistack
+from lifecycle_support import aistack, table_rows
 from support import free_port
 
 
@@ -131,7 +131,7 @@ def test_preflight_command_prints_a_table_and_fails_when_something_is_down(stack
     services("llama-cpp", stack, timeout=120)
     result = aistack(stack, "preflight")
     assert result.returncode == 1, result.stdout + result.stderr
-    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    rows = table_rows(result.stdout)
     assert "HTTP 200" in rows["llama-cpp"] and stack.url("llama-cpp") in rows["llama-cpp"]
     assert "connection refused" in rows["ralph-wiggum"] and "aistack up" in rows["ralph-wiggum"]
     assert "RALPH_WIGGUM_HOST" in rows["ralph-wiggum"]

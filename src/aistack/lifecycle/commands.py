@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -72,7 +73,7 @@ def preflight(
     """Check every service of the stack: reachable, ready, latency, and what to do if not."""
     cfg = _settings()
     results = preflight_checks.check_all(cfg, timeout)
-    table = Table(title="aistack pre-flight")
+    table = Table(title="aistack pre-flight", box=box.SIMPLE)
     for col in ("service", "URL", "reachable", "ready", "latency", "what to do"):
         table.add_column(col)
     yes_no = lambda ok: "[green]yes[/green]" if ok else "[red]no[/red]"  # noqa: E731
@@ -92,7 +93,7 @@ def up(
     cfg = _settings()
     rt = ProcessRuntime(cfg)
     started: list[str] = []
-    table = Table(title="aistack up")
+    table = Table(title="aistack up", box=box.SIMPLE)
     for col in ("service", "URL", "state", "pid", "release", "took"):
         table.add_column(col)
     with exclusive(cfg):
@@ -150,7 +151,7 @@ def status() -> None:
     """Service, URL, health, pid, uptime and release of each service; exit 0 only if all are healthy."""
     cfg = _settings()
     rt = ProcessRuntime(cfg)
-    table = Table(title="aistack status")
+    table = Table(title="aistack status", box=box.SIMPLE)
     for col in ("service", "URL", "health", "pid", "uptime", "release"):
         table.add_column(col)
     all_healthy = True
@@ -165,7 +166,7 @@ def status() -> None:
         table.add_row(
             name,
             cfg.url(name),
-            f"[{colour}]{result.state}[/{colour}] ({result.detail})",
+            f"[{colour}]{result.state}[/{colour}]" + ("" if result.state == "healthy" else f" ({result.detail})"),
             str(record.pid) if record else "-",
             _uptime(record.uptime()) if record else "-",
             record.release if record else rt.releases.state(name).current,
@@ -259,13 +260,18 @@ def rollback(
 
 
 def _print_history(cfg: Settings, service: str | None) -> None:
+    """Two lines per deploy: what happened, then why (a table column would be too narrow for it)."""
     entries = read_history(cfg, service)
-    table = Table(title="aistack deploys")
-    for col in ("when (UTC)", "service", "action", "outcome", "release", "previous", "serving", "took", "message"):
-        table.add_column(col)
+    if not entries:
+        console.print("no deploys yet")
+        return
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("started_at", 0)))
-        table.add_row(when, e.get("service", ""), e.get("action", ""), e.get("outcome", ""), str(e.get("version") or "-"),
-                      str(e.get("previous") or "-"), str(e.get("serving") or "-"), f"{e.get('duration_s', 0):.1f} s",
-                      e.get("message", ""))
-    console.print(table)
+        colour = "green" if e.get("ok") else "red"
+        console.print(
+            f"{when}  [bold]{e.get('service')}[/bold]  {e.get('action')} [{colour}]{e.get('outcome')}[/{colour}]  "
+            f"release {e.get('version') or '-'} (before: {e.get('previous') or '-'}, now serving: {e.get('serving') or 'nothing'})  "
+            f"{e.get('duration_s', 0):.1f} s",
+            highlight=False, soft_wrap=True,
+        )
+        console.print(f"    {e.get('message', '')}", highlight=False, soft_wrap=True, style="dim")
