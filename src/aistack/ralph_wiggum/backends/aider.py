@@ -7,7 +7,7 @@ import logging
 
 import httpx
 
-from aistack.contracts import BackendHealth, ExecuteRequest, ExecuteResult
+from aistack.contracts import BackendHealth, ExecuteRequest, ExecuteResult, WrapperHealth
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 
 log = logging.getLogger("aistack.ralph")
@@ -22,6 +22,7 @@ class AiderBackend:
         headers = {"X-API-Key": api_key} if api_key else {}
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None))
         self._reachable: bool | None = None
+        self._available = True
         self._detail: str | None = "not checked yet"
         self._poller: asyncio.Task | None = None
 
@@ -37,13 +38,22 @@ class AiderBackend:
     async def refresh_health(self) -> None:
         try:
             resp = await self._client.get("/health", timeout=2.0)
-            self._reachable = resp.status_code == 200
-            self._detail = None if self._reachable else f"/health answered {resp.status_code}"
         except httpx.HTTPError as exc:
             self._reachable, self._detail = False, f"unreachable: {type(exc).__name__}"
+            return
+        self._reachable = resp.status_code == 200
+        try:
+            body = WrapperHealth.model_validate(resp.json())
+        except ValueError:
+            self._available, self._detail = True, f"/health answered {resp.status_code}"
+            return
+        self._available = body.aider_available
+        problems = [p for p, bad in (("aider is not installed", not body.aider_available),
+                                     (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable)) if bad]
+        self._detail = "; ".join(problems) or None
 
     def health(self) -> BackendHealth:
-        return BackendHealth(name=self.name, available=True, reachable=self._reachable, url=self.base_url, detail=self._detail)
+        return BackendHealth(name=self.name, available=self._available, reachable=self._reachable, url=self.base_url, detail=self._detail)
 
     async def run(self, request: IterationRequest) -> IterationResult:
         run_id = f"{request.task_id}-{request.iteration}"
