@@ -58,8 +58,8 @@ def quote(value: str) -> str:
         raise EnvFileError("a value may not span several lines")
     if _PLAIN_VALUE.match(value):
         return value
-    if "'" not in value:
-        return f"'{value}'"  # single quotes are literal: nothing inside needs escaping
+    if "'" not in value and "\\" not in value:
+        return f"'{value}'"  # inside single quotes only \\ and \' are escapes
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -40,7 +40,7 @@ from aistack.dashboard.security import (
     require_login,
     session_secret,
 )
-from aistack.dashboard.settings_form import LIMIT_FIELDS, rows, updates_from_form
+from aistack.dashboard.settings_form import LIMIT_FIELDS, grouped, rows, updates_from_form
 from aistack.web import check_bind, serve
 
 HERE = Path(__file__).parent
@@ -310,7 +310,7 @@ def create_app(settings: Settings) -> FastAPI:
     # --- config editor -----------------------------------------------------------------------------
     @app.get("/config", response_class=HTMLResponse, dependencies=[Depends(require_login)])
     async def config_page(request: Request):
-        return render(request, "config.html", page="config", rows=rows(file_values()), env_file=resolve_env_file(), error=None, error_field=None)
+        return render(request, "config.html", page="config", groups=grouped(rows(file_values())), env_file=resolve_env_file(), error=None, error_field=None)
 
     @app.post("/config", dependencies=[Depends(require_login)])
     async def save_config(request: Request):
@@ -327,7 +327,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "config.html",
                 422,
                 page="config",
-                rows=rows(current, submitted=form),
+                groups=grouped(rows(current, submitted=form)),
                 env_file=resolve_env_file(),
                 error=str(exc),
                 error_field=(exc.field or "").upper() or None,

@@ -114,7 +114,8 @@ def rows(file_values: Mapping[str, str], submitted: Mapping[str, str] | None = N
                 type_label=label,
                 default=_shown_default(info.get_default(call_default_factory=True)),
                 description=info.description or "",
-                allowed=allowed(name).removeprefix("allowed: "),
+                # allowed() falls back to the description for free text: do not say it twice.
+                allowed="" if allowed(name).removeprefix("allowed: ") == (info.description or "") else allowed(name).removeprefix("allowed: "),
                 value=value,
                 in_file=in_file,
                 env_override=env in os.environ or name in os.environ,
@@ -125,6 +126,14 @@ def rows(file_values: Mapping[str, str], submitted: Mapping[str, str] | None = N
             )
         )
     return out
+
+
+def grouped(items: list[Row]) -> list[tuple[str, list[Row]]]:
+    """Rows by service, in the order `Settings` declares them (shared first)."""
+    groups: dict[str, list[Row]] = {}
+    for row in items:
+        groups.setdefault(row.group, []).append(row)
+    return list(groups.items())
 
 
 def updates_from_form(form: Mapping[str, str], file_values: Mapping[str, str]) -> dict[str, str | None]:

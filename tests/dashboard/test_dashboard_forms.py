@@ -1,0 +1,163 @@
+"""The dashboard's pure logic: form → TaskCreate / limits / .env updates, health classification."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from aistack.dashboard.app import _FormError, _limits_from_form, _safe_next, _task_from_form
+from aistack.dashboard.client import probe
+from aistack.dashboard.settings_form import LIMIT_FIELDS, grouped, rows, updates_from_form
+from aistack.config import Settings
+
+
+def test_task_form_maps_every_field() -> None:
+    task = _task_from_form(
+        {
+            "prompt": " Fix the bug ",
+            "backend": "command",
+            "workspace": "repo",
+            "check_command": "pytest -q",
+            "completion_promise": "DONE",
+            "limit_mode": "fixed",
+            "max_iterations": "4",
+            "require_approval": "true",
+            "context": '{"files": ["app.py"]}',
+        }
+    )
+    assert task.model_dump() == {
+        "prompt": "Fix the bug",
+        "backend": "command",
+        "max_iterations": 4,
+        "require_approval": True,
+        "workspace": "repo",
+        "check_command": "pytest -q",
+        "completion_promise": "DONE",
+        "context": {"files": ["app.py"]},
+    }
+
+
+def test_task_form_auto_limit_ignores_the_number_and_blank_fields_are_unset() -> None:
+    task = _task_from_form({"prompt": "x", "limit_mode": "auto", "max_iterations": "9", "workspace": "  "})
+    assert task.max_iterations is None and task.workspace is None and task.backend == "aider"
+    assert task.require_approval is False and task.context == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "text"),
+    [
+        ({"prompt": ""}, "prompt", "at least 1 character"),
+        ({"prompt": "x", "limit_mode": "fixed", "max_iterations": "0"}, "max_iterations", "at least 1"),
+        ({"prompt": "x", "limit_mode": "fixed", "max_iterations": "two"}, "max_iterations", "'two'"),
+        ({"prompt": "x", "context": "{nope"}, "context", "not valid JSON"),
+        ({"prompt": "x", "context": "[1]"}, "context", "JSON object"),
+    ],
+)
+def test_task_form_errors_name_the_field(values: dict, field: str, text: str) -> None:
+    with pytest.raises(_FormError) as err:
+        _task_from_form(values)
+    assert err.value.field == field and text in str(err.value)
+
+
+def _limits(**changes: object) -> dict:
+    form = {
+        "ralph_max_iterations_simple": "5",
+        "ralph_max_iterations_default": "10",
+        "ralph_max_iterations_complex": "30",
+        "ralph_max_iterations_cap": "40",
+        "ralph_adaptive_iterations": True,
+    }
+    return form | changes
+
+
+def test_limits_form_valid() -> None:
+    limits = _limits_from_form(_limits())
+    assert limits.ralph_max_iterations_complex == 30 and limits.ralph_adaptive_iterations is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "text"),
+    [
+        ({"ralph_max_iterations_simple": "0"}, "ralph_max_iterations_simple", "from 1 to 10000"),
+        ({"ralph_max_iterations_cap": "10001"}, "ralph_max_iterations_cap", "from 1 to 10000"),
+        ({"ralph_max_iterations_default": ""}, "ralph_max_iterations_default", "got ''"),
+        ({"ralph_max_iterations_complex": "41"}, "ralph_max_iterations_complex", "above the cap"),
+    ],
+)
+def test_limits_form_errors(changes: dict, field: str, text: str) -> None:
+    with pytest.raises(_FormError) as err:
+        _limits_from_form(_limits(**changes))
+    assert err.value.field == field and text in str(err.value)
+
+
+def test_editor_rows_cover_every_setting_and_never_carry_a_secret() -> None:
+    file_values = {"RALPH_WIGGUM_API_KEY": "hunter2", "LOG_LEVEL": "debug", "RALPH_ADAPTIVE_ITERATIONS": "1"}
+    table = rows(file_values)
+    assert [r.name for r in table] == [name.upper() for name in Settings.model_fields]
+    by_name = {r.name: r for r in table}
+    assert by_name["RALPH_WIGGUM_API_KEY"].kind == "secret" and by_name["RALPH_WIGGUM_API_KEY"].value == ""
+    assert by_name["RALPH_WIGGUM_API_KEY"].in_file
+    assert by_name["LOG_LEVEL"].choices == ["debug", "info", "warning", "error"] and by_name["LOG_LEVEL"].value == "debug"
+    assert by_name["RALPH_ADAPTIVE_ITERATIONS"].choices == ["true", "false", "1"]  # hand-written value kept
+    assert by_name["RALPH_MAX_ITERATIONS_CAP"].kind == "int" and by_name["RALPH_MAX_ITERATIONS_CAP"].hi == 10000
+    assert by_name["RALPH_MAX_ITERATIONS_CAP"].default == "100"
+    assert "hunter2" not in repr(table)
+    assert [g for g, _ in grouped(table)] == ["shared", "llama-cpp", "aider-wrapper", "ralph-wiggum", "dashboard"]
+
+
+def test_editor_updates_only_what_changed() -> None:
+    file_values = {"LOG_LEVEL": "debug", "DASHBOARD_PORT": "8090", "RALPH_WIGGUM_API_KEY": "old"}
+    form = {name.upper(): file_values.get(name.upper(), "") for name in Settings.model_fields}
+    form["RALPH_WIGGUM_API_KEY"] = ""  # a secret is never shown, so its input comes back empty
+    assert updates_from_form(form, file_values) == {}  # the form as shown: nothing to write
+    form |= {"LOG_LEVEL": "error", "DASHBOARD_PORT": "", "RALPH_STUCK_ITERATIONS": " 4 ", "RALPH_WIGGUM_API_KEY": ""}
+    assert updates_from_form(form, file_values) == {"LOG_LEVEL": "error", "DASHBOARD_PORT": None, "RALPH_STUCK_ITERATIONS": "4"}
+    assert updates_from_form(form | {"RALPH_WIGGUM_API_KEY": "new"}, file_values)["RALPH_WIGGUM_API_KEY"] == "new"
+    assert updates_from_form(form | {"clear__RALPH_WIGGUM_API_KEY": "1"}, file_values)["RALPH_WIGGUM_API_KEY"] is None
+
+
+def test_limit_fields_are_the_live_ones() -> None:
+    from aistack.contracts import IterationLimits
+
+    assert set(LIMIT_FIELDS) == set(IterationLimits.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"), [("/tasks?x=1", "/tasks?x=1"), ("//evil.example", "/"), ("https://evil.example", "/"), ("/\\evil", "/")]
+)
+def test_login_redirect_stays_on_site(target: str, expected: str) -> None:
+    assert _safe_next(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "state", "detail"),
+    [
+        (200, {"status": "healthy", "version": "1"}, "healthy", None),
+        (200, {"status": "ok"}, "healthy", None),
+        (503, {"status": "loading"}, "degraded", "loading"),
+        (200, {"status": "degraded", "backends": [{"name": "aider", "available": True, "reachable": False}]}, "degraded", "backend unreachable: aider"),
+    ],
+)
+def test_health_classification(status: int, body: dict, state: str, detail: str | None) -> None:
+    import asyncio
+
+    async def run():
+        transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await probe(http, "http://svc/health")
+
+    result = asyncio.run(run())
+    assert result.state == state and result.error == detail and result.latency_ms is not None
+
+
+def test_unreachable_service_is_down() -> None:
+    import asyncio
+
+    async def run():
+        async with httpx.AsyncClient() as http:
+            from support import free_port
+
+            return await probe(http, f"http://127.0.0.1:{free_port()}/health")
+
+    result = asyncio.run(run())
+    assert result.state == "down" and "unreachable" in result.error
