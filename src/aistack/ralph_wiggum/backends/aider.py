@@ -48,6 +48,7 @@ class AiderBackend:
             self._available, self._detail = True, f"/health answered {resp.status_code}"
             return
         self._available = body.aider_available
+        self._reachable = self._reachable and body.status == "healthy"  # a wrapper without its LLM cannot work
         problems = [p for p, bad in (("aider is not installed", not body.aider_available),
                                      (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable)) if bad]
         self._detail = "; ".join(problems) or None
