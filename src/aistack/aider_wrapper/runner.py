@@ -91,7 +91,7 @@ async def run_process(
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))
     waits = {
-        asyncio.create_task(proc.wait()): Ending.exited,
+        asyncio.create_task(_exited(proc)): Ending.exited,
         asyncio.create_task(cancel.wait()): Ending.cancelled,
         asyncio.create_task(fatal_seen.wait()): Ending.fatal,
     }
@@ -121,6 +121,13 @@ async def run_process(
     )
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Until the process itself has exited. (`proc.wait()` also waits for its output pipe to
+    close, which a helper aider left running would hold open.)"""
+    while proc.returncode is None:
+        await asyncio.sleep(0.05)
+
+
 def _priority(ending: Ending) -> int:
     return [Ending.cancelled, Ending.fatal, Ending.timeout].index(ending)
 
@@ -137,10 +144,10 @@ async def end_group(proc: asyncio.subprocess.Process, grace: float) -> None:
     """SIGTERM to the whole process group, SIGKILL after `grace` seconds if aider still lives."""
     _kill_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(_exited(proc), grace)
     except TimeoutError:
         _kill_group(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await _exited(proc)
 
 
 def _kill_group(pgid: int, sig: int) -> None:

@@ -1,0 +1,81 @@
+"""aider's command line, environment and model files, derived from Settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aistack.aider_wrapper import command
+from aistack.config import Settings
+
+
+def settings_for(tmp_path: Path, **values) -> Settings:
+    return Settings(aistack_data_dir=tmp_path / "data", workspace_root=tmp_path / "ws", llama_cpp_host="127.0.0.1", **values)
+
+
+def test_model_files_describe_the_served_model(tmp_path: Path) -> None:
+    cfg = settings_for(tmp_path, llama_cpp_model_alias="my-coder", llama_cpp_context_size=8192)
+    files = command.write_model_files(cfg)
+    [entry] = json.loads(files.model_settings.read_text())
+    assert entry["name"] == "openai/my-coder"
+    assert entry["edit_format"] == "whole"  # auto → whole for small local models
+    assert entry["weak_model_name"] == "openai/my-coder"  # no second model is ever called
+    assert entry["use_repo_map"] is False  # 8k context: no repo map
+    assert entry["extra_params"] == {"max_tokens": 2048}
+    meta = json.loads(files.model_metadata.read_text())["openai/my-coder"]
+    assert meta["max_output_tokens"] == 2048
+    assert meta["max_input_tokens"] + meta["max_output_tokens"] == 8192
+    assert meta["input_cost_per_token"] == meta["output_cost_per_token"] == 0
+    assert files.model_settings.parent == cfg.aistack_data_dir / "aider"
+    assert files.home.is_dir() and files.runs.is_dir()
+
+
+@pytest.mark.parametrize(("configured", "used"), [("auto", "whole"), ("diff", "diff"), ("udiff", "udiff")])
+def test_edit_format_is_configurable(tmp_path: Path, configured: str, used: str) -> None:
+    cfg = settings_for(tmp_path, aider_edit_format=configured)
+    assert json.loads(command.write_model_files(cfg).model_settings.read_text())[0]["edit_format"] == used
+
+
+def test_large_context_gets_a_repo_map_and_capped_output(tmp_path: Path) -> None:
+    cfg = settings_for(tmp_path, llama_cpp_context_size=32768)
+    [entry] = json.loads(command.write_model_files(cfg).model_settings.read_text())
+    assert entry["use_repo_map"] is True
+    assert entry["extra_params"]["max_tokens"] == command.MAX_OUTPUT_TOKENS
+    assert command.map_tokens(cfg) > 0
+
+
+def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Path) -> None:
+    cfg = settings_for(tmp_path, llama_cpp_port=8123)
+    files = command.write_model_files(cfg)
+    run = command.RunFiles(files.runs / "r1")
+    ws = tmp_path / "ws" / "repo"
+    cmd = command.aider_command(cfg, Path("/opt/aider"), files, run, [str(ws / "a.py")], [str(ws / "doc.md")], 60)
+    assert cmd[0] == "/opt/aider"
+    assert cmd[cmd.index("--model") + 1] == "openai/local-coder"
+    assert cmd[cmd.index("--openai-api-base") + 1] == "http://127.0.0.1:8123/v1"
+    assert cmd[cmd.index("--message-file") + 1] == str(run.message)
+    for flag in ("--yes-always", "--no-auto-commits", "--no-gitignore", "--no-check-update", "--analytics-disable",
+                 "--no-suggest-shell-commands", "--no-detect-urls", "--no-stream"):  # fmt: skip
+        assert flag in cmd
+    for flag in ("--input-history-file", "--chat-history-file", "--llm-history-file", "--analytics-log"):
+        assert Path(cmd[cmd.index(flag) + 1]).parent == run.folder
+    assert cmd[cmd.index("--read") + 1] == str(ws / "doc.md")
+    assert cmd[-1] == str(ws / "a.py")
+
+
+def test_environment_hides_our_settings_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIDER_EDIT_FORMAT", "diff")  # aider would read this as --edit-format
+    monkeypatch.setenv("OPENAI_API_KEY", "secret")
+    monkeypatch.setenv("GIT_DIR", "/elsewhere")
+    cfg = settings_for(tmp_path)
+    files = command.write_model_files(cfg)
+    env = command.aider_env(cfg, files)
+    assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_"))]
+    assert env["HOME"] == str(files.home)
+    assert "127.0.0.1" in env["NO_PROXY"]
+
+
+def test_find_aider_prefers_the_configured_binary(tmp_path: Path) -> None:
+    assert command.find_aider(settings_for(tmp_path, aider_bin="/nonexistent/aider")) == Path("/nonexistent/aider")

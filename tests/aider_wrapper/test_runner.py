@@ -1,0 +1,100 @@
+"""The process mechanics of a run (timeout, cancel, early stop, group kill) on real processes.
+A small shell script stands in for aider here; the service tests run the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
+
+# Prints, starts a grandchild in the same group, then waits for a long time.
+TREE = "echo started; sleep 300 & echo $! > {pidfile}; sleep 300"
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def run(script: str, tmp_path: Path, timeout: float, cancel_after: float | None = None):
+    cancel = asyncio.Event()
+    if cancel_after is not None:
+        asyncio.get_running_loop().call_later(cancel_after, cancel.set)
+    return await run_process(["sh", "-c", script], tmp_path, dict(os.environ), timeout, cancel)
+
+
+def test_an_ordinary_exit_keeps_output_and_exit_code(tmp_path: Path) -> None:
+    outcome = asyncio.run(run("echo hello; echo oops >&2; exit 3", tmp_path, timeout=30))
+    assert outcome.ending is Ending.exited
+    assert outcome.exit_code == 3
+    assert "hello\n" in outcome.output and "oops\n" in outcome.output
+
+
+def test_timeout_ends_the_whole_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild"
+    started = time.monotonic()
+    outcome = asyncio.run(run(TREE.format(pidfile=pidfile), tmp_path, timeout=1))
+    assert outcome.ending is Ending.timeout and outcome.exit_code is None
+    assert time.monotonic() - started < 1 + 3 + 2  # the grace period at most, plus slack
+    assert outcome.output.startswith("started")
+    assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_cancel_ends_the_whole_group_within_two_seconds(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild"
+    # A process that ignores SIGTERM needs the SIGKILL that follows.
+    script = "trap '' TERM; " + TREE.format(pidfile=pidfile)
+    started = time.monotonic()
+    outcome = asyncio.run(run(script, tmp_path, timeout=60, cancel_after=0.5))
+    assert outcome.ending is Ending.cancelled
+    assert time.monotonic() - started < 0.5 + 2
+    assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_a_transient_llm_error_stops_the_run_at_once(tmp_path: Path) -> None:
+    script = "echo 'litellm.InternalServerError: InternalServerError: OpenAIException - Connection error.'; sleep 300"
+    started = time.monotonic()
+    outcome = asyncio.run(run(script, tmp_path, timeout=60))
+    assert outcome.ending is Ending.fatal
+    assert outcome.fatal is not None and outcome.fatal.transient
+    assert time.monotonic() - started < 5
+
+
+def test_helpers_left_behind_by_a_finished_run_are_ended(tmp_path: Path) -> None:
+    pidfile = tmp_path / "orphan"
+    outcome = asyncio.run(run(f"sleep 300 & echo $! > {pidfile}; exit 0", tmp_path, timeout=30))
+    assert outcome.ending is Ending.exited and outcome.exit_code == 0
+    assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_non_utf8_output_is_kept_readable(tmp_path: Path) -> None:
+    outcome = asyncio.run(run(f"{sys.executable} -c \"import sys; sys.stdout.buffer.write(b'ok \\xff\\n')\"", tmp_path, 30))
+    assert outcome.output == "ok \ufffd\n"
+
+
+def test_tokens_are_summed_over_every_request(tmp_path: Path) -> None:
+    log = tmp_path / "analytics.jsonl"
+    log.write_text(
+        '{"event": "launched", "properties": {}}\n'
+        '{"event": "message_send", "properties": {"prompt_tokens": 611, "completion_tokens": 15}}\n'
+        "not json\n"
+        '{"event": "message_send", "properties": {"prompt_tokens": 700, "completion_tokens": 40}}\n'
+    )
+    tokens = tokens_from_analytics(log)
+    assert (tokens.prompt, tokens.completion) == (1311, 55)
+    assert tokens_from_analytics(tmp_path / "missing").prompt == 0
