@@ -117,3 +117,14 @@ def test_bad_model_file_stops_with_one_line(stack_env, tmp_path):
     assert len(lines) == 1, done.stderr
     assert "LLAMA_CPP_MODEL_FILE" in lines[0] and "not a GGUF model" in lines[0] and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_bad_server_bin_stops_with_one_line(stack_env, tmp_path):
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF\x03\x00\x00\x00")
+    not_executable = tmp_path / "llama-server"
+    not_executable.write_text("#!/bin/sh\n")
+    stack_env.set(LLAMA_CPP_MODEL_FILE=model, LLAMA_CPP_SERVER_BIN=not_executable)
+    done = subprocess.run([*AISTACK, "serve", "llama-cpp"], env=child_env(stack_env), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"✗ invalid setting LLAMA_CPP_SERVER_BIN='{not_executable}': not an executable file"]
