@@ -35,6 +35,7 @@ from aistack.web import http_error
 
 router = APIRouter()
 SSE_KEEPALIVE_SECONDS = 15.0
+MAX_INT = 2**62  # keeps numbers inside what every database integer column holds
 
 
 def _engine(request: Request) -> LoopEngine:
@@ -121,7 +122,7 @@ def list_tasks(
     request: Request,
     status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> TaskPage:
     rows, total = _store(request).list_tasks(status.value if status else None, limit, offset)
     return TaskPage(items=[task_view(t) for t in rows], total=total, limit=limit, offset=offset)
@@ -140,7 +141,7 @@ def get_iterations(task_id: str, request: Request) -> list[IterationView]:
 
 
 @router.get("/tasks/{task_id}/diff", tags=["tasks"])
-def get_diff(task_id: str, request: Request, iteration: Annotated[int | None, Query(ge=1)] = None) -> dict:
+def get_diff(task_id: str, request: Request, iteration: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None) -> dict:
     """Unified diff of one iteration's checkpoint, or of the whole task so far."""
     store = _store(request)
     task = _task_or_404(store, task_id)
@@ -162,14 +163,14 @@ def get_diff(task_id: str, request: Request, iteration: Annotated[int | None, Qu
 async def stream_events(
     task_id: str,
     request: Request,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id (or send Last-Event-ID).")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT, description="Resume after this event id (or send Last-Event-ID).")] = None,
 ):
     """Server-Sent Events of one task; ends after the task reaches a final status."""
     store = _store(request)
     if await asyncio.to_thread(store.get, task_id) is None:
         raise http_error(404, f"no task with id {task_id!r}", "task_id")
     header = request.headers.get("last-event-id", "")
-    last_id = after if after is not None else (int(header) if header.isdigit() else 0)
+    last_id = after if after is not None else (min(int(header), MAX_INT) if header.isdigit() else 0)
     notifier = request.app.state.notifier
 
     async def events():
@@ -195,7 +196,7 @@ async def stream_events(
 
 
 @router.get("/tasks/{task_id}/events.json", response_model=list[EventView], tags=["tasks"])
-def list_events(task_id: str, request: Request, after: Annotated[int, Query(ge=0)] = 0) -> list[EventView]:
+def list_events(task_id: str, request: Request, after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> list[EventView]:
     """The same events as plain JSON, for clients without SSE."""
     store = _store(request)
     _task_or_404(store, task_id)
