@@ -66,7 +66,8 @@ def reset_to(worktree: Path, commit: str) -> None:
 
 def restore(worktree: Path) -> None:
     """Undo what ran after the last checkpoint (e.g. files a check command wrote)."""
-    reset_to(worktree, "HEAD")
+    if git(worktree, "status", "--porcelain", "--untracked-files=all").strip():
+        reset_to(worktree, "HEAD")
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,7 @@ def stage_changes(worktree: Path) -> Changes:
 
 
 def checkpoint(worktree: Path, message: str) -> str:
-    """Commit everything in the worktree on the task branch; returns the commit id."""
-    git(worktree, "add", "-A")
+    """Commit what `stage_changes` staged on the task branch; returns the commit id."""
     git(worktree, "commit", "-q", "--no-verify", "-m", message)
     return git(worktree, "rev-parse", "HEAD").strip()
 
