@@ -29,8 +29,10 @@ echo "appended line $AISTACK_ITERATION to notes.txt"
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's sync API keeps an event loop running on this thread while it is
+    # open, which would break later tests that call asyncio.run().
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it)")
     playwright_api = pytest.importorskip("playwright.sync_api")
@@ -65,7 +67,7 @@ def screenshot():
 @dataclass
 class Stack:
     env: StackEnv
-    ralph: ServiceProcess
+    ralph: ServiceProcess | None
     dashboard: ServiceProcess
     repo: Path
 
@@ -79,13 +81,13 @@ def stack(stack_env: StackEnv, services, tmp_path: Path):
     """Starts the orchestrator and the dashboard on one isolated .env; returns a `start(**env)`
     that accepts extra .env values (e.g. an API key) before the services start."""
 
-    def start(**values: object) -> Stack:
+    def start(with_ralph: bool = True, **values: object) -> Stack:
         script = tmp_path / "agent.sh"
         script.write_text(AGENT_SCRIPT)
         script.chmod(0o755)
         repo = make_git_repo(stack_env.workspace_root / "repo")
         stack_env.set(RALPH_COMMAND_BACKEND=script, RALPH_MAX_CONCURRENT_TASKS=2, **values)
-        ralph = services("ralph-wiggum", stack_env)
+        ralph = services("ralph-wiggum", stack_env) if with_ralph else None
         dashboard = services("dashboard", stack_env)
         return Stack(stack_env, ralph, dashboard, repo)
 

@@ -85,6 +85,11 @@ def test_submit_through_form_and_watch_it_complete_live(page, stack, screenshot)
 
     page.goto(stack.url + "/")
     expect(page.locator('#stats [data-stat="completed"]')).to_have_text("1")
+    # The overview refreshes itself in place.
+    page.evaluate("window.__sameDocument = true")
+    checked = page.locator("#services-h small").inner_text()
+    expect(page.locator("#services-h small")).not_to_have_text(checked, timeout=12_000)
+    assert page.evaluate("window.__sameDocument") is True
 
 
 def test_approve_a_waiting_task_then_it_runs(page, stack, screenshot) -> None:
@@ -205,3 +210,44 @@ def test_api_key_login_and_secret_never_reaches_the_browser(page, stack, screens
     page.get_by_role("button", name="Log out").click()
     page.goto(stack.url + "/tasks")
     expect(page).to_have_url(f"{stack.url}/login?next=/tasks")
+
+
+def test_safe_redeploy_and_rollback_from_the_deploy_page(page, stack, screenshot) -> None:
+    """The orchestrator is not running: a safe redeploy through the page starts a release of it
+    under the lifecycle, verified healthy; a rollback returns to the installed package."""
+    stack = stack(with_ralph=False)
+    orchestrator = stack.env.url("ralph-wiggum")
+    try:
+        page.goto(stack.url + "/deploy")
+        expect(page.locator("#deploy-unavailable")).to_have_count(0)
+        page.get_by_role("button", name="Safe redeploy ralph-wiggum").click()
+        expect(page.locator("#flash")).to_contain_text("Started `aistack deploy ralph-wiggum`")
+        expect(page.get_by_role("button", name="Safe redeploy llama-cpp")).to_be_disabled()  # one job at a time
+        # The log follows the job; the page reloads itself when it ends.
+        expect(page.locator("#deploy-log .badge")).to_have_text("succeeded", timeout=120_000)
+        expect(page.locator("#deploy-log pre")).to_contain_text("is healthy")
+        expect(page.get_by_role("button", name="Safe redeploy llama-cpp")).to_be_enabled()
+        row = page.locator('#deploy-services tr[data-service="ralph-wiggum"]')
+        expect(row).to_contain_text("deploy: deployed")
+        release = row.locator("td").first.inner_text()
+        assert release not in ("—", "installed")
+        assert httpx.get(orchestrator + "/health", timeout=5).status_code == 200
+        screenshot(page, "deploy-done")
+
+        page.goto(stack.url + "/")
+        ralph_row = page.locator('[data-service="ralph-wiggum"]')
+        expect(ralph_row).to_contain_text("deploy deployed")
+        expect(ralph_row.locator("[data-health]")).not_to_have_text("down")
+
+        page.goto(stack.url + "/deploy")
+        page.get_by_role("button", name="Roll back ralph-wiggum").click()
+        expect(page.locator("#deploy-log .badge")).to_have_text("succeeded", timeout=120_000)
+        expect(row).to_contain_text("rollback:")
+        expect(row.locator("td").first).to_have_text("installed")
+        assert httpx.get(orchestrator + "/health", timeout=5).status_code == 200
+    finally:
+        import subprocess
+
+        from support import AISTACK, child_env
+
+        subprocess.run([*AISTACK, "down"], env=child_env(stack.env), capture_output=True, timeout=60)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 
@@ -9,6 +12,12 @@ from aistack.dashboard.app import _FormError, _limits_from_form, _safe_next, _ta
 from aistack.dashboard.client import probe
 from aistack.dashboard.settings_form import LIMIT_FIELDS, grouped, rows, updates_from_form
 from aistack.config import Settings
+
+
+def _run(coro):
+    """asyncio.run on a fresh thread, so it works whatever loop this thread may hold."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def test_task_form_maps_every_field() -> None:
@@ -139,25 +148,21 @@ def test_login_redirect_stays_on_site(target: str, expected: str) -> None:
     ],
 )
 def test_health_classification(status: int, body: dict, state: str, detail: str | None) -> None:
-    import asyncio
-
     async def run():
         transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
         async with httpx.AsyncClient(transport=transport) as http:
             return await probe(http, "http://svc/health")
 
-    result = asyncio.run(run())
+    result = _run(run())
     assert result.state == state and result.error == detail and result.latency_ms is not None
 
 
 def test_unreachable_service_is_down() -> None:
-    import asyncio
-
     async def run():
         async with httpx.AsyncClient() as http:
             from support import free_port
 
             return await probe(http, f"http://127.0.0.1:{free_port()}/health")
 
-    result = asyncio.run(run())
+    result = _run(run())
     assert result.state == "down" and "unreachable" in result.error
