@@ -219,6 +219,7 @@ def deploy(
     source: Annotated[Path | None, typer.Option(help="Project tree to release (default: the one this command runs from).")] = None,
     health_timeout: Annotated[float | None, typer.Option(help="Seconds the new release has to answer /health 200.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List past deploys and exit.")] = False,
+    base_image: Annotated[str, typer.Option(help="podman: the image the Containerfile builds FROM.")] = "python:3.11-slim",
 ) -> None:
     """Deploy SERVICE from the source tree: validate, build, back up, start, verify, or roll back."""
     cfg = _settings()
@@ -232,7 +233,7 @@ def deploy(
     if runtime is RuntimeName.podman:
         from aistack.lifecycle.podman import PodmanDeployer
 
-        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
+        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False), base_image=base_image)
     else:
         deployer = Deployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
     with exclusive(cfg):
@@ -269,7 +270,7 @@ def _print_history(cfg: Settings, service: str | None) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("started_at", 0)))
         colour = "green" if e.get("ok") else "red"
         console.print(
-            f"{when}  [bold]{e.get('service')}[/bold]  {e.get('action')} [{colour}]{e.get('outcome')}[/{colour}]  "
+            f"{when}  [bold]{e.get('service')}[/bold]  {e.get('runtime', 'process')} {e.get('action')} [{colour}]{e.get('outcome')}[/{colour}]  "
             f"release {e.get('version') or '-'} (before: {e.get('previous') or '-'}, now serving: {e.get('serving') or 'nothing'})  "
             f"{e.get('duration_s', 0):.1f} s",
             highlight=False, soft_wrap=True,

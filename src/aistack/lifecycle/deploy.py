@@ -53,6 +53,7 @@ class DeployResult:
     started_at: float = field(default_factory=time.time)
     duration_s: float = 0.0
     restore_s: float | None = None  # failed health check → previous release healthy again
+    runtime: str = "process"
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "log_tail"}
