@@ -99,7 +99,9 @@ def test_approve_a_waiting_task_then_it_runs(page, stack, screenshot) -> None:
     assert api(stack, f"/tasks/{task_id}").json()["iteration"] == 0  # nothing ran yet
     screenshot(page, "task-awaiting-approval")
 
-    page.get_by_role("button", name="Approve").click()
+    # By keyboard: focus the button, press Enter.
+    page.get_by_role("button", name="Approve").focus()
+    page.keyboard.press("Enter")
     expect(page.locator("#flash")).to_contain_text("Approved")
     expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
     task = api(stack, f"/tasks/{task_id}").json()

@@ -166,3 +166,18 @@ def test_unreachable_service_is_down() -> None:
 
     result = _run(run())
     assert result.state == "down" and "unreachable" in result.error
+
+
+@pytest.mark.parametrize("task_id", ["..", "a/b", "x?y=1", "", "a" * 101, "id%2F"])
+def test_task_ids_cannot_change_the_orchestrator_path(task_id: str) -> None:
+    from aistack.dashboard.client import RalphError, _task_path
+
+    with pytest.raises(RalphError) as err:
+        _task_path(task_id, "/events")
+    assert err.value.status == 404
+
+
+def test_task_path_of_a_real_id() -> None:
+    from aistack.dashboard.client import _task_path
+
+    assert _task_path("3f2a9c0e11ab", "/diff") == "/tasks/3f2a9c0e11ab/diff"

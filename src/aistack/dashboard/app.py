@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from aistack import __version__, envfile
@@ -104,6 +105,13 @@ def create_app(settings: Settings) -> FastAPI:
         return render(
             request, "error.html", 403, title="Form expired", message="The form was out of date (CSRF check). Reload the page and try again."
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+        message = "No such page." if exc.status_code == 404 else str(exc.detail)
+        return render(request, "error.html", exc.status_code, title=f"Error {exc.status_code}", message=message)
 
     # --- health and login --------------------------------------------------------------------------
     @app.get("/health")
@@ -347,7 +355,7 @@ def create_app(settings: Settings) -> FastAPI:
     def deploy_context() -> dict[str, Any]:
         available = lifecycle_commands()
         services = [{"name": name, "facts": history.service_facts(settings, name)} for name in SERVICE_NAMES]
-        return {"available": available, "actions": ACTIONS, "services": services, "job": deploys.last}
+        return {"available": available, "actions": ACTIONS, "services": services, "job": deploys.last, "earlier": deploys.earlier_log()}
 
     @app.get("/deploy", response_class=HTMLResponse, dependencies=[Depends(require_login)])
     async def deploy_page(request: Request):

@@ -95,6 +95,16 @@ class DeployRunner:
             self.last = job
             return job
 
+    def earlier_log(self) -> tuple[str, str] | None:
+        """(file name, tail) of the newest deploy log an earlier dashboard process started — after
+        the dashboard redeployed itself, its new process still shows how that went."""
+        if self.last is not None:
+            return None
+        logs = sorted(self.logs_dir.glob("dashboard-*-*.log"), key=lambda p: p.stat().st_mtime)
+        if not logs:
+            return None
+        return logs[-1].name, logs[-1].read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
     @staticmethod
     def _reap(job: Job) -> None:
         job.process.wait()
