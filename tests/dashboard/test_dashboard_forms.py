@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from aistack.dashboard.app import _FormError, _limits_from_form, _safe_next, _task_from_form
-from aistack.dashboard.client import probe
+from aistack.dashboard.probe import probe
 from aistack.dashboard.settings_form import LIMIT_FIELDS, grouped, rows, updates_from_form
 from aistack.config import Settings
 
@@ -170,14 +170,15 @@ def test_unreachable_service_is_down() -> None:
 
 @pytest.mark.parametrize("task_id", ["..", "a/b", "x?y=1", "", "a" * 101, "id%2F"])
 def test_task_ids_cannot_change_the_orchestrator_path(task_id: str) -> None:
-    from aistack.dashboard.client import RalphError, _task_path
+    from aistack.client import RalphError
+    from aistack.dashboard.app import checked_task_id
 
     with pytest.raises(RalphError) as err:
-        _task_path(task_id, "/events")
+        checked_task_id(task_id)
     assert err.value.status == 404
 
 
 def test_task_path_of_a_real_id() -> None:
-    from aistack.dashboard.client import _task_path
+    from aistack.dashboard.app import checked_task_id
 
-    assert _task_path("3f2a9c0e11ab", "/diff") == "/tasks/3f2a9c0e11ab/diff"
+    assert checked_task_id("3f2a9c0e11ab") == "3f2a9c0e11ab"

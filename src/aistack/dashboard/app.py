@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +28,8 @@ from aistack import __version__, envfile
 from aistack.config import SERVICE_NAMES, Settings, resolve_env_file
 from aistack.contracts import TERMINAL_STATUSES, IterationLimits, TaskCreate, TaskStatus
 from aistack.dashboard import history
-from aistack.dashboard.client import RalphClient, RalphError, probe
+from aistack.client import RalphClient, RalphError
+from aistack.dashboard.probe import probe
 from aistack.dashboard.deploy import ACTIONS, DeployRunner, lifecycle_commands
 from aistack.dashboard.security import (
     CSRF_FIELD,
@@ -208,7 +210,7 @@ def create_app(settings: Settings) -> FastAPI:
         return redirect(f"/tasks/{accepted.task_id}", f"Task accepted: {accepted.message}", request=request)
 
     async def task_context(task_id: str) -> dict[str, Any]:
-        task = await ralph.task(task_id)
+        task = await ralph.task(checked_task_id(task_id))
         iterations, error = await _attempt(ralph.iterations(task_id))
         return {"task": task, "iterations": iterations or [], "iterations_error": error, "terminal": task.status in TERMINAL_STATUSES}
 
@@ -231,7 +233,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/tasks/{task_id}/diff", response_class=PlainTextResponse, dependencies=[Depends(require_login)])
     async def task_diff(task_id: str, iteration: int | None = None):
         try:
-            text = await ralph.diff(task_id, iteration)
+            text = await ralph.diff(checked_task_id(task_id), iteration)
         except RalphError as exc:
             return PlainTextResponse(f"(diff unavailable: {exc.detail})", status_code=502)
         return PlainTextResponse(text or "(no changes)")
@@ -243,7 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         async def relay():
             try:
-                async for chunk in ralph.events(task_id, last_id):
+                async for chunk in ralph.events(checked_task_id(task_id), last_id):
                     yield chunk
             except RalphError as exc:
                 yield f"event: relay_error\ndata: {json.dumps({'detail': exc.detail})}\n\n".encode()
@@ -262,6 +264,7 @@ def create_app(settings: Settings) -> FastAPI:
             return render(request, "error.html", 404, title="Task", message=f"unknown action {action!r}: allowed: stop, approve, reject")
         done = {"stop": "Stop requested.", "approve": "Approved: the next iteration runs.", "reject": "Rejected."}
         try:
+            checked_task_id(task_id)
             await calls[action]()
         except RalphError as exc:
             return redirect(f"/tasks/{task_id}", f"{action} refused: {exc.detail}", "error", request=request)
@@ -386,6 +389,17 @@ class _FormError(ValueError):
     def __init__(self, message: str, field: str | None):
         super().__init__(message)
         self.field = field
+
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def checked_task_id(task_id: str) -> str:
+    """A task id as the orchestrator makes them; anything else (`..`, `%2F`...) could change the
+    orchestrator URL the dashboard calls, so it is refused here."""
+    if not _TASK_ID.fullmatch(task_id):
+        raise RalphError(404, f"no task with id {task_id[:100]!r}", "task_id")
+    return task_id
 
 
 async def _attempt(call) -> tuple[Any, str | None]:
