@@ -146,6 +146,13 @@ def test_changed_iteration_limit_is_used_by_the_running_orchestrator(page, stack
     expect(page.locator("#task-iteration")).to_contain_text("of 7")
     assert stack.ralph.proc.poll() is None
 
+    # A task whose check never passes, with room for 100 iterations: Stop ends it.
+    task_id = submit_task(page, stack, "Write notes forever", check="false", fixed=100)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#task-status")).to_have_text("stopped", timeout=20_000)
+    stopped = api(stack, f"/tasks/{task_id}").json()
+    assert stopped["status"] == "stopped" and stopped["iteration"] < 100
+
 
 def test_invalid_config_value_shows_error_and_leaves_file_unchanged(page, stack, screenshot) -> None:
     stack = stack()
