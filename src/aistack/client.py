@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -65,14 +66,14 @@ class RalphClient:
         return TaskPage.model_validate(await self._request("GET", "/tasks", params=params))
 
     async def task(self, task_id: str) -> TaskView:
-        return TaskView.model_validate(await self._request("GET", f"/tasks/{task_id}"))
+        return TaskView.model_validate(await self._request("GET", _task_path(task_id)))
 
     async def iterations(self, task_id: str) -> list[IterationView]:
-        return [IterationView.model_validate(i) for i in await self._request("GET", f"/tasks/{task_id}/iterations")]
+        return [IterationView.model_validate(i) for i in await self._request("GET", _task_path(task_id, "/iterations"))]
 
     async def diff(self, task_id: str, iteration: int | None = None) -> str:
         params = {"iteration": iteration} if iteration is not None else {}
-        return str((await self._request("GET", f"/tasks/{task_id}/diff", params=params)).get("diff", ""))
+        return str((await self._request("GET", _task_path(task_id, "/diff"), params=params)).get("diff", ""))
 
     async def limits(self) -> IterationLimits:
         return IterationLimits.model_validate(await self._request("GET", "/config/limits"))
@@ -83,10 +84,10 @@ class RalphClient:
         return TaskAccepted.model_validate(await self._request("POST", "/tasks", json=body))
 
     async def stop(self, task_id: str) -> dict[str, Any]:
-        return await self._request("POST", f"/tasks/{task_id}/stop")
+        return await self._request("POST", _task_path(task_id, "/stop"))
 
     async def decide(self, task_id: str, approved: bool) -> dict[str, Any]:
-        return await self._request("POST", f"/tasks/{task_id}/approve", json={"approved": approved})
+        return await self._request("POST", _task_path(task_id, "/approve"), json={"approved": approved})
 
     async def reload_config(self) -> IterationLimits:
         return IterationLimits.model_validate(await self._request("POST", "/config/reload"))
@@ -98,9 +99,14 @@ class RalphClient:
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         timeout = httpx.Timeout(10.0, read=None)  # an idle stream is normal
-        async with self._http.stream("GET", f"/tasks/{task_id}/events", headers=headers, timeout=timeout) as response:
+        async with self._http.stream("GET", _task_path(task_id, "/events"), headers=headers, timeout=timeout) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise RalphError(response.status_code, response.text[:500])
             async for chunk in response.aiter_raw():
                 yield chunk
+
+
+def _task_path(task_id: str, suffix: str = "") -> str:
+    """The task's URL path; the id is quoted so no input can point the request elsewhere."""
+    return f"/tasks/{quote(task_id, safe='')}{suffix}"

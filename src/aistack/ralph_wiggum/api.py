@@ -177,13 +177,14 @@ async def stream_events(
         nonlocal last_id
         while True:
             wake = notifier.current()
+            # status first, events second: a final status read here has its events in the batch
+            task = await asyncio.to_thread(store.get, task_id)
             batch = await asyncio.to_thread(store.events_after, task_id, last_id)
             for ev in batch:
                 last_id = ev.id
                 view = event_view(ev)
                 yield ServerSentEvent(id=str(ev.id), event=ev.type, data=view.model_dump_json())
             if not batch:
-                task = await asyncio.to_thread(store.get, task_id)
                 if TaskStatus(task.status).terminal:
                     yield ServerSentEvent(event="end", data=json.dumps({"task_id": task_id, "status": task.status}))
                     return
