@@ -40,6 +40,11 @@ def test_llm_down_is_a_quick_transient_error(stack_env, wrapper) -> None:
     assert elapsed < 10  # not aider's minute of retries
     assert git(repo, "status", "--porcelain", "--ignored") == ""
 
+    # The orchestrator's task worktrees live under the data dir: allowed too.
+    worktree = make_git_repo(stack_env.data_dir / "worktrees" / "task-1")
+    resp = httpx.post(wrapper.url + "/api/execute", json={"prompt": "Create a.py", "workspace": str(worktree)}, timeout=120)
+    assert resp.status_code == 200 and check_result(resp.json()).transient is True
+
 
 def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Path) -> None:
     root = stack_env.workspace_root
@@ -66,6 +71,7 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         ({"workspace": "repo", "files": ["link"]}, "files[0]", "outside"),
         ({"workspace": "repo", "files": ["sub"]}, "files[0]", "not a file"),
         ({"workspace": "repo", "read_only_files": ["nope.md"]}, "read_only_files[0]", "does not exist"),
+        ({"workspace": "repo", "files": [".git/hooks/pre-commit"]}, "files[0]", "inside .git"),
         ({"workspace": "repo", "prompt": ""}, "prompt", ""),
         ({"workspace": "repo", "timeout_seconds": 0}, "timeout_seconds", ""),
         ({"prompt": "x"}, "workspace", ""),

@@ -153,6 +153,8 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
                 path = confine(name, [workspace], base=workspace)
             except PathNotAllowed as exc:
                 raise http_error(400, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
+            if ".git" in path.relative_to(workspace).parts:  # hooks and config there would run code
+                raise http_error(400, f"{field}[{i}]: {name!r} lies inside .git, which aider may not touch", f"{field}[{i}]")
             if path == workspace or (path.exists() and not path.is_file()):
                 raise http_error(400, f"{field}[{i}]: {name!r} is not a file", f"{field}[{i}]")
             if must_exist and not path.exists():
