@@ -104,3 +104,24 @@ def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smo
         assert httpx.post(wrapper.url + "/api/runs/b/cancel", timeout=10).json()["ended"] is True
         results = [check_result(f.result().json()) for f in (a, b)]
     assert [r.error for r in results] == ["cancelled", "cancelled"]
+
+
+def test_llm_going_away_mid_run_is_a_transient_error_at_once(stack_env, services, tmp_path_factory) -> None:
+    from conftest import SMOL
+    from support import new_stack_env
+
+    llama_env = new_stack_env(tmp_path_factory.mktemp("own-llama")).set(**SMOL)
+    llama = services("llama-cpp", llama_env, timeout=300)  # its own: this test stops it
+    wrapper = services("aider-wrapper", point_at(stack_env, llama_env))
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+    with ThreadPoolExecutor(1) as pool:
+        running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo"})
+        assert wait_for(lambda: processes_in(repo), 60)
+        time.sleep(3)  # into its request to the LLM
+        llama.stop()
+        stopped = time.monotonic()
+        result = check_result(running.result().json())
+    assert time.monotonic() - stopped < 15  # not aider's minute of retries
+    assert result.status == "error" and result.transient is True, result
+    assert result.error.startswith("the LLM is"), result.error
+    assert processes_in(repo) == []
