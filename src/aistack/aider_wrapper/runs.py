@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,6 @@ class ActiveRun:
     workspace: Path
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-    started: bool = False  # holds one of the parallel slots and aider is (about to be) running
 
 
 class RunRegistry:
@@ -173,7 +173,6 @@ async def execute(
             registry.slots.release()
         return result("error", error="cancelled")
     try:
-        run.started = True
         return await _run_in_slot(settings, files, aider, client, job, run, result)
     except gitstate.GitError as exc:
         return result("error", error=str(exc))
@@ -183,7 +182,15 @@ async def execute(
         registry.slots.release()
 
 
-async def _run_in_slot(settings, files, aider, client, job: Job, run: ActiveRun, result) -> ExecuteResult:
+async def _run_in_slot(
+    settings: Settings,
+    files: command.AiderFiles,
+    aider: AiderCheck,
+    client: httpx.AsyncClient,
+    job: Job,
+    run: ActiveRun,
+    result: Callable[..., ExecuteResult],
+) -> ExecuteResult:
     # aider would retry an unreachable LLM for a minute; find out in a moment instead.
     problem = await probe_llm(settings, client)
     if problem:
