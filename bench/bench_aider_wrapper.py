@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
+    # A SIGTERM (e.g. from `timeout`) must still stop the services this script started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="bench-aider-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "ws").mkdir()
