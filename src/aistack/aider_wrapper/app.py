@@ -45,11 +45,15 @@ class WrapperState:
         self.registry = RunRegistry(settings.aider_max_parallel)
         self.aider = AiderCheck(None, None, "not checked yet")
         self.llm_problem: str | None = "not checked yet"
-        self.client = httpx.AsyncClient()
+        self.client = httpx.AsyncClient(trust_env=False)  # llama-cpp is dialled directly, never via a proxy
 
     async def poll_llm(self) -> None:
         while True:
-            self.llm_problem = await probe_llm(self.settings, self.client)
+            try:
+                self.llm_problem = await probe_llm(self.settings, self.client)
+            except Exception as exc:  # keep polling whatever happens; /health shows the last answer
+                self.llm_problem = f"probe failed: {type(exc).__name__}"
+                log.exception("llama-cpp probe failed")
             await asyncio.sleep(LLM_POLL_SECONDS)
 
 
