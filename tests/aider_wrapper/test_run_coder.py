@@ -15,13 +15,18 @@ from wrapper_support import check_health, check_result
 pytestmark = pytest.mark.e2e
 
 
-def test_aider_creates_a_working_file_and_leaves_nothing_else(stack_env, services, coder_llama) -> None:
+@pytest.mark.parametrize("where", ["repository", "task worktree"])
+def test_aider_creates_a_working_file_and_leaves_nothing_else(stack_env, services, coder_llama, where: str) -> None:
     wrapper = services("aider-wrapper", point_at(stack_env, coder_llama))
     assert check_health(httpx.get(wrapper.url + "/health", timeout=5).json()).status == "healthy"
-    repo = make_git_repo(stack_env.workspace_root / "hello")
+    repo = checkout = make_git_repo(stack_env.workspace_root / "hello")
+    if where == "task worktree":  # how the orchestrator runs a task: a git worktree under the data dir
+        repo = stack_env.data_dir / "worktrees" / "task-1"
+        repo.parent.mkdir(parents=True)
+        git(checkout, "worktree", "add", "-q", "-b", "task-1", str(repo))
     (repo / "notes.txt").write_text("dirty before the run, left alone\n")
 
-    body = {"prompt": "Create hello.py with a function hello() that returns 'hello'", "workspace": "hello", "iteration": 1}
+    body = {"prompt": "Create hello.py with a function hello() that returns 'hello'", "workspace": str(repo), "iteration": 1}
     result = check_result(httpx.post(wrapper.url + "/api/execute", json=body, timeout=600).json())
 
     assert result.status == "success", result.error
@@ -35,5 +40,7 @@ def test_aider_creates_a_working_file_and_leaves_nothing_else(stack_env, service
     assert sorted(line[3:] for line in status) == ["hello.py", "notes.txt"]
     assert not list(repo.rglob(".aider*"))
     assert not (repo / ".gitignore").exists()
+    if checkout != repo:
+        assert git(checkout, "status", "--porcelain", "--ignored") == ""  # the user's checkout untouched
     runs = list((stack_env.data_dir / "aider" / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "chat.history.md").is_file()
