@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--health-timeout", default="10", help="for the failing deploy")
+    parser.add_argument("--podman", action="store_true", help="also deploy ralph-wiggum as a container")
+    parser.add_argument("--base-image", default="localhost/aistack-base:bookworm")
     args = parser.parse_args()
 
     ups, deploys, rollbacks, restores, failed_total = [], [], [], [], []
@@ -123,6 +125,8 @@ def main() -> None:
                 entry = last_deploy(env_file)
                 restores.append(entry["restore_s"])
                 failed_total.append(entry["duration_s"])
+            if args.podman:
+                podman_rows = bench_podman(env_file, root, args)
         finally:
             run(env_file, "down")
 
@@ -132,6 +136,39 @@ def main() -> None:
     print(f"| `aistack rollback ralph-wiggum` | {fmt(rollbacks)} | — |")
     print(f"| failed deploy (/health never 200): failed check → previous release healthy | {fmt(restores)} | ≤ 15 s |")
     print(f"| failed deploy, whole command (health timeout {args.health_timeout} s) | {fmt(failed_total)} | — |")
+    if args.podman:
+        print(*podman_rows, sep="\n")
+
+
+def bench_podman(env_file: Path, root: Path, args) -> list[str]:
+    """ralph-wiggum as the container local-ai-ralph-wiggum: deploys (image build with cached
+    dependency layer), rollback, and the restore after a failed health check."""
+    os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "deploy" / "podman" / "containers.conf"))
+    with env_file.open("a") as f:
+        # the other services run as processes on the host, not on the container network
+        f.write("RALPH_WIGGUM_API_KEY=bench-key\nSTARTUP_DEPENDENCY_CHECK=false\n")
+    podman = ["--runtime", "podman"]
+    base = ["--base-image", args.base_image]
+    run(env_file, "down", "ralph-wiggum")  # the process runtime's instance would hold the port
+    deploys, rollbacks, restores = [], [], []
+    try:
+        for i in range(args.runs):
+            must("podman deploy", run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(source_copy(root / f"pgood{i}"))))
+            deploys.append(last_deploy(env_file)["duration_s"])
+            if i:
+                must("podman rollback", run(env_file, "rollback", "ralph-wiggum", *podman))
+                rollbacks.append(last_deploy(env_file)["duration_s"])
+            sick = source_copy(root / f"psick{i}", SICK_HEALTH)
+            must("podman failing deploy", run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(sick),
+                                              "--health-timeout", args.health_timeout), ok=False)
+            restores.append(last_deploy(env_file)["restore_s"])
+    finally:
+        subprocess.run(["podman", "rm", "-f", "local-ai-ralph-wiggum", "local-ai-ralph-wiggum-backup"], capture_output=True)
+    rows = [f"| podman: `aistack deploy ralph-wiggum --runtime podman` (image build, dependency layer cached) | {fmt(deploys)} | — |"]
+    if rollbacks:
+        rows.append(f"| podman: `aistack rollback ralph-wiggum --runtime podman` | {fmt(rollbacks)} | — |")
+    rows.append(f"| podman: failed deploy, failed check → backup container healthy | {fmt(restores)} | ≤ 15 s |")
+    return rows
 
 
 if __name__ == "__main__":

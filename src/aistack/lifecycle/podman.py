@@ -199,8 +199,12 @@ class PodmanDeployer:
         return (proc.stdout + proc.stderr).strip()
 
     def current(self, service: str) -> str | None:
+        """The release the service's container runs; "unlabelled" for one made elsewhere (compose):
+        it is still backed up and restored, but there is no image of ours to roll back to."""
         name = container_name(service)
-        return inspect(name)["Config"]["Labels"].get("aistack.release") if exists(name) else None
+        if not exists(name):
+            return None
+        return (inspect(name)["Config"].get("Labels") or {}).get("aistack.release") or "unlabelled"
 
     # --- deploy / rollback ------------------------------------------------------------------------
 
@@ -215,8 +219,6 @@ class PodmanDeployer:
             self.say(f"backing up {name} ({previous}) as {backup}")
             podman("rename", name, backup)
             podman("stop", "-t", str(STOP_TIMEOUT), backup, timeout=STOP_TIMEOUT + 30)
-        elif exists(name):
-            podman("rm", "-f", name)
         self.say(f"starting {name} from {image_name(service, version)}")
         try:
             self.start(service, version)
@@ -293,7 +295,7 @@ class PodmanDeployer:
             record_history(self.settings, result)
             return result
 
-        image_ok = target not in (None, "none") and podman("image", "exists", image_name(service, target), check=False).returncode == 0
+        image_ok = target not in (None, "none", "unlabelled") and podman("image", "exists", image_name(service, target), check=False).returncode == 0
         if not image_ok:
             return done(DeployResult(service, "rollback", False, "rejected", target, current, current, "validate",
                                      f"{service} has no previous image to return to"))
