@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         return int(getattr(self, f"{service.replace('-', '_')}_port"))
 
     @property
+    def api_key(self) -> str | None:
+        """RALPH_WIGGUM_API_KEY in clear, for the code that sends or checks it (never print it)."""
+        return self.ralph_wiggum_api_key.get_secret_value() if self.ralph_wiggum_api_key else None
+
+    @property
     def db_path(self) -> Path:
         return self.aistack_data_dir / "aistack.db"
 

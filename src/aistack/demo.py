@@ -53,7 +53,7 @@ def demo(
     up(services=None, timeout=None)
     console.rule("2. the task")
     console.print(f"workspace: {repo}\nprompt:    {prompt}\ncheck:     {check}", highlight=False)
-    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+    key = settings.api_key
 
     async def submit():
         from aistack.contracts import TaskCreate

@@ -34,9 +34,6 @@ DISCONNECT_POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 5.0
 
 
-def _api_key(settings: Settings) -> str | None:
-    return settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
-
 
 class WrapperState:
     def __init__(self, settings: Settings) -> None:
@@ -78,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="aistack aider-wrapper", version=__version__, lifespan=lifespan)
     app.state.wrapper = state
     install_error_handlers(app)
-    require_api_key(app, _api_key(settings))
+    require_api_key(app, settings.api_key)
 
     @app.get("/health", response_model=WrapperHealth)
     async def health() -> WrapperHealth:
@@ -178,7 +175,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
 
 def run(settings: Settings) -> int:
     """`aistack serve aider-wrapper`: wait for llama-cpp (pre-flight), then serve until stopped."""
-    check_bind(settings.aistack_bind_address, _api_key(settings))
+    check_bind(settings.aistack_bind_address, settings.api_key)
     from aistack.preflight import before_serve
 
     before_serve(settings, "aider-wrapper")

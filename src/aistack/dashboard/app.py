@@ -35,7 +35,6 @@ from aistack.dashboard.security import (
     CSRF_FIELD,
     CsrfFailed,
     LoginRequired,
-    api_key_of,
     checked_form,
     csrf_token,
     key_matches,
@@ -52,7 +51,7 @@ STATUSES = [s.value for s in TaskStatus]
 
 
 def create_app(settings: Settings) -> FastAPI:
-    ralph = RalphClient(settings.url("ralph-wiggum"), api_key_of(settings))
+    ralph = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
     probe_http = httpx.AsyncClient()
 
     @asynccontextmanager
@@ -63,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="aistack dashboard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings = settings
-    app.state.auth_required = api_key_of(settings) is not None
+    app.state.auth_required = settings.api_key is not None
     app.state.started = time.time()
     deploys = DeployRunner(settings)
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -499,7 +498,7 @@ def run(settings: Settings) -> int:
     """`aistack serve dashboard`: wait for the orchestrator (pre-flight), then serve until stopped."""
     from aistack import preflight
 
-    check_bind(settings.aistack_bind_address, api_key_of(settings))
+    check_bind(settings.aistack_bind_address, settings.api_key)
     preflight.before_serve(settings, "dashboard")
     serve(create_app(settings), settings.aistack_bind_address, settings.dashboard_port, settings.log_level)
     return 0

@@ -21,21 +21,18 @@ class CsrfFailed(Exception):
     """A form post without the session's CSRF token."""
 
 
-def api_key_of(settings: Settings) -> str | None:
-    return settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
-
 
 def session_secret(settings: Settings) -> str:
     """Derived from the API key when there is one, so sessions survive a dashboard restart and
     end when the key changes; otherwise random per process (there is nothing to log into)."""
-    key = api_key_of(settings)
+    key = settings.api_key
     if key:
         return hashlib.sha256(b"aistack-dashboard-session\0" + key.encode()).hexdigest()
     return secrets.token_hex(32)
 
 
 def key_matches(settings: Settings, given: str) -> bool:
-    key = api_key_of(settings)
+    key = settings.api_key
     return bool(key) and hmac.compare_digest(given.encode(), key.encode())
 
 

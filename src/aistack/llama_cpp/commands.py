@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,7 +25,7 @@ def _settings() -> Settings:
         _fail(str(exc), code=2)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]✗[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -55,14 +55,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.notifier = notifier
     install_error_handlers(app)
-    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+    key = settings.api_key
     require_api_key(app, key, open_paths=("/health",))
     app.include_router(router)
     return app
 
 
 def run(settings: Settings) -> int:
-    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+    key = settings.api_key
     check_bind(settings.aistack_bind_address, key)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

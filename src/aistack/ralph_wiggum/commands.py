@@ -40,7 +40,7 @@ def _settings() -> Settings:
 def _call(coro_fn):
     """Run one client call; an API error becomes a one-line message and exit 1."""
     settings = _settings()
-    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+    key = settings.api_key
 
     async def go():
         client = RalphClient(settings.url("ralph-wiggum"), key)

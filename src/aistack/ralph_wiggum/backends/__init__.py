@@ -12,7 +12,7 @@ __all__ = ["Backend", "IterationRequest", "IterationResult", "configured_backend
 
 def configured_backends(settings: Settings) -> dict[str, Backend]:
     """The backends this configuration offers: aider always, command when a command is set."""
-    key = settings.ralph_wiggum_api_key.get_secret_value() if settings.ralph_wiggum_api_key else None
+    key = settings.api_key
     backends: dict[str, Backend] = {"aider": AiderBackend(settings.url("aider-wrapper"), key)}
     if settings.ralph_command_backend:
         backends["command"] = CommandBackend(settings.ralph_command_backend)
