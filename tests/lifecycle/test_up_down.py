@@ -30,6 +30,11 @@ def port_free(env: StackEnv, service: str) -> bool:
         return s.connect_ex(("127.0.0.1", int(env.url(service).rsplit(":", 1)[1]))) != 0
 
 
+def llama_server_pids(env: StackEnv) -> list[str]:
+    pattern = f"llama-server .*--port {env.values['LLAMA_CPP_PORT']}"
+    return subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()
+
+
 def in_build(service: str) -> bool:
     return SERVICES[service].present_in(installed_source_root())
 
@@ -60,6 +65,8 @@ def test_up_status_logs_down(stack):
     if in_build("aider-wrapper"):
         assert "down" in lines["aider-wrapper"]
 
+    assert llama_server_pids(stack)  # the grandchild runs (checked again after `down`)
+
     logs = aistack(stack, "logs", "ralph-wiggum", "-n", "200")
     assert logs.returncode == 0 and "starting ralph-wiggum release installed" in logs.stdout
 
@@ -72,7 +79,7 @@ def test_up_status_logs_down(stack):
         assert proc_starttime(record["pid"]) is None
     assert port_free(stack, "llama-cpp") and port_free(stack, "ralph-wiggum")
     # llama-server, the grandchild, went with its process group
-    assert not subprocess.run(["pgrep", "-f", f"--port {stack.values['LLAMA_CPP_PORT']}"], capture_output=True).stdout
+    assert llama_server_pids(stack) == []
 
 
 def test_a_stale_pid_file_never_touches_another_process(stack):
