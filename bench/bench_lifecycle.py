@@ -163,7 +163,8 @@ def bench_podman(env_file: Path, root: Path, args) -> list[str]:
                                               "--health-timeout", args.health_timeout), ok=False)
             restores.append(last_deploy(env_file)["restore_s"])
     finally:
-        subprocess.run(["podman", "rm", "-f", "local-ai-ralph-wiggum", "local-ai-ralph-wiggum-backup"], capture_output=True)
+        for name in ("local-ai-ralph-wiggum", "local-ai-ralph-wiggum-backup"):  # one at a time: a missing one fails the call
+            subprocess.run(["podman", "rm", "-f", name], capture_output=True)
     rows = [f"| podman: `aistack deploy ralph-wiggum --runtime podman` (image build, dependency layer cached) | {fmt(deploys)} | — |"]
     if rollbacks:
         rows.append(f"| podman: `aistack rollback ralph-wiggum --runtime podman` | {fmt(rollbacks)} | — |")
