@@ -274,7 +274,8 @@ class PodmanDeployer:
         self.say(f"built {image_name(service, version)}")
         result, tail, serving, restore_s, note = self._swap(service, version, health_timeout or self.health_timeout(service))
         if result.ready:
-            self.releases.promote(service, version, previous or "none")
+            for pruned in self.releases.promote(service, version, previous or "none"):
+                podman("rmi", image_name(service, pruned), check=False)
             return done(DeployResult(service, "deploy", True, "deployed", version, previous, version, "done",
                                      f"{service} {version} is healthy in {container_name(service)}"))
         self.releases.remove(service, version)

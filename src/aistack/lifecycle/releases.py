@@ -85,8 +85,9 @@ class Releases:
         tmp.write_text(json.dumps({"current": state.current, "stack": state.stack}))
         os.replace(tmp, path)
 
-    def promote(self, service: str, version: str, previous: str) -> None:
-        """`version` is now current; `previous` (what ran before) stays reachable by rollback."""
+    def promote(self, service: str, version: str, previous: str) -> list[str]:
+        """`version` is now current; `previous` (what ran before) stays reachable by rollback.
+        Returns the releases pruned to keep KEEP_RELEASES."""
         state = self.state(service)
         if not state.stack:
             state.stack.append(previous)
@@ -96,6 +97,7 @@ class Releases:
         self.save(service, state)
         for old in dropped:
             self.remove(service, old)
+        return dropped
 
     def step_back(self, service: str) -> None:
         """After a rollback: the previous release is current again."""
