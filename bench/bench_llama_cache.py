@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--prefix-tokens", type=int, default=2000, help="Size of system prompt + repo map.")
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--generation-only", action="store_true", help="Only measure generation speed (2 slots).")
     args = parser.parse_args()
 
     base = Settings(_env_file=None, llama_cpp_model=args.model, llama_cpp_context_size=8192, llama_cpp_threads=0)
@@ -170,6 +171,16 @@ def main() -> None:
         ("2 slots (aistack default)", 2, []),
     ]
     print(f"model {args.model}, {server_version(binary)}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    if args.generation_only:
+        settings = base.model_copy(update={"llama_cpp_parallel": 2, "llama_cpp_port": free_port()})
+        server = Server(settings, binary, model, [], args.log_dir / "bench_llama_cache.gen.log")
+        try:
+            for _ in range(3):
+                print(f"generation: {server.generate(args.gen_tokens):.1f} tok/s ({args.gen_tokens} tokens, one request)")
+        finally:
+            server.close()
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     for title, parallel, extra in setups:
         settings = base.model_copy(update={"llama_cpp_parallel": parallel, "llama_cpp_port": free_port()})
         server = Server(settings, binary, model, extra, args.log_dir / f"bench_llama_cache.{parallel}{len(extra)}.log")
