@@ -78,25 +78,22 @@ class Changes:
 
 def stage_changes(worktree: Path) -> Changes:
     """Stage everything and report the files changed since the worktree's HEAD, as git sees
-    them (untracked ones included), with git's one-line diff summary."""
-    out = git(worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all")
-    files: list[str] = []
-    entries = out.split("\0")
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        i += 1
-        if len(entry) < 4:
+    them (untracked ones included), with a one-line summary like `git diff --stat`'s."""
+    git(worktree, "add", "-A")
+    out = git(worktree, "diff", "--cached", "--numstat", "-z", "--no-renames")
+    files, added, deleted = [], 0, 0
+    for record in out.split("\0"):
+        if not record:
             continue
-        code, name = entry[:2], entry[3:]
-        if code[0] in "RC":  # a rename carries the old name as the next entry
-            i += 1
+        plus, minus, name = record.split("\t", 2)
         files.append(name)
+        added += int(plus) if plus.isdigit() else 0  # "-" for binary files
+        deleted += int(minus) if minus.isdigit() else 0
     if not files:
         return Changes((), None)
-    git(worktree, "add", "-A")
-    stat = git(worktree, "diff", "--cached", "--stat", "--no-color").strip().splitlines()
-    return Changes(tuple(sorted(files)), stat[-1].strip() if stat else None)
+    summary = f"{len(files)} file{'s' if len(files) != 1 else ''} changed, {added} insertion{'s' if added != 1 else ''}(+), "
+    summary += f"{deleted} deletion{'s' if deleted != 1 else ''}(-)"
+    return Changes(tuple(sorted(files)), summary)
 
 
 def checkpoint(worktree: Path, message: str) -> str:
