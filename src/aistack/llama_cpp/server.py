@@ -43,7 +43,6 @@ def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
         "--threads", str(threads),
         "--cache-reuse", str(settings.llama_cpp_cache_reuse),
         "--jinja",  # use the chat template the GGUF carries
-        "--log-colors", "off",
     ]  # fmt: skip
     if settings.llama_cpp_metrics:
         cmd.append("--metrics")
