@@ -18,7 +18,7 @@ import pytest
 
 from support import REPO_ROOT, StackEnv, free_port
 
-pytestmark = pytest.mark.podman
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
 
 CONF = REPO_ROOT / "deploy" / "podman" / "containers.conf"
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"

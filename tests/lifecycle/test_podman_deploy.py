@@ -18,7 +18,7 @@ from aistack.lifecycle.services import installed_source_root
 from lifecycle_support import aistack
 from support import REPO_ROOT, new_stack_env
 
-pytestmark = pytest.mark.podman
+pytestmark = [pytest.mark.podman, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
 
 SERVICE = "ralph-wiggum"
 NAME = "local-ai-ralph-wiggum"
