@@ -30,7 +30,7 @@ STOP_GRACE_SECONDS = 20.0
 
 def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
     """The llama-server command line for these settings."""
-    threads = settings.llama_cpp_threads or os.cpu_count() or 1
+    threads = settings.llama_cpp_threads or usable_cpus()
     cmd = [
         str(binary),
         "--model", str(model),
@@ -105,6 +105,14 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
             proc.kill()
             proc.wait()
     return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _api_key(settings: Settings) -> str | None:
