@@ -1,9 +1,10 @@
 """Where `llama-server` comes from: LLAMA_CPP_SERVER_BIN, else PATH, else a build from source kept in the cache.
 
 The source is the sdist of llama-cpp-python, which carries the whole llama.cpp tree under
-`vendor/llama.cpp`. We only use its C++ sources: cmake builds the one `llama-server` target,
-statically linked, so the binary can be copied into the cache and run from there. The cache path
-is keyed by the sdist's sha256, so a new pinned source never reuses an old binary.
+`vendor/llama.cpp`. We only use its C++ sources: cmake builds the one `llama-server` target with
+llama.cpp's own libraries linked in statically, so the binary can be copied into the cache and run
+from there. ggml tunes it for this machine's CPU (`-march=native`), which suits a per-machine cache.
+The cache path is keyed by the sdist's sha256, so a new pinned source never reuses an old binary.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.models import sha256_file
-from aistack.llama_cpp.process import die_with_parent, file_lock
+from aistack.llama_cpp.process import die_with_parent, file_lock, usable_cpus
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python==0.3.36"
@@ -77,7 +78,7 @@ def build_from_source(dest: Path, progress: bool = True, jobs: int | None = None
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise SetupError(f"building {BINARY} needs {tool} (apt-get install cmake g++), or set LLAMA_CPP_SERVER_BIN")
-    jobs = jobs or min(2, os.cpu_count() or 1)
+    jobs = jobs or min(2, usable_cpus())  # more parallel compilers need more RAM than small boxes have
     log_path = dest.parent / "build.log"
     with tempfile.TemporaryDirectory(prefix=".build-", dir=dest.parent) as tmp, log_path.open("w") as log:
         work = Path(tmp)

@@ -1,4 +1,4 @@
-"""Process plumbing shared by the build and the supervisor: children that die with us, file locks."""
+"""Process plumbing shared by the build and the supervisor: children that die with us, file locks, CPUs."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def file_lock(path: Path) -> Iterator[None]:
     with path.with_name(path.name + ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

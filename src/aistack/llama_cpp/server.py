@@ -21,7 +21,7 @@ from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.engine import ensure_server_bin
 from aistack.llama_cpp.models import ensure_model
-from aistack.llama_cpp.process import die_with_parent
+from aistack.llama_cpp.process import die_with_parent, usable_cpus
 from aistack.web import check_bind
 
 # How long llama-server may take to shut down after a forwarded signal before it is killed.
@@ -105,14 +105,6 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
             proc.kill()
             proc.wait()
     return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _api_key(settings: Settings) -> str | None:
