@@ -48,13 +48,10 @@ class CheckResult:
         if self.ready:
             return ""
         if not self.reachable:
-            return (
-                f"start it (`aistack up` or `aistack serve {self.service}`); "
-                f"check {env}_HOST / {env}_PORT in the .env"
-            )
+            return f"start it: aistack up (or aistack serve {self.service}); check {env}_HOST and {env}_PORT"
         if "503" in self.detail:
-            return "it is starting (loading) — wait and run the check again"
-        return f"it answers but is unhealthy — see `aistack logs {self.service}`"
+            return "still loading: wait, then check again"
+        return f"unhealthy: see aistack logs {self.service}"
 
 
 def probe(service: str, url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> CheckResult:

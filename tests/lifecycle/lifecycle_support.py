@@ -25,4 +25,7 @@ def pid_files(env: StackEnv) -> list[Path]:
 def table_rows(output: str) -> dict[str, str]:
     """The rows of a printed service table, by service name (the first word of the row)."""
     names = ("llama-cpp", "aider-wrapper", "ralph-wiggum", "dashboard")
-    return {line.split()[0]: line for line in output.splitlines() if line.split() and line.split()[0] in names}
+    rows = [line.split() for line in output.splitlines()]
+    return {
+        words[0]: " ".join(words) for words in rows if len(words) > 1 and words[0] in names and words[1].startswith("http")
+    }

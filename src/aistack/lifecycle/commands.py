@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,7 @@ from aistack.config import ConfigError, Settings, load_settings
 from aistack.lifecycle import health
 from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
 from aistack.lifecycle.process import ProcessRuntime, exclusive
+from aistack.lifecycle.releases import INSTALLED
 from aistack.lifecycle.services import SERVICES, get, installed_source_root
 
 commands = typer.Typer()
@@ -51,6 +53,14 @@ def _in_build(rt: ProcessRuntime, name: str) -> bool:
     return get(name).present_in(rt.releases.dir(name, release) or installed_source_root())
 
 
+def _table(title: str, *columns: str) -> Table:
+    """A compact table; the service and URL columns never wrap."""
+    table = Table(title=title, box=box.SIMPLE)
+    for i, column in enumerate(columns):
+        table.add_column(column, no_wrap=column in ("service", "URL", "release"))
+    return table
+
+
 def _uptime(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -73,14 +83,16 @@ def preflight(
     """Check every service of the stack: reachable, ready, latency, and what to do if not."""
     cfg = _settings()
     results = preflight_checks.check_all(cfg, timeout)
-    table = Table(title="aistack pre-flight", box=box.SIMPLE)
-    for col in ("service", "URL", "reachable", "ready", "latency", "what to do"):
-        table.add_column(col)
+    table = _table("aistack pre-flight", "service", "URL", "reachable", "ready", "latency")
     yes_no = lambda ok: "[green]yes[/green]" if ok else "[red]no[/red]"  # noqa: E731
     for r in results:
         latency = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else "-"
-        table.add_row(r.service, r.url, yes_no(r.reachable), yes_no(r.ready) + f" ({r.detail})", latency, r.advice)
+        ready = yes_no(r.ready) + (f" ({r.detail})" if r.reachable and not r.ready else "")
+        table.add_row(r.service, r.url, yes_no(r.reachable), ready, latency)
     console.print(table)
+    for r in results:
+        if not r.ready:
+            console.print(f"[bold]{r.service}[/bold] ({r.detail}): {r.advice}", highlight=False)
     raise typer.Exit(0 if all(r.ready for r in results) else 1)
 
 
@@ -93,31 +105,40 @@ def up(
     cfg = _settings()
     rt = ProcessRuntime(cfg)
     started: list[str] = []
-    table = Table(title="aistack up", box=box.SIMPLE)
-    for col in ("service", "URL", "state", "pid", "release", "took"):
-        table.add_column(col)
+    table = _table("aistack up", "service", "URL", "state", "pid", "release", "took")
     with exclusive(cfg):
-        for name in _selected(services):
-            svc = get(name)
-            if not _in_build(rt, name):
-                table.add_row(name, cfg.url(name), "[dim]skipped: not in this build[/dim]", "-", "-", "-")
-                continue
-            record = rt.running(name)
-            if record is None and rt.port_taken_by_other(name):
-                _fail_up(rt, name, started, f"port {cfg.port(name)} is in use by another program", "")
-            t0 = time.monotonic()
-            fresh = record is None
-            with console.status(f"starting {name} (waiting for {cfg.url(name)}/health)…"):
-                if fresh:
-                    record = rt.start(name, rt.releases.state(name).current)
-                    started.append(name)
-                result = rt.wait_healthy(record, timeout or svc.start_timeout + cfg.startup_timeout_seconds)
-            if not result.ready:
-                _fail_up(rt, name, started, result.detail, rt.log_tail(name, 20, since=record.log_offset))
-            state = f"[green]{result.state}[/green]" if result.state == "healthy" else f"[yellow]{result.state}[/yellow]"
-            took = f"{time.monotonic() - t0:.1f} s" if fresh else "already running"
-            table.add_row(name, cfg.url(name), state, str(record.pid), record.release, took)
+        try:
+            for name in _selected(services):
+                row = _up_one(cfg, rt, name, started, timeout)
+                table.add_row(name, cfg.url(name), *row)
+        except KeyboardInterrupt:
+            _fail_up(rt, "up", started, "interrupted", "")
     console.print(table)
+
+
+def _up_one(cfg: Settings, rt: ProcessRuntime, name: str, started: list[str], timeout: float | None) -> tuple[str, ...]:
+    """Start one service unless it runs already, and wait for its /health; the table row's cells."""
+    if not _in_build(rt, name):
+        return "[dim]skipped: not in this build[/dim]", "-", "-", "-"
+    record = rt.running(name)
+    if record is None and rt.port_taken_by_other(name):
+        _fail_up(rt, name, started, f"port {cfg.port(name)} is in use by another program", "")
+    release = rt.releases.state(name).current
+    if not rt.releases.exists(name, release):
+        err_console.print(f"⚠ release {release} of {name} is gone from disk; starting the installed package")
+        release = INSTALLED
+    t0 = time.monotonic()
+    fresh = record is None
+    with console.status(f"starting {name} (waiting for {cfg.url(name)}/health)…"):
+        if fresh:
+            record = rt.start(name, release)
+            started.append(name)
+        result = rt.wait_healthy(record, timeout or get(name).start_timeout + cfg.startup_timeout_seconds)
+    if not result.ready:
+        _fail_up(rt, name, started, result.detail, rt.log_tail(name, 20, since=record.log_offset))
+    state = f"[green]{result.state}[/green]" if result.state == "healthy" else f"[yellow]{result.state}[/yellow]"
+    took = f"{time.monotonic() - t0:.1f} s" if fresh else "already running"
+    return state, str(record.pid), record.release, took
 
 
 def _fail_up(rt: ProcessRuntime, name: str, started: list[str], why: str, tail: str) -> None:
@@ -151,9 +172,7 @@ def status() -> None:
     """Service, URL, health, pid, uptime and release of each service; exit 0 only if all are healthy."""
     cfg = _settings()
     rt = ProcessRuntime(cfg)
-    table = Table(title="aistack status", box=box.SIMPLE)
-    for col in ("service", "URL", "health", "pid", "uptime", "release"):
-        table.add_column(col)
+    table = _table("aistack status", "service", "URL", "health", "pid", "uptime", "release")
     all_healthy = True
     for name in SERVICES:
         if not _in_build(rt, name):
@@ -163,16 +182,37 @@ def status() -> None:
         result = health.check(cfg, name)
         all_healthy &= result.state == "healthy"
         colour = {"healthy": "green", "degraded": "yellow", "loading": "yellow"}.get(result.state, "red")
+        where, uptime, release = "-", "-", rt.releases.state(name).current
+        if record:
+            where, uptime, release = str(record.pid), _uptime(record.uptime()), record.release
+        elif (container := _container(name)) is not None:
+            where, release = container
         table.add_row(
             name,
             cfg.url(name),
-            f"[{colour}]{result.state}[/{colour}]" + ("" if result.state == "healthy" else f" ({result.detail})"),
-            str(record.pid) if record else "-",
-            _uptime(record.uptime()) if record else "-",
-            record.release if record else rt.releases.state(name).current,
+            f"[{colour}]{result.state}[/{colour}]" + ("" if result.state in ("healthy", "down") else f" ({result.detail})"),
+            where,
+            uptime,
+            release,
         )
     console.print(table)
     raise typer.Exit(0 if all_healthy else 1)
+
+
+def _container(name: str) -> tuple[str, str] | None:
+    """(container name, release) of the service's podman container, when podman has one."""
+    if not shutil.which("podman"):
+        return None
+    from aistack.lifecycle.podman import PodmanError, container_name, exists, inspect
+
+    try:
+        if not exists(container_name(name)):
+            return None
+        info = inspect(container_name(name))
+    except (PodmanError, OSError, ValueError):
+        return None
+    labels = info.get("Config", {}).get("Labels") or {}
+    return container_name(name), labels.get("aistack.release", "-")
 
 
 @commands.command()
