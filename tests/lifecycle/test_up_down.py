@@ -15,7 +15,7 @@ import pytest
 from aistack.lifecycle.process import proc_starttime
 from aistack.lifecycle.services import SERVICES, installed_source_root
 from lifecycle_support import aistack, pid_files, table_rows
-from support import StackEnv
+from support import AISTACK, StackEnv, child_env
 
 
 def healthy(env: StackEnv, service: str) -> bool:
@@ -180,3 +180,34 @@ def test_down_escalates_to_sigkill(stack):
     assert down.returncode == 0 and "stopped ralph-wiggum" in down.stdout
     assert 1 <= time.monotonic() - started < 10
     assert proc_starttime(record["pid"]) is None
+
+
+def test_whole_stack_up_status_all_healthy_then_down(stack):
+    stack.set(STARTUP_DEPENDENCY_CHECK=True, STARTUP_TIMEOUT_SECONDS=30)  # the real order matters now
+    up = aistack(stack, "up", "--timeout", "120", timeout=600)
+    assert up.returncode == 0, up.stdout + up.stderr
+    present = [name for name in SERVICES if in_build(name)]
+    assert all(healthy(stack, name) for name in present)
+
+    status = aistack(stack, "status")
+    assert status.returncode == 0, status.stdout  # every service in this build is healthy
+    rows = table_rows(status.stdout)
+    assert all(rows[name].split()[2] == "healthy" for name in present)
+
+    # each service found its dependency by the URL from the .env
+    for name in present[1:]:
+        dependency = present[present.index(name) - 1]
+        log = aistack(stack, "logs", name, "-n", "400").stdout
+        assert f"✓ {dependency} is reachable at {stack.url(dependency)}" in log
+
+    follow = subprocess.Popen([*AISTACK, "logs", present[-1], "-f", "-n", "0"], env=child_env(stack),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.5)  # let it reach the end of the log
+        assert aistack(stack, "down").returncode == 0
+        time.sleep(1.5)  # the service's shutdown lines arrive through -f
+    finally:
+        follow.terminate()
+    followed = follow.communicate(timeout=10)[0]
+    assert "Shutting down" in followed or "Finished server process" in followed, followed
+    assert pid_files(stack) == []
