@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     llama_cpp_threads: int = Field(default=0, ge=0, le=512, description="CPU threads; 0 = all cores.")
     llama_cpp_parallel: int = Field(default=2, ge=1, le=64, description="Parallel slots (continuous batching).")
     llama_cpp_cache_reuse: int = Field(default=256, ge=0, le=65536, description="Min chunk size for KV cache reuse; 0 = off.")
+    llama_cpp_cache_ram: int = Field(
+        default=2048, ge=-1, le=1_048_576, description="MiB of host memory for saved prompt caches; 0 = off, -1 = no limit."
+    )
     llama_cpp_metrics: bool = Field(default=True, description="Serve Prometheus metrics at /metrics.")
 
     # --- aider-wrapper ------------------------------------------------------------------------

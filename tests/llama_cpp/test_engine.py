@@ -96,6 +96,7 @@ def test_server_command_follows_the_settings(tmp_path):
     assert opts["--host"] == "127.0.0.2" and opts["--port"] == "9123"
     assert opts["--ctx-size"] == str(4096 * 3) and opts["--parallel"] == "3"  # per-slot context × slots
     assert opts["--threads"] == str(len(os.sched_getaffinity(0))) and opts["--cache-reuse"] == "128"
+    assert opts["--cache-ram"] == "2048"
     assert "--jinja" in cmd and "--metrics" in cmd
     no_metrics = server_command(settings.model_copy(update={"llama_cpp_metrics": False, "llama_cpp_threads": 1}), Path("b"), Path("m"))
     assert "--metrics" not in no_metrics and no_metrics[no_metrics.index("--threads") + 1] == "1"

@@ -8,7 +8,6 @@ down gracefully on the first one), and the kernel kills it if the supervisor die
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import socket
@@ -42,6 +41,8 @@ def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
         "--parallel", str(settings.llama_cpp_parallel),
         "--threads", str(threads),
         "--cache-reuse", str(settings.llama_cpp_cache_reuse),
+        # prompts evicted from a slot (e.g. aider's summarizer between two main calls) are kept here
+        "--cache-ram", str(settings.llama_cpp_cache_ram),
         "--jinja",  # use the chat template the GGUF carries
     ]  # fmt: skip
     if settings.llama_cpp_metrics:
@@ -51,7 +52,7 @@ def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
 
 def run(settings: Settings) -> int:
     """Prepare model and binary, then run llama-server until it exits; return its exit code."""
-    check_bind(settings.aistack_bind_address, _api_key(settings))
+    check_bind(settings.aistack_bind_address, settings.api_key)
     _check_port_free(settings.aistack_bind_address, settings.llama_cpp_port)
     # Until the child runs, a SIGTERM ends us through SystemExit, so temp files get cleaned up.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -105,11 +106,6 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
             proc.kill()
             proc.wait()
     return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
-
-
-def _api_key(settings: Settings) -> str | None:
-    key = settings.ralph_wiggum_api_key
-    return key.get_secret_value() if key else None
 
 
 def _check_port_free(host: str, port: int) -> None:
