@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import point_at
+from wrapper_support import point_at
 from support import git, make_git_repo
 from wrapper_support import check_health, check_result
 

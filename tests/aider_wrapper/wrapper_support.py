@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support import StackEnv
+
 import os
 import time
 from pathlib import Path
@@ -56,3 +58,15 @@ def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(condition())
+
+
+# SmolLM2-135M: quick to load and fast enough on two cores to exercise real runs of aider.
+SMOL = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "4096", "LLAMA_CPP_PARALLEL": "2"}
+# The stack's default coder model, for a run that must actually succeed.
+CODER = {"LLAMA_CPP_MODEL": "qwen2.5-coder-1.5b", "LLAMA_CPP_CONTEXT_SIZE": "8192", "LLAMA_CPP_PARALLEL": "1"}
+
+
+def point_at(env: StackEnv, llama: StackEnv) -> StackEnv:
+    """Make `env`'s wrapper use `llama`'s server and model settings."""
+    keys = ("LLAMA_CPP_PORT", "LLAMA_CPP_MODEL", "LLAMA_CPP_CONTEXT_SIZE", "LLAMA_CPP_MODEL_ALIAS")
+    return env.set(**{k: v for k, v in llama.values.items() if k in keys})
