@@ -6,17 +6,18 @@ into `AISTACK_ENV_FILE`, so every service this command starts reads the same fil
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from aistack import __version__
-from aistack.config import ENV_FILE_VARIABLE, ConfigError, Settings, effective_items, env_template, load_settings, resolve_env_file
+from aistack.config import ENV_FILE_VARIABLE, ConfigError, effective_items, env_template, resolve_env_file
+from aistack.terminal import console, fail, settings_or_exit
 
 app = typer.Typer(help="aistack: hand a coding task to a local AI and get back verified work.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or create the stack's .env.", no_args_is_help=True)
@@ -24,21 +25,10 @@ serve_app = typer.Typer(help="Run one service in the foreground.", no_args_is_he
 app.add_typer(config_app, name="config")
 app.add_typer(serve_app, name="serve")
 
-console = Console()
-err_console = Console(stderr=True)
 
-
-def settings() -> Settings:
-    """The validated configuration, or exit 2 with the one-line reason."""
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     env_file: Annotated[
         Path | None, typer.Option("--env-file", help="The .env to use (else $AISTACK_ENV_FILE, else ~/.config/aistack/.env).")
     ] = None,
@@ -49,6 +39,9 @@ def _root(
     if version:
         console.print(__version__)
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())
+        raise typer.Exit(2)
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -57,7 +50,7 @@ def _root(
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective configuration (secrets masked)."""
-    cfg = settings()
+    cfg = settings_or_exit()
     table = Table(title=f"aistack config — {resolve_env_file()}")
     for col in ("variable", "value", "meaning"):
         table.add_column(col)
@@ -71,8 +64,7 @@ def config_init(force: Annotated[bool, typer.Option("--force", help="Overwrite a
     """Write a commented .env with every setting and its default."""
     path = resolve_env_file()
     if path.exists() and not force:
-        err_console.print(f"✗ {path} exists; use --force to overwrite it")
-        raise typer.Exit(1)
+        fail(f"{path} exists; use --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(env_template())
@@ -116,25 +108,17 @@ def serve_dashboard() -> None:
 
 
 def _run_service(run) -> None:
-    cfg = settings()
+    cfg = settings_or_exit()
     try:
         code = run(cfg)
     except ConfigError as exc:
-        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(str(exc), code=2)
     raise typer.Exit(code or 0)
 
 
 def _mount(module: str) -> None:
     """Merge a package's `commands` Typer into the top level (its commands keep their names)."""
-    import importlib
-
-    try:
-        sub = importlib.import_module(module).commands
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return  # that package is not part of this build
-        raise
+    sub = importlib.import_module(module).commands
     app.registered_commands.extend(sub.registered_commands)
     app.registered_groups.extend(sub.registered_groups)
 

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.syntax import Syntax
 
 from aistack.client import RalphClient
 from aistack.config import Settings
+from aistack.terminal import console, settings_or_exit
 
 commands = typer.Typer()
-console = Console()
 
 DEMO_PROMPT = "Create hello.py with a function hello() that returns 'hello'"
 DEMO_CHECK = "python3 -c \"import hello; assert hello.hello() == 'hello'\""
@@ -44,10 +43,10 @@ def demo(
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 5,
 ) -> None:
     """Start the stack and run a small real task on the bundled model, live."""
-    from aistack.lifecycle.commands import _settings, up
+    from aistack.lifecycle.commands import up
     from aistack.ralph_wiggum.commands import follow
 
-    settings: Settings = _settings()
+    settings: Settings = settings_or_exit()
     repo = sample_repository(settings.workspace_root)
     console.rule("1. the stack")
     up(services=None, timeout=None)

@@ -10,33 +10,24 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from aistack import preflight as preflight_checks
-from aistack.config import ConfigError, Settings, load_settings
+from aistack.config import Settings
 from aistack.lifecycle import health
 from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
 from aistack.lifecycle.process import ProcessRuntime, exclusive
 from aistack.lifecycle.releases import INSTALLED
+from aistack.terminal import console, err_console, settings_or_exit
 from aistack.lifecycle.services import SERVICES, get, installed_source_root
 
 commands = typer.Typer()
-console = Console()
-err_console = Console(stderr=True)
 
 
 class RuntimeName(str, Enum):
     process = "process"
     podman = "podman"
 
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        err_console.print(f"[red]✗[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _selected(names: list[str] | None) -> list[str]:
@@ -81,7 +72,7 @@ def preflight(
     timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 2.0,
 ) -> None:
     """Check every service of the stack: reachable, ready, latency, and what to do if not."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     results = preflight_checks.check_all(cfg, timeout)
     table = _table("aistack pre-flight", "service", "URL", "reachable", "ready", "latency")
     yes_no = lambda ok: "[green]yes[/green]" if ok else "[red]no[/red]"  # noqa: E731
@@ -102,7 +93,7 @@ def up(
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for each /health (default per service).")] = None,
 ) -> None:
     """Start the stack in the background in dependency order and wait until each is healthy."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     rt = ProcessRuntime(cfg)
     started: list[str] = []
     table = _table("aistack up", "service", "URL", "state", "pid", "release", "took")
@@ -156,7 +147,7 @@ def down(
     timeout: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")] = 10.0,
 ) -> None:
     """Stop the stack in reverse order: SIGTERM, then SIGKILL after --timeout."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     rt = ProcessRuntime(cfg)
     with exclusive(cfg):
         for name in reversed(_selected(services)):
@@ -170,7 +161,7 @@ def down(
 @commands.command()
 def status() -> None:
     """Service, URL, health, pid, uptime and release of each service; exit 0 only if all are healthy."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     rt = ProcessRuntime(cfg)
     table = _table("aistack status", "service", "URL", "health", "pid", "uptime", "release")
     all_healthy = True
@@ -223,7 +214,7 @@ def logs(
 ) -> None:
     """Print a service's log (the background process's output)."""
     _selected([service])
-    rt = ProcessRuntime(_settings())
+    rt = ProcessRuntime(settings_or_exit())
     path = rt.log_file(service)
     if not path.exists():
         err_console.print(f"✗ no log for {service} yet ({path})")
@@ -262,7 +253,7 @@ def deploy(
     base_image: Annotated[str, typer.Option(help="podman: the image the Containerfile builds FROM.")] = "python:3.11-slim",
 ) -> None:
     """Deploy SERVICE from the source tree: validate, build, back up, start, verify, or roll back."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     if history:
         _print_history(cfg, service)
         return
@@ -287,7 +278,7 @@ def rollback(
     runtime: Annotated[RuntimeName, typer.Option(help="process or podman.")] = RuntimeName.process,
 ) -> None:
     """Return SERVICE to the release it ran before the current one."""
-    cfg = _settings()
+    cfg = settings_or_exit()
     _selected([service])
     if runtime is RuntimeName.podman:
         from aistack.lifecycle.podman import PodmanDeployer

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from aistack.config import ConfigError, Model, Settings, load_settings
+from aistack.config import ConfigError, Model
+from aistack.terminal import console, fail, settings_or_exit
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.engine import ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model, sha256_file, verified_sha256
 
 commands = typer.Typer()
-console = Console()
-err_console = Console(stderr=True)
 
 
-def _settings() -> Settings:
-    # Not aistack.cli.settings(): the CLI imports this module, so importing it back would be a cycle.
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(str(exc), code=2)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]✗[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @commands.command("model")
@@ -35,13 +22,13 @@ def model(
     name: Annotated[Model | None, typer.Argument(help="Bundled model to assemble (default: the configured one).")] = None,
 ) -> None:
     """Assemble and verify a bundled model (once; offline afterwards) and print its path, size and sha256."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         path = ensure_model(settings, name.value if name else None)
     except ConfigError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
     except SetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sha = verified_sha256(path) or sha256_file(path, progress=True, label=f"hashing {path.name}")
     console.print(f"✓ model  {path}", highlight=False, soft_wrap=True)
     console.print(f"  size   {path.stat().st_size:,} bytes", highlight=False)
@@ -51,13 +38,13 @@ def model(
 @commands.command("engine")
 def engine() -> None:
     """Find llama-server (LLAMA_CPP_SERVER_BIN, PATH) or build it once from source; print its path and version."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         binary = ensure_server_bin(settings)
         version = server_version(binary)
     except ConfigError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
     except SetupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"✓ llama-server {binary}", highlight=False, soft_wrap=True)
     console.print(f"  {version}", highlight=False)

@@ -9,19 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.config import ConfigError, Settings, load_settings
+from aistack.terminal import console, fail, settings_or_exit
 from aistack.contracts import TaskCreate, TaskView
 
 commands = typer.Typer()
 task_app = typer.Typer(help="Submit and follow tasks on the orchestrator.", no_args_is_help=True)
 commands.add_typer(task_app, name="task")
-console = Console()
 
 STATUS_STYLE = {
     "completed": "green", "exhausted": "yellow", "failed": "red", "stopped": "magenta",
@@ -29,17 +27,10 @@ STATUS_STYLE = {
 }
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        Console(stderr=True).print(f"[red]✗[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
 
 def _call(coro_fn):
     """Run one client call; an API error becomes a one-line message and exit 1."""
-    settings = _settings()
+    settings = settings_or_exit()
     key = settings.api_key
 
     async def go():
@@ -52,9 +43,7 @@ def _call(coro_fn):
     try:
         return asyncio.run(go())
     except RalphError as exc:
-        where = f" ({exc.field})" if exc.field else ""
-        Console(stderr=True).print(f"[red]✗[/red] {exc.detail}{where}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(exc.detail + (f" ({exc.field})" if exc.field else ""))
 
 
 def _status(status: str) -> Text:
