@@ -1,6 +1,6 @@
 """Orchestrator benchmark (not a test): loop overhead per iteration and API latency under load.
 
-    .venv/bin/python bench/bench_orchestrator.py [--iterations 100] [--clients 50] [--requests 2000]
+    .venv/bin/python bench/bench_orchestrator.py [--iterations 100] [--clients 50] [--seconds 10]   (needs `wrk`)
 
 1. A 100-iteration task whose agent is a no-op that appends a line, with a check command:
    wall time per iteration (agent + check + checkpoint commit + database), from the iterations'
@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -129,31 +130,33 @@ def loop_overhead(tmp: Path, iterations: int) -> dict:
     }
 
 
-async def hammer(url: str, path: str, clients: int, requests: int, method: str = "GET", body: dict | None = None) -> dict:
-    latencies: list[float] = []
-    per_client = requests // clients
+def hammer(url: str, path: str, clients: int, seconds: int, body: dict | None = None) -> dict:
+    """`wrk` (C, from Debian's package) with `clients` connections for `seconds`: latency
+    percentiles and throughput. A load generator in Python would eat the cores it measures."""
+    cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", url + path]
+    if body is not None:
+        script = Path(tempfile.mkdtemp()) / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(body)}]]\n"
+        )
+        cmd[1:1] = ["-s", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
-    async def one(client: httpx.AsyncClient):
-        for _ in range(per_client):
-            t0 = time.perf_counter()
-            resp = await client.request(method, path, json=body)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            assert resp.status_code < 300, resp.text
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([0-9.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(client) for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
-    latencies.sort()
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "p50_ms": latencies[len(latencies) // 2],
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
-        "per_second": len(latencies) / elapsed,
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "per_second": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)),
+        "errors": int(errors.group(1)) if errors else 0,
     }
 
 
-def api_latency(tmp: Path, clients: int, requests: int) -> dict:
+def api_latency(tmp: Path, clients: int, seconds: int) -> dict:
     (tmp / "ws" / "api").mkdir(parents=True, exist_ok=True)
     repo = tmp / "ws" / "api"
     git(repo, "init", "-q", "-b", "main")
@@ -164,10 +167,10 @@ def api_latency(tmp: Path, clients: int, requests: int) -> dict:
     try:
         task_id = httpx.post(rurl + "/tasks", json=body).json()["task_id"]
         results = {
-            "ralph GET /tasks/{id}": asyncio.run(hammer(rurl, f"/tasks/{task_id}", clients, requests)),
-            "bare GET /tasks/{id}": asyncio.run(hammer(burl, f"/tasks/{task_id}", clients, requests)),
-            "ralph POST /tasks": asyncio.run(hammer(rurl, "/tasks", clients, requests // 4, "POST", body)),
-            "bare POST /tasks": asyncio.run(hammer(burl, "/tasks", clients, requests // 4, "POST", body)),
+            "ralph GET /tasks/{id}": hammer(rurl, f"/tasks/{task_id}", clients, seconds),
+            "bare GET /tasks/{id}": hammer(burl, f"/tasks/{task_id}", clients, seconds),
+            "ralph POST /tasks": hammer(rurl, "/tasks", clients, seconds, body),
+            "bare POST /tasks": hammer(burl, "/tasks", clients, seconds, body),
         }
     finally:
         for p in (ralph, bare):
@@ -180,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -188,9 +191,10 @@ def main() -> None:
         print(f"loop: {loop['iterations']} iterations ({loop['status']}, {loop['checkpoints']} checkpoints): "
               f"{loop['per_iteration_ms_wall']:.1f} ms/iteration wall, "
               f"p50 {loop['per_iteration_ms_p50']:.1f} ms, p99 {loop['per_iteration_ms_p99']:.1f} ms (target ≤ 40 ms)")
-        api = api_latency(tmp, args.clients, args.requests)
+        api = api_latency(tmp, args.clients, args.seconds)
         for name, r in api.items():
-            print(f"{name:24s} p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  {r['per_second']:7.0f} req/s")
+            print(f"{name:24s} p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  {r['per_second']:7.0f} req/s"
+                  f"  ({r['errors']} non-2xx)")
         ratio = api["ralph GET /tasks/{id}"]["p99_ms"] / api["bare GET /tasks/{id}"]["p99_ms"]
         print(f"GET p99 ratio ralph/bare: {ratio:.2f} (target p99 ≤ 25 ms)")
 
