@@ -82,7 +82,7 @@ def submit(
 def follow(task_id: str, poll_seconds: float = 0.5) -> int:
     """Show live progress until the task ends; returns 0 only for `completed`."""
     shown_checks: set[int] = set()
-    with Live(console=console, refresh_per_second=4, transient=False) as live:
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
         while True:
             task, iterations = _call(lambda c: _snapshot(c, task_id))
             for it in iterations:
