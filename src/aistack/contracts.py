@@ -173,6 +173,7 @@ class RalphHealth(BaseModel):
     loop_enabled: bool
     active_tasks: int
     backends: list[BackendHealth]
+    uptime_seconds: float
 
 
 class RateRow(BaseModel):
@@ -237,3 +238,4 @@ class WrapperHealth(BaseModel):
     workspace: str
     llama_cpp_url: str
     llm_reachable: bool
+    uptime_seconds: float

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aistack.contracts import ExecuteResult, WrapperHealth
 
-HEALTH_FIELDS = {"status": str, "version": str, "aider_available": bool, "workspace": str, "llama_cpp_url": str, "llm_reachable": bool}
+HEALTH_FIELDS = {"status": str, "version": str, "aider_available": bool, "workspace": str, "llama_cpp_url": str, "llm_reachable": bool, "uptime_seconds": float}
 RESULT_FIELDS = {
     "status": str, "output": str, "error": (str, type(None)), "files_modified": list, "duration_seconds": float,
     "exit_code": (int, type(None)), "completed": bool, "transient": bool, "tokens": dict,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             await state.client.aclose()
 
     app = FastAPI(title="aistack aider-wrapper", version=__version__, lifespan=lifespan)
+    started = time.monotonic()
     app.state.wrapper = state
     install_error_handlers(app)
     require_api_key(app, settings.api_key)
@@ -87,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
             workspace=str(settings.workspace_root),
             llama_cpp_url=settings.url("llama-cpp"),
             llm_reachable=llm_ok,
+            uptime_seconds=round(time.monotonic() - started, 1),
         )
 
     @app.post("/api/execute", response_model=ExecuteResult)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,7 @@ async def health(request: Request) -> RalphHealth:
         loop_enabled=engine.settings.ralph_loop_enabled,
         active_tasks=engine.active_count,
         backends=backends,
+        uptime_seconds=round(time.monotonic() - request.app.state.started, 1),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Task API of the Ralph Wiggum loop: submit a task, watch it iterate, approve or stop it.",
         lifespan=lifespan,
     )
+    app.state.started = time.monotonic()
     app.state.settings = settings
     app.state.store = store
     app.state.notifier = notifier
