@@ -217,7 +217,7 @@ async def stop(task_id: str, request: Request) -> TaskAccepted:
         raise http_error(404, f"no task with id {task_id!r}", "task_id")
     if TaskStatus(task.status).terminal:
         raise http_error(409, f"task {task_id} already ended as {task.status}")
-    await asyncio.to_thread(store.update, task_id, stop_requested=True)
+    await asyncio.to_thread(store.transition, task_id, stop_requested=True)
     if not engine.stop(task_id):
         stopped = await asyncio.to_thread(
             store.transition, task_id, {"queued", "awaiting_approval"}, status="stopped", completion_reason="stopped by user"

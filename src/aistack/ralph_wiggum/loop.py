@@ -150,8 +150,9 @@ class LoopEngine:
         backend = self.backends.get(task.backend)
         if backend is None:
             raise TaskFailed(f"backend {task.backend!r} is not configured here (available: {', '.join(self.backends)})")
-        worktree = await asyncio.to_thread(self._prepare_worktree, task)
-        history = [facts_of(it) for it in await asyncio.to_thread(self.store.iterations, task_id)]
+        done = await asyncio.to_thread(self.store.iterations, task_id)
+        worktree = await asyncio.to_thread(self._prepare_worktree, task, done)
+        history = [facts_of(it) for it in done]
 
         while True:
             task = await asyncio.to_thread(self.store.get, task_id)
@@ -173,7 +174,7 @@ class LoopEngine:
             if decision.status is TaskStatus.awaiting_approval:
                 return
 
-    def _prepare_worktree(self, task: Task) -> Path:
+    def _prepare_worktree(self, task: Task, done: list[Iteration]) -> Path:
         """Create the task's worktree on first run; on a resume, put it back at its last checkpoint."""
         workspace = Path(task.workspace)
         worktree = self.settings.worktrees_dir / task.id
@@ -189,7 +190,6 @@ class LoopEngine:
                 started_at=utcnow(),
             )
             return worktree
-        done = self.store.iterations(task.id)
         last_commit = next((it.checkpoint_commit for it in reversed(done) if it.checkpoint_commit), task.base_commit)
         if worktree.is_dir():
             worktrees.reset_to(worktree, last_commit)
@@ -210,9 +210,8 @@ class LoopEngine:
                 output_excerpt=rules.excerpt(last.output, 1000),
             )
         self.store.transition(
-            task.id, {"running", "queued"}, status=TaskStatus.awaiting_approval.value
+            task.id, {"running", "queued"}, [("approval_needed", summary)], status=TaskStatus.awaiting_approval.value
         )
-        self.store.add_event(task.id, "approval_needed", summary)
 
     async def _iterate(
         self, task: Task, backend: Backend, worktree: Path, number: int, history: list[rules.IterationFacts]

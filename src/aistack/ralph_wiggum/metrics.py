@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
@@ -10,7 +12,7 @@ from aistack.ralph_wiggum.store import Iteration, Store, Task
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store, active: callable):
+    def __init__(self, store: Store, active: Callable[[], int]):
         self.store, self.active = store, active
 
     def collect(self):
@@ -43,7 +45,7 @@ class StoreCollector(Collector):
         yield from (tasks, iterations, seconds, tokens, active)
 
 
-def registry_for(store: Store, active: callable) -> CollectorRegistry:
+def registry_for(store: Store, active: Callable[[], int]) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, active))
     return registry

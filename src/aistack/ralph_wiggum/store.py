@@ -175,37 +175,21 @@ class Store:
         with self._sessions() as s:
             return s.get(Task, task_id)
 
-    def update(self, task_id: str, events: list[tuple[str, dict]] = (), **fields: Any) -> Task:
-        """Change a task's fields and append events in one transaction."""
+    def transition(
+        self,
+        task_id: str,
+        allowed_from: set[str] | None = None,
+        events: list[tuple[str, dict]] | tuple = (),
+        **fields: Any,
+    ) -> Task | None:
+        """Apply `fields` and append `events` in one transaction — only if the task's status is in
+        `allowed_from` (compare-and-set; None: any status). Returns None when it did not apply."""
         now = utcnow()
         with self._write() as s:
             task = s.get(Task, task_id)
-            for key, value in fields.items():
-                setattr(task, key, value)
-            task.updated_at = now
-            if "status" in fields:
-                events = [("status", _status_event(task)), *events]
-                if fields["status"] in {t.value for t in TERMINAL_STATUSES} and task.finished_at is None:
-                    task.finished_at = now
-            for kind, data in events:
-                s.add(Event(task_id=task_id, type=kind, data=data, created_at=now))
-        self._on_event(task_id)
-        return task
-
-    def transition(self, task_id: str, allowed_from: set[str], **fields: Any) -> Task | None:
-        """Compare-and-set: apply `fields` only if the task's status is in `allowed_from`."""
-        now = utcnow()
-        with self._write() as s:
-            task = s.get(Task, task_id)
-            if task is None or task.status not in allowed_from:
+            if task is None or (allowed_from is not None and task.status not in allowed_from):
                 return None
-            for key, value in fields.items():
-                setattr(task, key, value)
-            task.updated_at = now
-            if "status" in fields:
-                if fields["status"] in {t.value for t in TERMINAL_STATUSES}:
-                    task.finished_at = now
-                s.add(Event(task_id=task_id, type="status", data=_status_event(task), created_at=now))
+            _apply(s, task, fields, events, now)
         self._on_event(task_id)
         return task
 
@@ -218,15 +202,7 @@ class Store:
             task.iteration = row["number"]
             task.prompt_tokens += row.get("prompt_tokens", 0)
             task.completion_tokens += row.get("completion_tokens", 0)
-            for key, value in task_fields.items():
-                setattr(task, key, value)
-            task.updated_at = now
-            if task.status in {t.value for t in TERMINAL_STATUSES} and task.finished_at is None:
-                task.finished_at = now
-            for kind, data in events:
-                s.add(Event(task_id=task_id, type=kind, data=data, created_at=now))
-            if "status" in task_fields:
-                s.add(Event(task_id=task_id, type="status", data=_status_event(task), created_at=now))
+            _apply(s, task, task_fields, events, now)
         self._on_event(task_id)
         return task
 
@@ -271,7 +247,7 @@ class Store:
     # --- statistics --------------------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        terminal = [t.value for t in TERMINAL_STATUSES]
+        terminal = list(_TERMINAL)
         with self._sessions() as s:
             by_status = {status: n for status, n in s.execute(select(Task.status, func.count()).group_by(Task.status))}
             mean = s.scalar(select(func.avg(Task.iteration)).where(Task.status.in_(terminal)))
@@ -291,6 +267,22 @@ class Store:
                 per_backend=rates(Task.backend),
                 per_complexity=rates(Task.complexity),
             )
+
+
+_TERMINAL = frozenset(t.value for t in TERMINAL_STATUSES)
+
+
+def _apply(s: Session, task: Task, fields: dict[str, Any], events, now: datetime) -> None:
+    """Set fields, stamp the times, and record the events — a status change last, as its own event."""
+    for key, value in fields.items():
+        setattr(task, key, value)
+    task.updated_at = now
+    if task.status in _TERMINAL and task.finished_at is None:
+        task.finished_at = now
+    for kind, data in events:
+        s.add(Event(task_id=task.id, type=kind, data=data, created_at=now))
+    if "status" in fields:
+        s.add(Event(task_id=task.id, type="status", data=_status_event(task), created_at=now))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
