@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -81,29 +80,28 @@ def submit(
 
 def follow(task_id: str, poll_seconds: float = 0.5) -> int:
     """Show live progress until the task ends; returns 0 only for `completed`."""
-    shown_checks: set[int] = set()
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
-        while True:
-            task, iterations = _call(lambda c: _snapshot(c, task_id))
-            for it in iterations:
-                if it.number not in shown_checks and it.finished_at is not None:
-                    shown_checks.add(it.number)
-                    check = "" if it.check_exit_code is None and not task.check_command else f" check exit {it.check_exit_code}"
-                    files = ", ".join(it.files_modified) or "no file changed"
-                    live.console.print(f"  iteration {it.number}: {it.status}{check} — {files} ({it.duration_seconds:.1f} s)")
-            line = Text.assemble(
-                f"task {task_id} ", _status(task.status), f"  iteration {task.iteration}/{task.max_iterations}"
-            )
-            live.update(line)
-            if task.status.terminal:
-                break
-            time.sleep(poll_seconds)
+    task = _call(lambda client: _follow(client, task_id, poll_seconds))
     _print_outcome(task)
     return 0 if task.status.value == "completed" else 1
 
 
-async def _snapshot(client: RalphClient, task_id: str):
-    return await client.task(task_id), await client.iterations(task_id)
+async def _follow(client: RalphClient, task_id: str, poll_seconds: float) -> TaskView:
+    """Poll the task with one client; fetch iterations only when a new one has finished."""
+    shown = 0
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        while True:
+            task = await client.task(task_id)
+            if task.iteration > shown:
+                for it in await client.iterations(task_id):
+                    if it.number > shown:
+                        check = "" if it.check_exit_code is None and not task.check_command else f" check exit {it.check_exit_code}"
+                        files = ", ".join(it.files_modified) or "no file changed"
+                        live.console.print(f"  iteration {it.number}: {it.status}{check} — {files} ({it.duration_seconds:.1f} s)")
+                shown = task.iteration
+            live.update(Text.assemble(f"task {task_id} ", _status(task.status), f"  iteration {task.iteration}/{task.max_iterations}"))
+            if task.status.terminal:
+                return task
+            await asyncio.sleep(poll_seconds)
 
 
 def _print_outcome(task: TaskView) -> None:
@@ -136,7 +134,7 @@ def list_tasks(
 @task_app.command("show")
 def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False) -> None:
     """A task with its iterations."""
-    task, iterations = _call(lambda c: _snapshot(c, task_id))
+    task, iterations = _call(lambda c: asyncio.gather(c.task(task_id), c.iterations(task_id)))
     if as_json:
         console.print_json(json.dumps({"task": task.model_dump(mode="json"), "iterations": [i.model_dump(mode="json") for i in iterations]}))
         return
