@@ -225,6 +225,22 @@ def test_stop_mid_iteration_ends_the_agents_process_group(ralph, stack_env):
     assert client.post(f"/tasks/{task_id}/stop").status_code == 409
 
 
+def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, stack_env):
+    pidfile = stack_env.root / "helper.pid"
+    # the helper inherits stdout and would hold the pipe open for 300 s
+    client, _ = ralph(f'#!/bin/sh\necho x >> f.txt\nsleep 300 &\necho $! > "{pidfile}"\necho started a helper\n',
+                      RALPH_ITERATION_TIMEOUT_SECONDS=120)
+    repo(stack_env)
+    task = wait_for(client, submit(client, workspace="repo", max_iterations=1), {"completed", "exhausted", "failed"}, timeout=15)
+    assert task["status"] == "completed"
+    iteration = client.get(f"/tasks/{task['id']}/iterations").json()[0]
+    assert iteration["exit_code"] == 0 and "started a helper" in iteration["output_excerpt"]
+    deadline = time.monotonic() + 2
+    while _alive(int(pidfile.read_text())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(int(pidfile.read_text())), "the agent's background helper outlived its iteration"
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-import os
 import signal
 from dataclasses import dataclass
 from enum import Enum
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from aistack.aider_wrapper.errors import FatalError, classify_line
 from aistack.contracts import TokenCounts
+from aistack.procgroup import end_group, exited, kill_group
 
 MAX_OUTPUT_CHARS = 1_000_000  # beyond this the start of the output is dropped
 TIMEOUT_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL after this long
@@ -91,7 +91,7 @@ async def run_process(
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))
     waits = {
-        asyncio.create_task(_exited(proc)): Ending.exited,
+        asyncio.create_task(exited(proc)): Ending.exited,
         asyncio.create_task(cancel.wait()): Ending.cancelled,
         asyncio.create_task(fatal_seen.wait()): Ending.fatal,
     }
@@ -108,7 +108,7 @@ async def run_process(
             task.cancel()
         if proc.returncode is None:  # we were cancelled ourselves (shutdown): take aider along
             await end_group(proc, CANCEL_GRACE_SECONDS)
-        _kill_group(proc.pid, signal.SIGKILL)  # helpers aider started must not outlive it
+        kill_group(proc.pid, signal.SIGKILL)  # helpers aider started must not outlive it
         try:
             await asyncio.wait_for(reader, 5)
         except (TimeoutError, asyncio.CancelledError):
@@ -121,13 +121,6 @@ async def run_process(
     )
 
 
-async def _exited(proc: asyncio.subprocess.Process) -> None:
-    """Until the process itself has exited. (`proc.wait()` also waits for its output pipe to
-    close, which a helper aider left running would hold open.)"""
-    while proc.returncode is None:
-        await asyncio.sleep(0.05)
-
-
 def _priority(ending: Ending) -> int:
     return [Ending.cancelled, Ending.fatal, Ending.timeout].index(ending)
 
@@ -138,23 +131,6 @@ async def _pump(stream: asyncio.StreamReader | None, buffer: OutputBuffer) -> No
     while chunk := await stream.read(65536):
         buffer.feed(chunk)
     buffer.feed(b"", final=True)
-
-
-async def end_group(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM to the whole process group, SIGKILL after `grace` seconds if aider still lives."""
-    _kill_group(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(_exited(proc), grace)
-    except TimeoutError:
-        _kill_group(proc.pid, signal.SIGKILL)
-        await _exited(proc)
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def tokens_from_analytics(path: Path) -> TokenCounts:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from aistack.procgroup import end_group, exited, kill_group
+
 MAX_OUTPUT = 1_000_000  # bytes kept of a command's output (the end is kept)
 GRACE_SECONDS = 1.0
+DRAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -20,8 +22,10 @@ class ProcResult:
 
 
 async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float) -> ProcResult:
-    """Run `command` with `sh -c` in its own session. On timeout or cancellation the whole
-    process group (the command and everything it started) is ended: SIGTERM, then SIGKILL."""
+    """Run `command` with `sh -c` in its own session. It is done when the shell exits — not when
+    its output pipe closes, which a helper left in the background would hold open — and then
+    nothing it started may outlive it. On timeout or cancellation the whole group is ended:
+    SIGTERM, then SIGKILL."""
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh", "-c", command,
         cwd=cwd,
@@ -30,53 +34,44 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
         stderr=asyncio.subprocess.STDOUT,
         env=env,
         start_new_session=True,
-    )
+    )  # fmt: skip
     chunks: list[bytes] = []
-    size = 0
-
-    async def collect() -> None:
-        nonlocal size
-        if stdin is not None:
-            try:
-                proc.stdin.write(stdin.encode())
-                await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            finally:
-                proc.stdin.close()
-        while chunk := await proc.stdout.read(65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            while size > MAX_OUTPUT and len(chunks) > 1:
-                size -= len(chunks.pop(0))
-        await proc.wait()
-
+    io = [asyncio.create_task(_read(proc.stdout, chunks))]
+    if stdin is not None:
+        io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
     try:
-        await asyncio.wait_for(collect(), timeout)
+        await asyncio.wait_for(exited(proc), timeout)
     except TimeoutError:
         timed_out = True
-        await _end_group(proc)
+        await end_group(proc, GRACE_SECONDS)
     except asyncio.CancelledError:
-        await asyncio.shield(_end_group(proc))
+        await asyncio.shield(end_group(proc, GRACE_SECONDS))
         raise
+    finally:
+        kill_group(proc.pid, signal.SIGKILL)  # helpers it left running must not outlive it
+        _, pending = await asyncio.wait(io, timeout=DRAIN_SECONDS)
+        for task in pending:
+            task.cancel()
     output = b"".join(chunks).decode(errors="replace")
-    return ProcResult(proc.returncode if not timed_out else None, output, timed_out)
+    return ProcResult(None if timed_out else proc.returncode, output, timed_out)
 
 
-async def _end_group(proc: asyncio.subprocess.Process) -> None:
-    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(proc.wait(), wait)
-            # the leader is gone; make sure nothing else in its group lingers
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return
-        except TimeoutError:
-            continue
+async def _read(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
+    size = 0
+    while chunk := await stream.read(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        while size > MAX_OUTPUT and len(chunks) > 1:
+            size -= len(chunks.pop(0))
+
+
+async def _write(stream: asyncio.StreamWriter, data: bytes) -> None:
+    """Feed stdin beside the reader, so a command that writes before it reads cannot deadlock us."""
+    try:
+        stream.write(data)
+        await stream.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        stream.close()

@@ -1,0 +1,33 @@
+"""Ending a child and everything it started: each child runs in its own session (process group),
+and the group is signalled as a whole. Shared by the orchestrator's shell commands and the
+wrapper's aider runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+
+async def exited(proc: asyncio.subprocess.Process) -> None:
+    """Until the process itself has exited. (`proc.wait()` also waits for its output pipe to
+    close, which a helper it left running in the background would hold open.)"""
+    while proc.returncode is None:
+        await asyncio.sleep(0.05)
+
+
+async def end_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the whole process group, SIGKILL after `grace` seconds if the leader still lives."""
+    kill_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(exited(proc), grace)
+    except TimeoutError:
+        kill_group(proc.pid, signal.SIGKILL)
+        await exited(proc)
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
