@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 from enum import Enum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +168,20 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-@lru_cache(maxsize=64)
+_RESOLVED: set[str] = set()
+
+
 def resolve_host(host: str) -> str:
     """The host to dial. A service's container name that does not resolve means no container
-    network exists, so the service runs on this machine: use loopback. Any other host is kept."""
-    if host not in SERVICE_NAMES:
+    network exists, so the service runs on this machine: use loopback. Any other host is kept.
+    Only a name that resolved is remembered: a container that was down at our start may come up."""
+    if host not in SERVICE_NAMES or host in _RESOLVED:
         return host
     try:
         socket.getaddrinfo(host, None)
     except OSError:
         return "127.0.0.1"
+    _RESOLVED.add(host)
     return host
 
 

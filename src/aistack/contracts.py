@@ -44,13 +44,6 @@ class TokenCounts(BaseModel):
     completion: int = 0
 
 
-class ErrorBody(BaseModel):
-    """Every error answer of every service: a message a person can act on."""
-
-    detail: str
-    field: str | None = None
-
-
 # --- ralph-wiggum ------------------------------------------------------------------------------
 
 

@@ -66,7 +66,7 @@ def probe(service: str, url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Che
         return CheckResult(service, url, reachable=False, ready=False, latency_ms=None, detail=reason)
     started = time.monotonic()
     try:
-        response = httpx.get(url + "/health", timeout=timeout)
+        response = httpx.get(url + "/health", timeout=timeout, trust_env=False)
     except httpx.HTTPError as exc:
         return CheckResult(service, url, reachable=True, ready=False, latency_ms=None, detail=_short(exc))
     latency = (time.monotonic() - started) * 1000

@@ -74,7 +74,8 @@ def http_error(status: int, message: str, field: str | None = None) -> HTTPExcep
 
 
 def require_api_key(app: FastAPI, api_key: str | None, open_paths: tuple[str, ...] = ("/health",)) -> None:
-    """With a key configured, every path but `open_paths` needs it (header or `?api_key=`)."""
+    """With a key configured, every path but `open_paths` needs it, as a header (never in the
+    URL, where access logs and proxies would keep it)."""
     if not api_key:
         return
     expected = api_key.encode()
@@ -83,7 +84,7 @@ def require_api_key(app: FastAPI, api_key: str | None, open_paths: tuple[str, ..
     async def _check_key(request: Request, call_next):
         if request.url.path in open_paths:
             return await call_next(request)
-        given = request.headers.get(API_KEY_HEADER) or request.query_params.get("api_key") or ""
+        given = request.headers.get(API_KEY_HEADER) or ""
         auth = request.headers.get("Authorization", "")
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:]

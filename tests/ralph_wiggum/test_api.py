@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import AISTACK, ServiceProcess, StackEnv, child_env, git, make_git_repo
+from support import AISTACK, StackEnv, child_env, git, make_git_repo
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so

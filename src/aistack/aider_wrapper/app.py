@@ -75,7 +75,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="aistack aider-wrapper", version=__version__, lifespan=lifespan)
     started = time.monotonic()
-    app.state.wrapper = state
     install_error_handlers(app)
     require_api_key(app, settings.api_key)
 

@@ -108,9 +108,6 @@ class RunRegistry:
     def get(self, run_id: str) -> ActiveRun | None:
         return self._by_id.get(run_id)
 
-    def __len__(self) -> int:
-        return len(self._by_workspace)
-
 
 async def probe_llm(settings: Settings, client: httpx.AsyncClient) -> str | None:
     """None when llama-cpp's /health answers 200, else why not (one short request)."""
@@ -200,7 +197,7 @@ async def _run_in_slot(
     folder.mkdir(parents=True)
     run_files = command.RunFiles(folder)
     run_files.message.write_text(job.prompt, encoding="utf-8")
-    _prune_runs(files.runs)
+    await asyncio.to_thread(_prune_runs, files.runs)  # file-system work stays off the event loop
 
     caches_before = set(job.workspace.glob(TAGS_CACHE_GLOB))
     before = await gitstate.snapshot(job.workspace)
@@ -212,7 +209,7 @@ async def _run_in_slot(
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
     outcome = await run_process(cmd, job.workspace, command.aider_env(settings, files), job.timeout_seconds, run.cancel)
     for cache in set(job.workspace.glob(TAGS_CACHE_GLOB)) - caches_before:
-        shutil.rmtree(cache, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, cache, ignore_errors=True)
     after = await gitstate.snapshot(job.workspace)
 
     common = dict(

@@ -27,7 +27,7 @@ def check(settings: Settings, service: str, timeout: float = 2.0) -> Health:
     url = settings.url(service) + get(service).health_path
     started = time.monotonic()
     try:
-        response = httpx.get(url, timeout=timeout)
+        response = httpx.get(url, timeout=timeout, trust_env=False)
     except httpx.TimeoutException:
         return Health("unhealthy", "no answer within the timeout")
     except httpx.HTTPError:

@@ -184,7 +184,7 @@ class PodmanDeployer:
             if not state.get("Running"):
                 return Health("exited", f"the container exited with status {state.get('ExitCode')}")
             try:
-                response = httpx.get(self.health_url(name, service), timeout=2)
+                response = httpx.get(self.health_url(name, service), timeout=2, trust_env=False)
                 if response.status_code == 200:
                     return Health("healthy", "HTTP 200")
                 last = Health("loading" if response.status_code == 503 else "unhealthy", f"HTTP {response.status_code}")

@@ -11,14 +11,9 @@ from aistack.preflight import DEPENDENCIES
 @dataclass(frozen=True)
 class Service:
     name: str
-    package: str  # the Python package that implements it, e.g. "aistack.llama_cpp"
     entry_module: str  # the module whose `run(settings)` `aistack serve NAME` calls
     start_timeout: float  # seconds `up`/`deploy` wait for /health to turn 200
     health_path: str = "/health"
-
-    @property
-    def dependencies(self) -> list[str]:
-        return DEPENDENCIES[self.name]
 
     @property
     def command(self) -> list[str]:
@@ -35,10 +30,10 @@ class Service:
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in (
-        Service("llama-cpp", "aistack.llama_cpp", "aistack.llama_cpp.server", start_timeout=300),
-        Service("aider-wrapper", "aistack.aider_wrapper", "aistack.aider_wrapper.app", start_timeout=90),
-        Service("ralph-wiggum", "aistack.ralph_wiggum", "aistack.ralph_wiggum.app", start_timeout=90),
-        Service("dashboard", "aistack.dashboard", "aistack.dashboard.app", start_timeout=90),
+        Service("llama-cpp", "aistack.llama_cpp.server", start_timeout=300),
+        Service("aider-wrapper", "aistack.aider_wrapper.app", start_timeout=90),
+        Service("ralph-wiggum", "aistack.ralph_wiggum.app", start_timeout=90),
+        Service("dashboard", "aistack.dashboard.app", start_timeout=90),
     )
 }
 assert list(SERVICES) == list(DEPENDENCIES), "start order must follow the dependency table"

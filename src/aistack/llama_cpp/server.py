@@ -110,6 +110,7 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
 
 def _check_port_free(host: str, port: int) -> None:
     """Fail with one line before the (possibly long) set-up if the port is taken."""
+    host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
