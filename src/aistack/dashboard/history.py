@@ -34,7 +34,7 @@ def service_facts(settings: Settings, service: str) -> ServiceFacts:
     try:
         from aistack.lifecycle.process import ProcessRuntime
 
-        record = ProcessRuntime(settings).running(service)
+        record = ProcessRuntime(settings).running(service, prune=False)
         if record is not None:
             facts.uptime_seconds = record.uptime()
             facts.release = getattr(record, "release", None)

@@ -169,7 +169,7 @@ def status() -> None:
         if not _in_build(rt, name):
             table.add_row(name, cfg.url(name), "[dim]not in this build[/dim]", "-", "-", "-")
             continue
-        record = rt.running(name)
+        record = rt.running(name, prune=False)
         result = health.check(cfg, name)
         all_healthy &= result.state == "healthy"
         colour = {"healthy": "green", "degraded": "yellow", "loading": "yellow"}.get(result.state, "red")

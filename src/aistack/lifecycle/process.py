@@ -99,14 +99,14 @@ class ProcessRuntime:
             return False
         return proc_starttime(record.pid) == record.starttime
 
-    def running(self, service: str) -> ProcessRecord | None:
-        """The live process of `service`, or None (a stale pid file is removed, nothing is signalled)."""
+    def running(self, service: str, prune: bool = True) -> ProcessRecord | None:
+        """The live process of `service`, or None; nothing is signalled. A stale pid file is removed
+        only with `prune` — readers outside the `exclusive()` lock (status, the dashboard) pass
+        False, so they can never delete a pid file that `up` or `deploy` has just written."""
         record = self._read(service)
-        if record is None:
-            self.pid_file(service).unlink(missing_ok=True)
-            return None
-        if not self.is_alive(record):
-            self.pid_file(service).unlink(missing_ok=True)
+        if record is None or not self.is_alive(record):
+            if prune:
+                self.pid_file(service).unlink(missing_ok=True)
             return None
         return record
 
