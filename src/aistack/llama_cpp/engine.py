@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.models import sha256_file
-from aistack.llama_cpp.process import die_with_parent, file_lock, usable_cpus
+from aistack.llama_cpp.process import file_lock, output_of, usable_cpus
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python==0.3.36"
@@ -142,19 +142,15 @@ def _run(cmd: list[str], log, log_path: Path, on_percent=None) -> None:
     """Run a build step, its output into the log; cmake's `[ NN%]` lines drive the progress bar."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-        preexec_fn=die_with_parent(),
-    )
-    assert proc.stdout is not None
     last = ""
-    for line in proc.stdout:
-        log.write(line)
-        if line.strip():
-            last = line.strip()
-        if on_percent and (m := _PERCENT.match(line)):
-            on_percent(int(m.group(1)))
-    if proc.wait() != 0:
+    with output_of(cmd) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            if line.strip():
+                last = line.strip()
+            if on_percent and (m := _PERCENT.match(line)):
+                on_percent(int(m.group(1)))
+    if proc.returncode != 0:
         log.flush()
         raise SetupError(f"`{cmd[0]} {cmd[1]} …` failed (exit {proc.returncode}): {last[:200]} — full log: {log_path}")
 

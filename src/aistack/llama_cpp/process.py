@@ -6,6 +6,7 @@ import ctypes
 import fcntl
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,24 @@ def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] 
             os._exit(1)
 
     return preexec
+
+
+@contextmanager
+def output_of(cmd: list[str]) -> Iterator[subprocess.Popen]:
+    """A child whose merged output is read line by line as text. If reading stops early (an
+    error, Ctrl-C, SIGTERM during set-up) the child is killed before its files are cleaned up."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        preexec_fn=die_with_parent(),
+    )  # fmt: skip
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.wait()
+        proc.stdout.close()
 
 
 @contextmanager
