@@ -8,6 +8,7 @@ a missing file just means "defaults".
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from enum import Enum
 from pathlib import Path
@@ -80,6 +81,14 @@ class Settings(BaseSettings):
     llama_cpp_model_file: Path | None = Field(default=None, description="A GGUF file to serve instead of the bundled model.")
     llama_cpp_model_alias: str = Field(default="local-coder", min_length=1, description="Model name the API serves.")
     llama_cpp_server_bin: Path | None = Field(default=None, description="llama-server binary (else PATH, else built).")
+    llama_cpp_build: str = Field(
+        default="auto",
+        pattern=r"^(auto|portable)$",
+        description="auto: build for this CPU's extensions (never AMX), portable (AVX2 at most) if that crashes; portable: AVX2 at most.",
+    )
+    llama_cpp_cmake_args: str = Field(
+        default="", description="Extra cmake flags for the llama-server build, e.g. -DGGML_CUDA=ON (they change the cache key)."
+    )
     llama_cpp_context_size: int = Field(default=8192, ge=512, le=131072, description="Context tokens per slot.")
     llama_cpp_threads: int = Field(default=0, ge=0, le=512, description="CPU threads; 0 = all cores.")
     llama_cpp_parallel: int = Field(default=2, ge=1, le=64, description="Parallel slots (continuous batching).")
@@ -129,6 +138,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value else None
+
+    @field_validator("llama_cpp_cmake_args", mode="after")
+    @classmethod
+    def _shell_words(cls, value: str) -> str:
+        shlex.split(value)  # unbalanced quotes fail here, with the field named, not in the build
+        return value
 
     @field_validator("ralph_command_backend", "ralph_wiggum_api_key", mode="before")
     @classmethod

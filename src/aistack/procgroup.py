@@ -31,3 +31,15 @@ def kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, as a verb phrase: `was killed by SIGSEGV (signal 11)` rather than
+    `-11`, or `exited with status 3`. (A supervisor's own 128+N status is left as a status: only
+    the process that died names the signal.)"""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name} (signal {-code})"
+    except ValueError:
+        return f"was killed by signal {-code}"

@@ -211,3 +211,20 @@ def test_whole_stack_up_status_all_healthy_then_down(stack):
     followed = follow.communicate(timeout=10)[0]
     assert "Shutting down" in followed or "Finished server process" in followed, followed
     assert pid_files(stack) == []
+
+
+def test_up_names_the_signal_that_killed_llama_server(stack):
+    """A llama-server that crashes on this CPU (as llama.cpp's AMX kernels do on some machines)
+    is caught by its self-test, and `up` says how it died, not "status 139"."""
+    crash = stack.root / "llama-server"
+    crash.write_text("#!/bin/sh\necho 'llama_model_loader: loading model'\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    stack.set(LLAMA_CPP_SERVER_BIN=crash)
+    up = aistack(stack, "up", "llama-cpp", "--timeout", "60")
+    assert up.returncode == 1
+    message = " ".join(up.stderr.split())  # rich folds long lines
+    assert "llama-cpp did not start:" in message
+    assert "was killed by SIGSEGV (signal 11) while loading the model in its self-test" in message
+    assert "it is left as it is" in message and "Traceback" not in up.stderr
+    assert crash.read_text().endswith("kill -SEGV $$\n")  # reported, never replaced
+    assert pid_files(stack) == []

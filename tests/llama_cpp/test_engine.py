@@ -12,7 +12,9 @@ import pytest
 
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError, engine
-from aistack.llama_cpp.engine import SDIST_SHA256, cached_bin_path, find_server_bin, unpack_source
+from aistack.llama_cpp.cpu import Profile, read_cpu
+from aistack.llama_cpp.engine import SDIST_SHA256, cached_bin_path, unpack_source, user_server_bin
+from aistack.llama_cpp.selftest import Verdict, record
 from aistack.llama_cpp.server import server_command, supervise
 
 
@@ -24,21 +26,23 @@ def test_server_bin_setting_must_be_an_executable(tmp_path):
     script = tmp_path / "llama-server"
     script.write_text("#!/bin/sh\n")
     with pytest.raises(ConfigError, match=r"^invalid setting LLAMA_CPP_SERVER_BIN='.*llama-server': not an executable file"):
-        find_server_bin(settings_for(tmp_path, llama_cpp_server_bin=script))
+        user_server_bin(settings_for(tmp_path, llama_cpp_server_bin=script))
     script.chmod(0o755)
-    assert find_server_bin(settings_for(tmp_path, llama_cpp_server_bin=script)) == script
+    assert user_server_bin(settings_for(tmp_path, llama_cpp_server_bin=script)) == script
 
 
-def test_cached_binary_is_keyed_by_the_source_hash_and_found_without_building(tmp_path, monkeypatch):
+def test_cached_binary_is_found_without_building_once_proven(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # nothing on PATH
     settings = settings_for(tmp_path)
-    cached = cached_bin_path(settings)
-    assert cached == tmp_path / "cache" / "llama-server" / SDIST_SHA256[:16] / "llama-server"
-    assert find_server_bin(settings) is None
+    cached = cached_bin_path(settings, read_cpu(), Profile.cpu)
+    assert cached.is_relative_to(tmp_path / "cache" / "llama-server" / SDIST_SHA256[:16])
+    assert user_server_bin(settings) is None
     cached.parent.mkdir(parents=True)
     cached.write_text("#!/bin/sh\n")
     cached.chmod(0o755)
+    record(settings.aistack_cache_dir, cached, Verdict(True, "generated a token"))
     monkeypatch.setattr(engine, "build_from_source", lambda *a, **k: pytest.fail("must not build"))
+    monkeypatch.setattr(engine, "run_self_test", lambda *a, **k: pytest.fail("proven already: no second self-test"))
     assert engine.ensure_server_bin(settings, progress=False) == cached
 
 
@@ -48,7 +52,7 @@ def test_on_path_wins_over_the_cache(tmp_path, monkeypatch):
     (bindir / "llama-server").write_text("#!/bin/sh\n")
     (bindir / "llama-server").chmod(0o755)
     monkeypatch.setenv("PATH", str(bindir))
-    assert find_server_bin(settings_for(tmp_path)) == bindir / "llama-server"
+    assert user_server_bin(settings_for(tmp_path)) == bindir / "llama-server"
 
 
 def test_build_steps_report_cmake_percentages_and_fail_with_the_log(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -152,3 +153,16 @@ def test_model_command_prints_path_size_and_sha(stack_env):
     assert lines[0][:2] == ["✓", "model"] and lines[0][2].endswith("/models/smollm2-135m.gguf")
     assert lines[1] == ["size", "98,362,432", "bytes"]
     assert lines[2] == ["sha256", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"]
+
+
+@pytest.mark.e2e
+def test_engine_proves_the_real_binary_on_this_machine(stack_env):
+    """The real llama-server, built for this CPU without AMX, loads a model and generates a token here."""
+    done = subprocess.run([*AISTACK, "engine", "--check"], env=child_env(stack_env, {"COLUMNS": "200"}),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert "✓ llama-server " in out
+    assert re.search(r"self-test loaded \S+\.gguf and generated a token in \d+\.\d s on this machine", out), out
+    if "built for" in out:  # a binary aistack built (not one from PATH or LLAMA_CPP_SERVER_BIN)
+        assert "AMX" not in out

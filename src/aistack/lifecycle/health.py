@@ -9,6 +9,7 @@ import httpx
 
 from aistack.config import Settings
 from aistack.lifecycle.services import get
+from aistack.procgroup import describe_exit
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,11 @@ def _status_field(response: httpx.Response) -> str:
     except ValueError:
         return ""
     return str(body.get("status", "")) if isinstance(body, dict) else ""
+
+
+def exit_reason(code: int | None, log_tail: str, what: str = "the process") -> str:
+    """Why a service ended before it was healthy: the last `✗` line it wrote (every service
+    prints its fatal error that way), then how the process ended."""
+    how = f"{what} {describe_exit(code)}" if code is not None else f"{what} ended"
+    fatal = next((line.strip()[2:] for line in reversed(log_tail.splitlines()) if line.strip().startswith("✗ ")), None)
+    return f"{fatal} ({how})" if fatal else how

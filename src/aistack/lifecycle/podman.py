@@ -28,7 +28,7 @@ import httpx
 
 from aistack.config import SERVICE_NAMES, Settings, resolve_env_file
 from aistack.lifecycle.deploy import DeployResult, Say, record_history, source_root, validate
-from aistack.lifecycle.health import Health
+from aistack.lifecycle.health import Health, exit_reason
 from aistack.lifecycle.releases import Releases
 from aistack.lifecycle.services import get, installed_source_root
 from aistack.web import is_loopback
@@ -182,7 +182,7 @@ class PodmanDeployer:
         while True:
             state = inspect(name)["State"]
             if not state.get("Running"):
-                return Health("exited", f"the container exited with status {state.get('ExitCode')}")
+                return Health("exited", exit_reason(state.get("ExitCode"), self.logs(name, 40), "the container"))
             try:
                 response = httpx.get(self.health_url(name, service), timeout=2, trust_env=False)
                 if response.status_code == 200:

@@ -195,8 +195,8 @@ class ProcessRuntime:
             if result.ready:
                 return result
             if not self.is_alive(record):
-                code = self.exit_code(record)
-                return health.Health("exited", f"the process exited{f' with status {code}' if code is not None else ''}")
+                tail = self.log_tail(record.service, 40, since=record.log_offset)
+                return health.Health("exited", health.exit_reason(self.exit_code(record), tail))
             if time.monotonic() >= deadline:
                 return health.Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
             time.sleep(0.2)

@@ -9,12 +9,12 @@ import typer
 from aistack.config import ConfigError, Model
 from aistack.terminal import console, fail, settings_or_exit
 from aistack.llama_cpp import SetupError
-from aistack.llama_cpp.engine import ensure_server_bin, server_version
+from aistack.llama_cpp.cpu import enabled_extensions
+from aistack.llama_cpp.engine import build_info, ensure_server_bin, server_version
+from aistack.llama_cpp.selftest import recorded
 from aistack.llama_cpp.models import ensure_model, sha256_file, verified_sha256
 
 commands = typer.Typer()
-
-
 
 
 @commands.command("model")
@@ -36,15 +36,22 @@ def model(
 
 
 @commands.command("engine")
-def engine() -> None:
-    """Find llama-server (LLAMA_CPP_SERVER_BIN, PATH) or build it once from source; print its path and version."""
+def engine(
+    check: Annotated[bool, typer.Option("--check", help="Run the self-test again, even if this binary passed it here.")] = False,
+) -> None:
+    """Find llama-server (LLAMA_CPP_SERVER_BIN, PATH) or build it once for this CPU, prove it on this
+    machine (load the smallest model, generate a token), and print its path, version and verdict."""
     settings = settings_or_exit()
     try:
-        binary = ensure_server_bin(settings)
+        binary = ensure_server_bin(settings, recheck=check)
         version = server_version(binary)
     except ConfigError as exc:
         fail(str(exc), code=2)
     except SetupError as exc:
         fail(str(exc))
     console.print(f"✓ llama-server {binary}", highlight=False, soft_wrap=True)
-    console.print(f"  {version}", highlight=False)
+    console.print(f"  version    {version}", highlight=False)
+    if (build := build_info(binary)) is not None:
+        console.print(f"  built for  {enabled_extensions(tuple(build['flags']))}", highlight=False)
+    if (verdict := recorded(settings.aistack_cache_dir, binary)) is not None:
+        console.print(f"  self-test  {verdict.detail} on this machine", highlight=False)

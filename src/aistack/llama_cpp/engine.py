@@ -1,29 +1,43 @@
-"""Where `llama-server` comes from: LLAMA_CPP_SERVER_BIN, else PATH, else a build from source kept in the cache.
+"""Where `llama-server` comes from, and the proof that it runs on this machine.
 
-The source is the sdist of llama-cpp-python, which carries the whole llama.cpp tree under
-`vendor/llama.cpp`. We only use its C++ sources: cmake builds the one `llama-server` target with
-llama.cpp's own libraries linked in statically, so the binary can be copied into the cache and run
-from there. ggml tunes it for this machine's CPU (`-march=native`), which suits a per-machine cache.
-The cache path is keyed by the sdist's sha256, so a new pinned source never reuses an old binary.
+LLAMA_CPP_SERVER_BIN, else PATH, else a build from source kept in the cache. The source is the
+sdist of llama-cpp-python, which carries the whole llama.cpp tree under `vendor/llama.cpp`; cmake
+builds the one `llama-server` target with llama.cpp's libraries linked in statically, so the
+binary can live in the cache and run from there.
+
+The build names its instruction-set extensions itself (`cpu.cmake_flags`: what this CPU reports,
+never AMX) instead of `-march=native`. The cache path is keyed by the sdist, those flags, the
+user's LLAMA_CPP_CMAKE_ARGS and, for a native build, the CPU: a copied cache or a changed flag
+never picks up a binary built for something else. Whatever binary is chosen must pass its
+self-test on this machine (`selftest`) before it serves; a cached build that crashes there is
+rebuilt with the portable flags, while a binary the user named is reported and left alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
-from aistack.llama_cpp.models import sha256_file
+from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu
+from aistack.llama_cpp.models import MODELS, ensure_model, is_verified, models_dir, sha256_file
 from aistack.llama_cpp.process import file_lock, output_of, usable_cpus
+from aistack.llama_cpp.selftest import Verdict, proof_path, record, recorded, run_self_test
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python==0.3.36"
@@ -40,41 +54,102 @@ CMAKE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # offline: do not try to fetch the web UI during the build
 )
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+Say = Callable[[str], None]
 
 
-def cached_bin_path(settings: Settings) -> Path:
-    return settings.aistack_cache_dir / BINARY / SDIST_SHA256[:16] / BINARY
+def build_flags(settings: Settings, cpu: Cpu, profile: Profile) -> tuple[str, ...]:
+    """Every cmake flag of a build: ours, the instruction sets for `cpu`, then the user's (which win)."""
+    return (*CMAKE_FLAGS, *cmake_flags(cpu, profile), *shlex.split(settings.llama_cpp_cmake_args))
 
 
-def find_server_bin(settings: Settings) -> Path | None:
-    """The binary to run without building anything, or None."""
+def cached_bin_path(settings: Settings, cpu: Cpu, profile: Profile) -> Path:
+    """`<cache>/llama-server/<sdist>/<profile>-<key>/llama-server`; the key covers the flags, and
+    the CPU itself when the flags leave the choice to the compiler (a native build)."""
+    flags = build_flags(settings, cpu, profile)
+    native = "-DGGML_NATIVE=ON" in flags
+    key = hashlib.sha256("\n".join([SDIST_SHA256, *flags, cpu.fingerprint() if native else ""]).encode()).hexdigest()
+    return settings.aistack_cache_dir / BINARY / SDIST_SHA256[:16] / f"{profile.value}-{key[:12]}" / BINARY
+
+
+def profiles(settings: Settings) -> list[Profile]:
+    return [Profile.portable] if settings.llama_cpp_build == "portable" else [Profile.cpu, Profile.portable]
+
+
+def user_server_bin(settings: Settings) -> Path | None:
+    """A binary the user provides (LLAMA_CPP_SERVER_BIN, else one on PATH), or None."""
     if settings.llama_cpp_server_bin:
         binary = settings.llama_cpp_server_bin
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
+        if not _is_executable(binary):
             raise ConfigError(f"invalid setting LLAMA_CPP_SERVER_BIN='{binary}': not an executable file")
         return binary
     on_path = shutil.which(BINARY)
-    if on_path:
-        return Path(on_path)
-    cached = cached_bin_path(settings)
-    return cached if _is_executable(cached) else None
+    return Path(on_path) if on_path else None
 
 
-def ensure_server_bin(settings: Settings, progress: bool = True) -> Path:
-    """The `llama-server` to run, built from source into the cache the first time if none is found."""
-    found = find_server_bin(settings)
-    if found:
-        return found
-    dest = cached_bin_path(settings)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(dest):  # another process may have built it while we waited
-        if not _is_executable(dest):
-            build_from_source(dest, progress=progress)
-    return dest
+def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool = False, say: Say | None = None) -> Path:
+    """The `llama-server` to run, proven on this machine. A cached build that crashes in its
+    self-test is replaced by the next profile's build; a user's binary that fails raises."""
+    if (user := user_server_bin(settings)) is not None:
+        return _proven_user_binary(settings, user, progress, recheck)
+    cpu, tried = read_cpu(), set()
+    for profile in profiles(settings):
+        dest = cached_bin_path(settings, cpu, profile)
+        if dest in tried:  # this CPU has nothing beyond the portable set: same flags, same binary
+            continue
+        tried.add(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(dest):  # another process may be building or testing it
+            if not _is_executable(dest):
+                build_from_source(dest, build_flags(settings, cpu, profile), progress=progress)
+            first_test = recheck or recorded(settings.aistack_cache_dir, dest) is None
+            verdict = prove(settings, dest, progress, recheck)
+        if verdict.ok:
+            return dest
+        if not verdict.crashed:  # not the CPU's fault: another build would fail the same way
+            raise SetupError(f"llama-server {verdict.detail} in its self-test (log: {verdict.log})")
+        if first_test:  # said once, when it happens; later starts go straight to the build that works
+            (say or _say)(f"⚠ llama-server built for this CPU ({enabled_extensions(cmake_flags(cpu, profile))}) "
+                          f"{verdict.detail} in its self-test; building it with the portable flag set instead")  # fmt: skip
+    raise SetupError(f"llama-server {verdict.detail} in its self-test with every flag set (log: {verdict.log})")
 
 
-def build_from_source(dest: Path, progress: bool = True, jobs: int | None = None) -> Path:
-    """Download the pinned sdist, build `llama-server` with cmake, and move it to `dest` atomically."""
+def _proven_user_binary(settings: Settings, binary: Path, progress: bool, recheck: bool) -> Path:
+    """A binary the user named is proven like ours, but never replaced: a failure is reported."""
+    verdict = prove(settings, binary, progress, recheck)
+    if not verdict.ok:
+        where = "LLAMA_CPP_SERVER_BIN" if settings.llama_cpp_server_bin else "PATH"
+        raise SetupError(
+            f"{binary} (from {where}) {verdict.detail} in its self-test; it is left as it is: fix it, or remove it "
+            f"from {where} to have aistack build one (log: {verdict.log})"
+        )
+    return binary
+
+
+def prove(settings: Settings, binary: Path, progress: bool = True, recheck: bool = False) -> Verdict:
+    """The binary's verdict on this machine: recorded, or from a self-test run now (and recorded)."""
+    if not recheck and (known := recorded(settings.aistack_cache_dir, binary)) is not None:
+        return known
+    model = self_test_model(settings)
+    log = proof_path(settings.aistack_cache_dir, binary).with_suffix(".log")
+    status = Console(stderr=True).status(f"self-test: {binary.name} loads {model.name} and generates a token…")
+    with status if progress else nullcontext():
+        verdict = run_self_test(binary, model, log, threads=min(2, usable_cpus()))
+    record(settings.aistack_cache_dir, binary, verdict)
+    return verdict
+
+
+def self_test_model(settings: Settings) -> Path:
+    """The smallest bundled model already in the cache, else the smallest one, assembled now."""
+    smallest_first = sorted(MODELS.values(), key=lambda m: m.size)
+    for model in smallest_first:
+        if is_verified(model, path := models_dir(settings) / model.file_name):
+            return path
+    return ensure_model(settings, smallest_first[0].name)
+
+
+def build_from_source(dest: Path, flags: tuple[str, ...], progress: bool = True, jobs: int | None = None) -> Path:
+    """Download the pinned sdist, build `llama-server` with cmake, and move it to `dest` atomically;
+    `build.json` beside it records the flags and the CPU it was built on."""
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise SetupError(f"building {BINARY} needs {tool} (apt-get install cmake g++), or set LLAMA_CPP_SERVER_BIN")
@@ -87,18 +162,29 @@ def build_from_source(dest: Path, progress: bool = True, jobs: int | None = None
             sdist = download_sdist(work / "sdist", log)
             bar.update(step, description="unpacking llama.cpp source")
             source = unpack_source(sdist, work / "src")
-            bar.update(step, description="configuring (cmake)")
-            _run(["cmake", "-S", str(source), "-B", str(work / "build"), *CMAKE_FLAGS], log, log_path)
+            bar.update(step, description=f"configuring (cmake: {enabled_extensions(flags)})")
+            _run(["cmake", "-S", str(source), "-B", str(work / "build"), *flags], log, log_path)
             bar.update(step, description=f"building {BINARY} (-j{jobs})", total=100, completed=0)
             build = ["cmake", "--build", str(work / "build"), "--target", BINARY, "-j", str(jobs)]
             _run(build, log, log_path, on_percent=lambda pct: bar.update(step, completed=pct))
         built = work / "build" / "bin" / BINARY
         if not _is_executable(built):
             raise SetupError(f"the build finished without {built.name}; see {log_path}")
+        cpu = read_cpu()
+        info = {"sdist": SDIST, "flags": list(flags), "cpu": cpu.model, "cpu_flags": sorted(cpu.flags)}
+        (dest.parent / "build.json").write_text(json.dumps(info, indent=1))
         tmp_dest = dest.with_name(f".{BINARY}.{os.getpid()}.tmp")
         shutil.copy2(built, tmp_dest)
         os.replace(tmp_dest, dest)
     return dest
+
+
+def build_info(binary: Path) -> dict | None:
+    """What `build_from_source` recorded beside a cached binary (None for any other binary)."""
+    try:
+        return json.loads((binary.parent / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def download_sdist(into: Path, log) -> Path:
@@ -158,6 +244,9 @@ def _run(cmd: list[str], log, log_path: Path, on_percent=None) -> None:
 def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _build_progress(enabled: bool) -> Progress:

@@ -1,9 +1,10 @@
 """`aistack serve llama-cpp`: run llama.cpp's `llama-server` as a supervised child process.
 
-The supervisor prepares the model and the binary, then execs nothing itself: llama-server serves
-the API (and its native `/health`: 503 while loading, 200 when ready) directly on the configured
-port. Its log goes straight to our stdout; SIGTERM/SIGINT are forwarded once (llama-server shuts
-down gracefully on the first one), and the kernel kills it if the supervisor dies any other way.
+The supervisor prepares the model and the binary (proven on this machine by its self-test), then
+starts llama-server, which serves the API (and its native `/health`: 503 while loading, 200 when
+ready) directly on the configured port. Its log is relayed line by line to our stdout, so that a
+crash can be named with the phase it happened in; SIGTERM/SIGINT are forwarded once (llama-server
+shuts down gracefully on the first one), and the kernel kills it if the supervisor dies any other way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,10 +23,12 @@ from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.engine import ensure_server_bin
 from aistack.llama_cpp.models import ensure_model
 from aistack.llama_cpp.process import die_with_parent, usable_cpus
+from aistack.procgroup import describe_exit
 from aistack.web import check_bind
 
 # How long llama-server may take to shut down after a forwarded signal before it is killed.
 STOP_GRACE_SECONDS = 20.0
+LOADED_MARKER = b"model loaded"  # llama-server's log line once the model is loaded and warmed up
 
 
 def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
@@ -70,17 +74,23 @@ def run(settings: Settings) -> int:
 
 
 def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
-    """Run `cmd` as a child that shares our stdout; forward SIGTERM/SIGINT; return its exit code."""
+    """Run `cmd` as a child whose output we relay to our stdout; forward SIGTERM/SIGINT; return
+    its exit code. A child killed by a signal is named, with the phase it died in, in a last
+    `✗` line that `aistack up` shows as the reason."""
     sys.stdout.flush()
     sys.stderr.flush()
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # llama-server logs to stderr; the service's log is its stdout
         # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
         start_new_session=True,
         preexec_fn=die_with_parent(),
     )
+    loaded = threading.Event()
+    relay = threading.Thread(target=_relay, args=(proc.stdout, loaded), daemon=True)
+    relay.start()
     stop_requested: float | None = None
 
     def forward(signum: int, _frame) -> None:
@@ -105,7 +115,22 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        relay.join(timeout=5)
+    if code < 0 and not stop_requested:
+        phase = "while serving" if loaded.is_set() else "while loading the model"
+        print(f"✗ llama-server {describe_exit(code)} {phase}; `aistack engine --check` tests it on this "
+              f"machine again (a cached build that crashes there is rebuilt with portable flags)", flush=True)  # fmt: skip
     return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
+
+
+def _relay(stream, loaded: threading.Event) -> None:
+    """Copy llama-server's output to ours line by line, noting when the model has loaded."""
+    for line in iter(stream.readline, b""):
+        if not loaded.is_set() and LOADED_MARKER in line:
+            loaded.set()
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+    stream.close()
 
 
 def _check_port_free(host: str, port: int) -> None:
