@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aistack.contracts import IterationLimits
+
 ENV_FILE_VARIABLE = "AISTACK_ENV_FILE"
 
 # The container names the services are reached by on a compose network. Outside one they
@@ -165,6 +167,10 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """RALPH_WIGGUM_API_KEY in clear, for the code that sends or checks it (never print it)."""
         return self.ralph_wiggum_api_key.get_secret_value() if self.ralph_wiggum_api_key else None
+
+    def iteration_limits(self) -> IterationLimits:
+        """The loop's limits that may change while the orchestrator runs, as the one model of them."""
+        return IterationLimits.model_validate(self, from_attributes=True)
 
     @property
     def db_path(self) -> Path:

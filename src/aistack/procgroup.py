@@ -7,23 +7,51 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from asyncio.subprocess import SubprocessStreamProtocol
+
+STREAM_LIMIT = 2**16  # asyncio's default line limit for the child's output streams
 
 
-async def exited(proc: asyncio.subprocess.Process) -> None:
-    """Until the process itself has exited. (`proc.wait()` also waits for its output pipe to
-    close, which a helper it left running in the background would hold open.)"""
-    while proc.returncode is None:
-        await asyncio.sleep(0.05)
+class _ExitProtocol(SubprocessStreamProtocol):
+    """asyncio's own subprocess protocol, plus a future that is done the moment the child exits.
+    (`Process.wait()` also waits for the output pipes to close, which a helper the child left
+    running in the background would hold open.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=STREAM_LIMIT, loop=loop)
+        self.exit: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exit.done():
+            self.exit.set_result(None)
 
 
-async def end_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+class GroupProcess(asyncio.subprocess.Process):
+    """A child leading its own session (process group), so the group can be ended as a whole."""
+
+    async def exited(self) -> None:
+        """Until the process itself has exited: learnt from asyncio's child watcher, no polling."""
+        await asyncio.shield(self._protocol.exit)
+
+
+async def start_in_group(program: str, *args: str, **kwargs) -> GroupProcess:
+    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs
+    )
+    return GroupProcess(transport, protocol, loop)
+
+
+async def end_group(proc: GroupProcess, grace: float) -> None:
     """SIGTERM to the whole process group, SIGKILL after `grace` seconds if the leader still lives."""
     kill_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(exited(proc), grace)
+        await asyncio.wait_for(proc.exited(), grace)
     except TimeoutError:
         kill_group(proc.pid, signal.SIGKILL)
-        await exited(proc)
+        await proc.exited()
 
 
 def kill_group(pgid: int, sig: int) -> None:

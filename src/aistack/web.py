@@ -10,7 +10,9 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.config import ConfigError
 
@@ -66,33 +68,41 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
 
+def error_body(message: str, field: str | None = None) -> dict[str, str]:
+    """The one shape of every error answer."""
+    return {"detail": message, "field": field} if field else {"detail": message}
+
+
 def http_error(status: int, message: str, field: str | None = None) -> HTTPException:
-    body = {"detail": message}
-    if field:
-        body["field"] = field
-    return HTTPException(status_code=status, detail=body)
+    return HTTPException(status_code=status, detail=error_body(message, field))
 
 
 def require_api_key(app: FastAPI, api_key: str | None, open_paths: tuple[str, ...] = ("/health",)) -> None:
     """With a key configured, every path but `open_paths` needs it, as a header (never in the
     URL, where access logs and proxies would keep it)."""
-    if not api_key:
-        return
-    expected = api_key.encode()
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=open_paths)
 
-    @app.middleware("http")
-    async def _check_key(request: Request, call_next):
-        if request.url.path in open_paths:
-            return await call_next(request)
-        given = request.headers.get(API_KEY_HEADER) or ""
-        auth = request.headers.get("Authorization", "")
+
+class ApiKeyMiddleware:
+    """Plain ASGI (not BaseHTTPMiddleware): nothing is added to a request that passes, and a
+    streamed answer (SSE) streams as it would without it."""
+
+    def __init__(self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...]):
+        self.app, self.expected, self.open_paths = app, api_key.encode(), open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        given = headers.get(API_KEY_HEADER) or ""
+        auth = headers.get("Authorization", "")
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:]
-        if not hmac.compare_digest(given.encode(), expected):
-            return JSONResponse(
-                {"detail": f"missing or wrong API key: send it in the {API_KEY_HEADER} header"}, status_code=401
-            )
-        return await call_next(request)
+        if hmac.compare_digest(given.encode(), self.expected):
+            return await self.app(scope, receive, send)
+        refusal = JSONResponse({"detail": f"missing or wrong API key: send it in the {API_KEY_HEADER} header"}, status_code=401)
+        await refusal(scope, receive, send)
 
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:

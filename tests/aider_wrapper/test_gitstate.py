@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aistack.gitcli import GitError
 from aistack.aider_wrapper import gitstate
 from support import git, make_git_repo
 
@@ -70,5 +71,5 @@ def test_toplevel_and_not_a_repository(tmp_path: Path) -> None:
     assert asyncio.run(gitstate.toplevel(repo / "sub")) == repo.resolve()
     plain = tmp_path / "plain"
     plain.mkdir()
-    with pytest.raises(gitstate.GitError, match="not a git repository"):
+    with pytest.raises(GitError, match="not a git repository"):
         asyncio.run(gitstate.toplevel(plain))

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aistack.contracts import Complexity, TaskStatus
+from aistack.contracts import Complexity, IterationLimits, TaskStatus
 from aistack.ralph_wiggum import rules
-from aistack.ralph_wiggum.rules import IterationFacts, Limits
+from aistack.ralph_wiggum.records import IterationRecord, TaskRecord
+from aistack.ralph_wiggum.rules import IterationFacts
+
+
+def Limits(simple: int, default: int, complex: int, adaptive: bool, cap: int) -> IterationLimits:  # noqa: N802
+    return IterationLimits(
+        ralph_max_iterations_simple=simple, ralph_max_iterations_default=default, ralph_max_iterations_complex=complex,
+        ralph_adaptive_iterations=adaptive, ralph_max_iterations_cap=cap,
+    )  # fmt: skip
+
 
 LIMITS = Limits(simple=10, default=20, complex=50, adaptive=True, cap=100)
 
@@ -184,3 +195,76 @@ def test_compose_prompt_appends_failed_check_only():
 def test_excerpt_keeps_the_end():
     assert rules.excerpt("x" * 10 + "END", 5) == "…x" * 0 + "…xxEND"
     assert rules.excerpt(None) == ""
+
+
+# --- the state machine and an iteration's outcome ----------------------------------------------
+
+S = TaskStatus
+OPEN = {S.queued, S.running, S.awaiting_approval}
+
+
+@pytest.mark.parametrize(
+    "action, sources, target",
+    [
+        (rules.Action.start, {S.queued, S.running}, S.running),
+        (rules.Action.ask_approval, {S.queued, S.running}, S.awaiting_approval),
+        (rules.Action.approve, {S.awaiting_approval}, S.running),
+        (rules.Action.reject, {S.awaiting_approval}, S.rejected),
+        (rules.Action.stop, OPEN, S.stopped),
+        (rules.Action.fail, OPEN, S.failed),
+        (rules.Action.proceed, {S.running}, S.running),
+        (rules.Action.complete, {S.running}, S.completed),
+        (rules.Action.exhaust, {S.running}, S.exhausted),
+    ],
+)
+def test_each_action_leads_from_its_sources_to_one_status(action, sources, target):
+    step = rules.transition(action)
+    assert (step.sources, step.target) == (frozenset(sources), target)
+    for status in set(S) - sources:
+        assert (status, action) not in rules.TRANSITIONS  # no other status allows it
+
+
+def test_an_ended_task_has_no_way_out_and_every_status_is_reachable():
+    assert not [pair for pair in rules.TRANSITIONS if pair[0].terminal]
+    assert {S.queued} | set(rules.TRANSITIONS.values()) == set(S)
+
+
+@pytest.mark.parametrize("status", [S.running, S.awaiting_approval, S.completed, S.failed, S.exhausted])
+def test_every_decision_after_an_iteration_is_a_transition_from_running(status):
+    step = rules.transition(rules.Decision(status).action)
+    assert step.target is status and S.running in step.sources
+
+
+def _task(**fields) -> TaskRecord:
+    now = datetime.now(UTC)
+    values = {"id": "t1", "prompt": "p", "backend": "command", "workspace": "/w", "status": S.running,
+              "max_iterations": 5, "limit_source": "request", "created_at": now, "updated_at": now, **fields}  # fmt: skip
+    return TaskRecord(**values)
+
+
+def _it(n: int = 1, **fields) -> IterationRecord:
+    return IterationRecord(**{"task_id": "t1", "number": n, "started_at": datetime.now(UTC), "status": "success", **fields})
+
+
+@pytest.mark.parametrize(
+    "task, it, history, status, reason, kinds",
+    [
+        (_task(check_command="pytest"), _it(check_exit_code=0, check_output="ok"), [], S.completed, "check_command",
+         ["check", "iteration_finished"]),
+        (_task(check_command="pytest"), _it(check_exit_code=1), [], None, None, ["check", "iteration_finished"]),
+        (_task(), _it(files_modified=("a",)), [], S.completed, "diff", ["iteration_finished"]),
+        (_task(require_approval=True), _it(), [], S.awaiting_approval, None, ["iteration_finished", "approval_needed"]),
+        (_task(max_iterations=2), _it(2), [_it(1, output="x")], S.exhausted, "max_iterations", ["iteration_finished"]),
+        (_task(), _it(3, output="same"), [_it(1, output="same"), _it(2, output="same")], S.failed, "stuck",
+         ["iteration_finished"]),
+    ],
+)  # fmt: skip
+def test_an_iterations_outcome_is_everything_to_store(task, it, history, status, reason, kinds):
+    out = rules.outcome(it, task, history, stuck_threshold=3)
+    assert out.update.status is status  # None: the task goes on running, unchanged
+    assert out.update.completion_reason == reason
+    assert [kind for kind, _ in out.events] == kinds
+    finished = dict(out.events)["iteration_finished"]
+    assert finished["iteration"] == it.number and finished["files_modified"] == list(it.files_modified)
+    assert (out.update.evidence is not None) == (status is S.completed)
+    assert (out.update.error is not None) == (reason == "stuck")

@@ -21,6 +21,7 @@ import httpx
 from fastapi import FastAPI, Request
 
 from aistack import __version__
+from aistack.gitcli import GitError
 from aistack.aider_wrapper import command, gitstate
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
 from aistack.config import Settings
@@ -144,7 +145,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
         raise http_error(400, f"workspace {body.workspace!r} is not a directory", "workspace")
     try:
         top = await gitstate.toplevel(workspace)
-    except gitstate.GitError:
+    except GitError:
         raise http_error(400, f"workspace {body.workspace!r} is not a git repository (run `git init` there first)", "workspace") from None
     if top != workspace:
         raise http_error(400, f"workspace {body.workspace!r} must be the top directory of its git repository ({top})", "workspace")

@@ -11,41 +11,24 @@ import hashlib
 import os
 from pathlib import Path
 
-# Status must not take the index lock or rewrite the index: the orchestrator may be using git
-# in the same repository, and a wrapper that only looks should leave no trace.
-# GIT_DIR and friends from our own environment must not redirect git elsewhere either.
-GIT_ENV = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+from aistack import gitcli
+
 GIT_TIMEOUT_SECONDS = 60
 
 # A path's state: (two-letter porcelain status, content digest). Clean paths are absent.
 Snapshot = dict[str, tuple[str, str]]
 
 
-class GitError(RuntimeError):
-    """git failed or is not a repository here; the message is one line."""
-
-
-async def git(cwd: Path, *args: str) -> bytes:
-    proc = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=cwd, env=GIT_ENV,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT_SECONDS)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise GitError(f"git {args[0]} took longer than {GIT_TIMEOUT_SECONDS} s") from None
-    if proc.returncode != 0:
-        first = (err.decode(errors="replace").strip().splitlines() or ["failed"])[0]
-        raise GitError(f"git {args[0]}: {first}")
-    return out
+async def git(cwd: Path, *args: str) -> str:
+    # No optional locks: the orchestrator may be using git in the same repository, and a wrapper
+    # that only looks must leave no trace. Paths keep their bytes (surrogateescape).
+    return await gitcli.git(cwd, *args, locks=False, timeout=GIT_TIMEOUT_SECONDS, errors="surrogateescape")
 
 
 async def toplevel(path: Path) -> Path:
     """The top directory of the git work tree `path` lies in (GitError if none)."""
     out = await git(path, "rev-parse", "--show-toplevel")
-    return Path(out.decode().strip()).resolve()
+    return Path(out.strip()).resolve()
 
 
 async def snapshot(repo: Path) -> Snapshot:
@@ -53,7 +36,7 @@ async def snapshot(repo: Path) -> Snapshot:
     of what is on disk now."""
     raw = await git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
     statuses: dict[str, str] = {}
-    for entry in os.fsdecode(raw).split("\0"):
+    for entry in raw.split("\0"):
         if len(entry) > 3:
             statuses[entry[3:]] = entry[:2]
     digests = await asyncio.to_thread(_digests, repo, list(statuses))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aistack.aider_wrapper.errors import FatalError, classify_line
 from aistack.contracts import TokenCounts
-from aistack.procgroup import end_group, exited, kill_group
+from aistack.procgroup import end_group, kill_group, start_in_group
 
 MAX_OUTPUT_CHARS = 1_000_000  # beyond this the start of the output is dropped
 TIMEOUT_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL after this long
@@ -85,13 +85,13 @@ async def run_process(
             fatal_seen.set()
 
     buffer = OutputBuffer(on_line)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=cwd, env=env, start_new_session=True,
+    proc = await start_in_group(
+        *cmd, cwd=cwd, env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))
     waits = {
-        asyncio.create_task(exited(proc)): Ending.exited,
+        asyncio.create_task(proc.exited()): Ending.exited,
         asyncio.create_task(cancel.wait()): Ending.cancelled,
         asyncio.create_task(fatal_seen.wait()): Ending.fatal,
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from aistack.gitcli import GitError
 from aistack.aider_wrapper import command, gitstate
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
@@ -171,7 +172,7 @@ async def execute(
         return result("error", error="cancelled")
     try:
         return await _run_in_slot(settings, files, aider, client, job, run, result)
-    except gitstate.GitError as exc:
+    except GitError as exc:
         return result("error", error=str(exc))
     except OSError as exc:  # aider vanished since the start, or the data dir is not writable
         return result("error", error=f"could not run aider: {exc.strerror or exc}")

@@ -11,13 +11,16 @@ from fastapi import FastAPI
 
 from aistack import __version__
 from aistack.config import Settings
-from aistack.ralph_wiggum.api import router
+from aistack.preflight import before_serve
+from aistack.ralph_wiggum.api import router, task_error
 from aistack.ralph_wiggum.backends import configured_backends
-from aistack.ralph_wiggum.backends.aider import AiderBackend
 from aistack.ralph_wiggum.events import Notifier
-from aistack.ralph_wiggum.loop import LoopEngine
 from aistack.ralph_wiggum.metrics import registry_for
+from aistack.ralph_wiggum.runner import TaskRunner
+from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
+from aistack.ralph_wiggum.tasks import TaskError, TaskService
+from aistack.ralph_wiggum.workspace import GitWorktrees
 from aistack.web import check_bind, install_error_handlers, require_api_key, serve
 
 log = logging.getLogger("aistack.ralph")
@@ -31,20 +34,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         notifier.bind(asyncio.get_running_loop())
         backends = configured_backends(settings)
-        engine = LoopEngine(settings, store, backends)
-        app.state.engine = engine
-        app.state.registry = registry_for(store, lambda: engine.active_count)
+        workspace = GitWorktrees(settings.worktrees_dir)
+        tasks = TaskService(settings, store, workspace, backends)
+        scheduler = Scheduler(settings, store, TaskRunner(settings, store, workspace, backends, tasks), tasks)
+        tasks.driver = scheduler
+        app.state.tasks, app.state.scheduler = tasks, scheduler
+        app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():
-            if isinstance(backend, AiderBackend):
-                backend.start()
-        engine.start()
+            backend.start()
+        scheduler.start()
         log.info("ralph-wiggum %s ready: backends %s, data in %s", __version__, ", ".join(backends), settings.aistack_data_dir)
         try:
             yield
         finally:
-            await engine.shutdown()
+            await scheduler.shutdown()
             for backend in backends.values():
-                await backend.aclose()
+                await backend.close()
+            store.close()
 
     app = FastAPI(
         title="aistack ralph-wiggum",
@@ -57,8 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = store
     app.state.notifier = notifier
     install_error_handlers(app)
-    key = settings.api_key
-    require_api_key(app, key, open_paths=("/health",))
+    app.add_exception_handler(TaskError, task_error)
+    require_api_key(app, settings.api_key, open_paths=("/health",))
     app.include_router(router)
     return app
 
@@ -67,11 +73,6 @@ def run(settings: Settings) -> int:
     key = settings.api_key
     check_bind(settings.aistack_bind_address, key)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        from aistack.preflight import before_serve
-    except ImportError:  # pragma: no cover - preflight ships with the lifecycle package
-        before_serve = None
-    if before_serve is not None:
-        before_serve(settings, "ralph-wiggum")
+    before_serve(settings, "ralph-wiggum")
     serve(create_app(settings), settings.aistack_bind_address, settings.ralph_wiggum_port, settings.log_level)
     return 0

@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import func, select
 
-from aistack.ralph_wiggum.store import Iteration, Store, Task
+from aistack.ralph_wiggum.store import Store
 
 
 class StoreCollector(Collector):
@@ -20,22 +19,16 @@ class StoreCollector(Collector):
         iterations = CounterMetricFamily("aistack_iterations", "Finished iterations", labels=["backend", "status"])
         seconds = CounterMetricFamily("aistack_iteration_seconds", "Time spent in iterations", labels=["backend"])
         tokens = CounterMetricFamily("aistack_tokens", "LLM tokens used", labels=["kind"])
-        with self.store.session() as s:
-            for status, backend, n in s.execute(select(Task.status, Task.backend, func.count()).group_by(Task.status, Task.backend)):
-                tasks.add_metric([status, backend], n)
-            rows = s.execute(
-                select(Task.backend, Iteration.status, func.count(), func.coalesce(func.sum(Iteration.duration_seconds), 0.0),
-                       func.coalesce(func.sum(Iteration.prompt_tokens), 0), func.coalesce(func.sum(Iteration.completion_tokens), 0))
-                .join(Task, Task.id == Iteration.task_id)
-                .group_by(Task.backend, Iteration.status)
-            )
-            per_backend: dict[str, float] = {}
-            prompt_total = completion_total = 0
-            for backend, status, n, secs, p, c in rows:
-                iterations.add_metric([backend, status or "unknown"], n)
-                per_backend[backend] = per_backend.get(backend, 0.0) + float(secs)
-                prompt_total += int(p)
-                completion_total += int(c)
+        by_task, per_iteration = self.store.metric_rows()
+        for status, backend, n in by_task:
+            tasks.add_metric([status, backend], n)
+        per_backend: dict[str, float] = {}
+        prompt_total = completion_total = 0
+        for backend, status, n, secs, p, c in per_iteration:
+            iterations.add_metric([backend, status or "unknown"], n)
+            per_backend[backend] = per_backend.get(backend, 0.0) + float(secs)
+            prompt_total += int(p)
+            completion_total += int(c)
         for backend, secs in per_backend.items():
             seconds.add_metric([backend], secs)
         tokens.add_metric(["prompt"], prompt_total)

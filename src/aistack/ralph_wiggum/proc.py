@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from aistack.procgroup import end_group, exited, kill_group
+from aistack.procgroup import end_group, kill_group, start_in_group
 
 MAX_OUTPUT = 1_000_000  # bytes kept of a command's output (the end is kept)
 GRACE_SECONDS = 1.0
@@ -26,14 +26,13 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
     its output pipe closes, which a helper left in the background would hold open — and then
     nothing it started may outlive it. On timeout or cancellation the whole group is ended:
     SIGTERM, then SIGKILL."""
-    proc = await asyncio.create_subprocess_exec(
+    proc = await start_in_group(
         "/bin/sh", "-c", command,
         cwd=cwd,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
-        start_new_session=True,
     )  # fmt: skip
     chunks: list[bytes] = []
     io = [asyncio.create_task(_read(proc.stdout, chunks))]
@@ -41,7 +40,7 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
         io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
     try:
-        await asyncio.wait_for(exited(proc), timeout)
+        await asyncio.wait_for(proc.exited(), timeout)
     except TimeoutError:
         timed_out = True
         await end_group(proc, GRACE_SECONDS)

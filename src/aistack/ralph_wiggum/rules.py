@@ -1,29 +1,90 @@
 """The loop's decisions, as pure functions of plain data: no I/O, no clock, no randomness.
 
-`loop.py` gathers the facts (what the agent said, what git saw, what the check returned) and
-asks these functions what they mean. Keeping them here lets every branch be tested with a table.
+The task's life is one state machine (`TRANSITIONS`: status × action → status). The runner
+gathers an iteration's facts (what the agent said, what git saw, what the check returned) and
+`outcome()` turns them into everything to store; the task service asks `transition()` whether a
+person's stop, approval or rejection applies. Keeping them here lets every branch be tested with
+a table.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
 
-from aistack.contracts import Complexity, Evidence, TaskStatus
+from aistack.contracts import Complexity, Evidence, IterationLimits, TaskStatus
+from aistack.ralph_wiggum.records import Event, IterationRecord, TaskRecord, TaskUpdate
+
+# --- the state machine ---------------------------------------------------------------------------
+
+
+class Action(str, Enum):
+    """What can happen to a task."""
+
+    start = "start"  # a worker takes it up (again)
+    ask_approval = "ask_approval"  # the next iteration needs a person's yes
+    approve = "approve"
+    reject = "reject"
+    stop = "stop"  # a person stops it
+    proceed = "proceed"  # an iteration ended without settling anything: the next one runs
+    complete = "complete"  # an iteration brought evidence
+    exhaust = "exhaust"  # the iteration limit is reached without evidence
+    fail = "fail"  # stuck, or an error the task cannot go on after
+
+
+_OPEN = (TaskStatus.queued, TaskStatus.running, TaskStatus.awaiting_approval)
+TRANSITIONS: dict[tuple[TaskStatus, Action], TaskStatus] = {
+    (TaskStatus.queued, Action.start): TaskStatus.running,
+    (TaskStatus.running, Action.start): TaskStatus.running,  # taken up again (after a restart or an approval)
+    (TaskStatus.queued, Action.ask_approval): TaskStatus.awaiting_approval,
+    (TaskStatus.running, Action.ask_approval): TaskStatus.awaiting_approval,
+    (TaskStatus.awaiting_approval, Action.approve): TaskStatus.running,
+    (TaskStatus.awaiting_approval, Action.reject): TaskStatus.rejected,
+    (TaskStatus.running, Action.proceed): TaskStatus.running,
+    (TaskStatus.running, Action.complete): TaskStatus.completed,
+    (TaskStatus.running, Action.exhaust): TaskStatus.exhausted,
+    **{(status, Action.stop): TaskStatus.stopped for status in _OPEN},
+    **{(status, Action.fail): TaskStatus.failed for status in _OPEN},
+}
+
+
+@dataclass(frozen=True)
+class Transition:
+    action: Action
+    sources: frozenset[TaskStatus]  # the statuses it applies in (the store's compare-and-set)
+    target: TaskStatus
+
+
+def transition(action: Action, target: TaskStatus | None = None) -> Transition:
+    """The statuses `action` applies in, and where it leads (one target per action, except
+    that `target` may narrow an action with none given)."""
+    pairs = {(source, to) for (source, act), to in TRANSITIONS.items() if act is action}
+    targets = {to for _, to in pairs} if target is None else {target}
+    if len(targets) != 1:
+        raise ValueError(f"{action.value} leads to {sorted(t.value for t in targets)}: name one")
+    (to,) = targets
+    return Transition(action, frozenset(source for source, t in pairs if t == to), to)
+
+
+class Reason(str, Enum):
+    """Why a task ended (stored as `completion_reason`)."""
+
+    check_command = "check_command"  # evidence rules first: a task completed by them
+    completion_promise = "completion_promise"
+    diff = "diff"
+    max_iterations = "max_iterations"
+    stuck = "stuck"
+    stopped = "stopped by user"
+    rejected = "rejected by user"
+    error = "error"
 
 EXCERPT_CHARS = 4000
 
 # --- iteration limits ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Limits:
-    simple: int
-    default: int
-    complex: int
-    adaptive: bool
-    cap: int
 
 
 @dataclass(frozen=True)
@@ -66,15 +127,20 @@ def classify(prompt: str) -> tuple[Complexity, str]:
     return Complexity.default, f"{words} words, {items} listed requirements"
 
 
-def choose_limit(requested: int | None, prompt: str, limits: Limits) -> LimitChoice:
+def choose_limit(requested: int | None, prompt: str, limits: IterationLimits) -> LimitChoice:
     """The task's iteration limit: what the request asked for, else adaptive, else the default."""
+    cap = limits.ralph_max_iterations_cap
     if requested is not None:
         return LimitChoice(requested, "request", None, "given in the request")
-    if not limits.adaptive:
-        return LimitChoice(min(limits.default, limits.cap), "default", None, "adaptive limits are off")
+    if not limits.ralph_adaptive_iterations:
+        return LimitChoice(min(limits.ralph_max_iterations_default, cap), "default", None, "adaptive limits are off")
     complexity, reason = classify(prompt)
-    chosen = {Complexity.simple: limits.simple, Complexity.default: limits.default, Complexity.complex: limits.complex}
-    return LimitChoice(min(chosen[complexity], limits.cap), "adaptive", complexity, reason)
+    chosen = {
+        Complexity.simple: limits.ralph_max_iterations_simple,
+        Complexity.default: limits.ralph_max_iterations_default,
+        Complexity.complex: limits.ralph_max_iterations_complex,
+    }
+    return LimitChoice(min(chosen[complexity], cap), "adaptive", complexity, reason)
 
 
 def limit_error(requested: int | None, cap: int) -> str | None:
@@ -105,9 +171,28 @@ def promise_line(output: str, promise: str) -> str | None:
     return f"<promise>{_norm(promise)}</promise>"
 
 
+class Facts(Protocol):
+    """What the rules read of a finished iteration (an `IterationRecord` has all of it)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def succeeded(self) -> bool: ...
+    @property
+    def output(self) -> str: ...
+    @property
+    def files_modified(self) -> Sequence[str]: ...
+    @property
+    def diff_stat(self) -> str | None: ...
+    @property
+    def check_exit_code(self) -> int | None: ...
+    @property
+    def check_output(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class IterationFacts:
-    """What one finished iteration produced, as seen by the loop."""
+    """Facts written by hand (tests, examples)."""
 
     number: int
     succeeded: bool
@@ -118,7 +203,7 @@ class IterationFacts:
     check_output: str | None = None
 
 
-def evidence_for(facts: IterationFacts, check_command: str | None, completion_promise: str | None) -> Evidence | None:
+def evidence_for(facts: Facts, check_command: str | None, completion_promise: str | None) -> Evidence | None:
     """Evidence that the task is done after this iteration, or None.
 
     Every configured rule must hold (a check command and a promise both given → both needed);
@@ -168,7 +253,7 @@ def output_fingerprint(output: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def is_stuck(recent: list[IterationFacts], threshold: int) -> bool:
+def is_stuck(recent: Sequence[Facts], threshold: int) -> bool:
     """`threshold` consecutive iterations (the newest last) without a file change and with the same reply."""
     if threshold <= 0 or len(recent) < threshold:
         return False
@@ -181,25 +266,89 @@ def is_stuck(recent: list[IterationFacts], threshold: int) -> bool:
 @dataclass(frozen=True)
 class Decision:
     status: TaskStatus
-    reason: str | None = None
+    reason: Reason | None = None
+
+    @property
+    def action(self) -> Action:
+        return {
+            TaskStatus.completed: Action.complete,
+            TaskStatus.failed: Action.fail,
+            TaskStatus.exhausted: Action.exhaust,
+            TaskStatus.awaiting_approval: Action.ask_approval,
+        }.get(self.status, Action.proceed)
 
 
 def after_iteration(
-    facts: IterationFacts,
+    facts: Facts,
     evidence: Evidence | None,
-    recent: list[IterationFacts],
+    recent: Sequence[Facts],
     max_iterations: int,
     stuck_threshold: int,
     require_approval: bool,
 ) -> Decision:
     """The task's status once iteration `facts.number` is recorded. `recent` ends with `facts`."""
     if evidence is not None:
-        return Decision(TaskStatus.completed, evidence.rule)
+        return Decision(TaskStatus.completed, Reason(evidence.rule))
     if is_stuck(recent, stuck_threshold):
-        return Decision(TaskStatus.failed, "stuck")
+        return Decision(TaskStatus.failed, Reason.stuck)
     if facts.number >= max_iterations:
-        return Decision(TaskStatus.exhausted, "max_iterations")
+        return Decision(TaskStatus.exhausted, Reason.max_iterations)
     return Decision(TaskStatus.awaiting_approval if require_approval else TaskStatus.running)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything one iteration changes, ready to store in one transaction."""
+
+    decision: Decision
+    update: TaskUpdate
+    events: tuple[Event, ...]
+
+
+def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[Facts], stuck_threshold: int) -> Outcome:
+    """What iteration `it` of `task` means: the decision, the task's new fields and the events.
+    `history` holds the iterations before it."""
+    evidence = evidence_for(it, task.check_command, task.completion_promise)
+    decision = after_iteration(it, evidence, [*history, it], task.max_iterations, stuck_threshold, task.require_approval)
+    final = decision.status.terminal
+    update = TaskUpdate(
+        status=decision.status if decision.status is not task.status else None,
+        completion_reason=decision.reason.value if final and decision.reason else None,
+        evidence=evidence.model_dump() if final and evidence else None,
+        error=f"stuck: {stuck_threshold} iterations in a row changed no file and replied the same"
+        if decision.reason is Reason.stuck
+        else None,
+    )
+    events: list[Event] = []
+    if task.check_command:
+        events.append(("check", {"iteration": it.number, "exit_code": it.check_exit_code, "output": excerpt(it.check_output, 1000)}))
+    events.append(("iteration_finished", {
+        "iteration": it.number,
+        "status": it.status,
+        "error": it.error,
+        "files_modified": list(it.files_modified),
+        "diff_stat": it.diff_stat,
+        "checkpoint_commit": it.checkpoint_commit,
+        "duration_seconds": round(it.duration_seconds or 0.0, 3),
+        "tokens": {"prompt": it.prompt_tokens, "completion": it.completion_tokens},
+    }))  # fmt: skip
+    if decision.status is TaskStatus.awaiting_approval:
+        events.append(("approval_needed", approval_summary(it.number + 1, it)))
+    return Outcome(decision, update, tuple(events))
+
+
+def approval_summary(number: int, last: IterationRecord | None) -> dict:
+    """What a person sees before approving iteration `number`: the last one's result."""
+    summary: dict = {"iteration": number}
+    if last is not None:
+        summary.update(
+            last_iteration=last.number,
+            files_modified=list(last.files_modified),
+            diff_stat=last.diff_stat,
+            check_exit_code=last.check_exit_code,
+            output_excerpt=excerpt(last.output, 1000),
+        )
+    return summary
 
 
 def needs_approval(require_approval: bool, next_iteration: int, approved_through: int) -> bool:
@@ -230,7 +379,15 @@ def excerpt(text: str | None, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def compose_prompt(prompt: str, check_command: str | None, last: IterationFacts | None) -> str:
+def check_output(output: str, timed_out_after: float | None) -> str:
+    """What is kept of a check's output: its end, and a note when it was cut off by the timeout."""
+    text = excerpt(output)
+    if timed_out_after is not None:
+        text = f"{text}\n[check timed out after {timed_out_after:.0f} s]".strip()
+    return text
+
+
+def compose_prompt(prompt: str, check_command: str | None, last: Facts | None) -> str:
     """The unchanged task prompt, followed by the last failed check's output when there is one.
     The prompt comes first and never changes, so the LLM server's prefix cache can reuse it."""
     if not check_command or last is None or last.check_exit_code in (None, 0):

@@ -1,14 +1,20 @@
-"""Durable state: tasks, iterations and events (SQLAlchemy; SQLite in WAL mode by default).
+"""Durable state: tasks, iterations and events, in and out as typed records (`records.py`).
 
-Only portable SQLAlchemy constructs are used, so PostgreSQL can replace SQLite when several
-orchestrators share one queue. Every state change that belongs together (an iteration, the task's
-new status and their events) is written in one transaction: a crash leaves all or none of it.
+SQLAlchemy Core over SQLite (WAL) by default; only portable constructs are used, so PostgreSQL can
+replace it. Everything that belongs together (an iteration, the task's new state and their
+events) is one transaction: a crash leaves all or none of it.
+
+The store is async-facing, so callers read as a story and a networked database can slot in
+later. With SQLite the work runs on the event loop itself, on one connection: a read by key
+takes ~0.05 ms and a write transaction ~1 ms (WAL, no sync per commit), while handing either to a
+worker thread cost ~0.3 ms more and, under 50 concurrent clients, made the API's p99 twice as long
+(measured; docs/benchmarks.md). Nothing here waits on the network.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,36 +23,31 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Column,
+    Connection,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     create_engine,
     event,
     func,
+    insert,
     select,
+    update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from aistack.contracts import (
-    EventView,
-    Evidence,
-    IterationView,
-    RateRow,
-    Stats,
-    TaskStatus,
-    TaskView,
-    TERMINAL_STATUSES,
-    TokenCounts,
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
+from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
 
 
 class UTCDateTime(TypeDecorator):
@@ -62,201 +63,193 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = MetaData()
 
+tasks = Table(
+    "tasks", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("prompt", Text, nullable=False),
+    Column("backend", String(64), nullable=False),
+    Column("workspace", Text, nullable=False),
+    Column("worktree", Text),
+    Column("branch", String(128)),
+    Column("base_commit", String(64)),
+    Column("status", String(32), nullable=False, index=True),
+    Column("iteration", Integer, nullable=False, default=0),
+    Column("max_iterations", Integer, nullable=False),
+    Column("limit_source", String(16), nullable=False),
+    Column("complexity", String(16)),
+    Column("complexity_reason", Text),
+    Column("require_approval", Boolean, nullable=False, default=False),
+    Column("approved_through", Integer, nullable=False, default=0),
+    Column("stop_requested", Boolean, nullable=False, default=False),
+    Column("check_command", Text),
+    Column("completion_promise", Text),
+    Column("context", JSON, nullable=False, default=dict),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("completion_reason", String(64)),
+    Column("evidence", JSON),
+    Column("error", Text),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+)  # fmt: skip
 
-class Task(Base):
-    __tablename__ = "tasks"
+iterations = Table(
+    "iterations", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("duration_seconds", Float),
+    Column("status", String(16)),
+    Column("exit_code", Integer),
+    Column("output", Text, nullable=False, default=""),
+    Column("error", Text),
+    Column("files_modified", JSON, nullable=False, default=list),
+    Column("diff_stat", Text),
+    Column("checkpoint_commit", String(64)),
+    Column("check_exit_code", Integer),
+    Column("check_output", Text),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("transient_retries", Integer, nullable=False, default=0),
+    UniqueConstraint("task_id", "number"),
+)  # fmt: skip
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    prompt: Mapped[str] = mapped_column(Text)
-    backend: Mapped[str] = mapped_column(String(64))
-    workspace: Mapped[str] = mapped_column(Text)
-    worktree: Mapped[str | None] = mapped_column(Text)
-    branch: Mapped[str | None] = mapped_column(String(128))
-    base_commit: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(32), index=True)
-    iteration: Mapped[int] = mapped_column(Integer, default=0)
-    max_iterations: Mapped[int] = mapped_column(Integer)
-    limit_source: Mapped[str] = mapped_column(String(16))
-    complexity: Mapped[str | None] = mapped_column(String(16))
-    complexity_reason: Mapped[str | None] = mapped_column(Text)
-    require_approval: Mapped[bool] = mapped_column(Boolean, default=False)
-    approved_through: Mapped[int] = mapped_column(Integer, default=0)
-    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    check_command: Mapped[str | None] = mapped_column(Text)
-    completion_promise: Mapped[str | None] = mapped_column(Text)
-    context: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    completion_reason: Mapped[str | None] = mapped_column(String(64))
-    evidence: Mapped[dict | None] = mapped_column(JSON)
-    error: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("type", String(32), nullable=False),
+    Column("data", JSON, nullable=False, default=dict),
+    Column("created_at", UTCDateTime, nullable=False),
+)  # fmt: skip
 
-
-class Iteration(Base):
-    __tablename__ = "iterations"
-    __table_args__ = (UniqueConstraint("task_id", "number"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    duration_seconds: Mapped[float | None]
-    status: Mapped[str | None] = mapped_column(String(16))
-    exit_code: Mapped[int | None]
-    output: Mapped[str] = mapped_column(Text, default="")
-    error: Mapped[str | None] = mapped_column(Text)
-    files_modified: Mapped[list] = mapped_column(JSON, default=list)
-    diff_stat: Mapped[str | None] = mapped_column(Text)
-    checkpoint_commit: Mapped[str | None] = mapped_column(String(64))
-    check_exit_code: Mapped[int | None]
-    check_output: Mapped[str | None] = mapped_column(Text)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    transient_retries: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class Event(Base):
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
-    type: Mapped[str] = mapped_column(String(32))
-    data: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
+_TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
+_TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
 class Store:
-    """Thread-safe access to the database; every method is one short transaction."""
+    """Every method is one short transaction on the store's connection, run on the event loop."""
 
     def __init__(self, url: str, on_event: Callable[[str], None] | None = None):
-        self.engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
-        if url.startswith("sqlite"):
+        sqlite = url.startswith("sqlite")
+        options: dict[str, Any] = {"connect_args": {"check_same_thread": False}} if sqlite else {}
+        if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
+            options["poolclass"] = StaticPool
+        self.engine = create_engine(url, **options)
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        metadata.create_all(self.engine)
+        self._db = self.engine.connect()
         self._on_event = on_event or (lambda task_id: None)
-        self._lock = threading.Lock()  # one writer at a time inside this process; SQLite allows one anyway
+        self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
 
     @classmethod
     def sqlite(cls, path: Path, on_event: Callable[[str], None] | None = None) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{path}", on_event)
 
-    def session(self) -> Session:
-        """A read-only session for queries that do not fit a method here (metrics)."""
-        return self._sessions()
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self._lock, self._sessions.begin() as session:
-            yield session
+    @classmethod
+    def memory(cls, on_event: Callable[[str], None] | None = None) -> Store:
+        return cls("sqlite://", on_event)
 
     # --- tasks ---------------------------------------------------------------------------------
 
-    def add_task(self, **fields: Any) -> Task:
+    async def add_task(self, new: NewTask) -> TaskRecord:
         now = utcnow()
-        task = Task(created_at=now, updated_at=now, status=TaskStatus.queued.value, **fields)
-        with self._write() as s:
-            s.add(task)
-            s.flush()  # the event references the task row
-            s.add(Event(task_id=task.id, type="status", data={"status": "queued"}, created_at=now))
-        self._on_event(task.id)
+        task = TaskRecord(**_fields(new), status=TaskStatus.queued, created_at=now, updated_at=now)  # the columns' defaults
+        with self._tx() as db:
+            db.execute(insert(tasks), {**_fields(task), "status": task.status.value})
+            db.execute(insert(events), {"task_id": new.id, "type": "status", "data": {"status": "queued"}, "created_at": now})
+        self._on_event(new.id)
         return task
 
-    def get(self, task_id: str) -> Task | None:
-        with self._sessions() as s:
-            return s.get(Task, task_id)
+    async def get(self, task_id: str) -> TaskRecord | None:
+        with self._tx() as db:
+            return self._task(db, task_id)
 
-    def transition(
-        self,
-        task_id: str,
-        allowed_from: set[str] | None = None,
-        events: list[tuple[str, dict]] | tuple = (),
-        **fields: Any,
-    ) -> Task | None:
-        """Apply `fields` and append `events` in one transaction — only if the task's status is in
-        `allowed_from` (compare-and-set; None: any status). Returns None when it did not apply."""
+    async def apply(
+        self, task_id: str, change: TaskUpdate, allowed_from: Iterable[TaskStatus] | None = None, extra: Sequence[Event] = ()
+    ) -> TaskRecord | None:
+        """Change the task and append `extra` events in one transaction, only while its status is
+        in `allowed_from` (compare-and-set; None: any). None when it did not apply."""
         now = utcnow()
-        with self._write() as s:
-            task = s.get(Task, task_id)
-            if task is None or (allowed_from is not None and task.status not in allowed_from):
+        with self._tx() as db:
+            before = self._task(db, task_id)
+            if before is None or (allowed_from is not None and before.status not in allowed_from):
                 return None
-            _apply(s, task, fields, events, now)
+            db.execute(update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)))
+            task = self._task(db, task_id)
+            _append_events(db, task, extra, now, status_changed=task.status is not before.status)
         self._on_event(task_id)
         return task
 
-    def record_iteration(self, task_id: str, row: dict[str, Any], task_fields: dict[str, Any], events: list[tuple[str, dict]]) -> Task:
+    async def record_iteration(self, it: IterationRecord, change: TaskUpdate, extra: Sequence[Event]) -> TaskRecord:
         """Store a finished iteration together with the task's new state and the events."""
         now = utcnow()
-        with self._write() as s:
-            task = s.get(Task, task_id)
-            s.add(Iteration(task_id=task_id, finished_at=now, **row))
-            task.iteration = row["number"]
-            task.prompt_tokens += row.get("prompt_tokens", 0)
-            task.completion_tokens += row.get("completion_tokens", 0)
-            _apply(s, task, task_fields, events, now)
-        self._on_event(task_id)
+        with self._tx() as db:
+            before = self._task(db, it.task_id)
+            db.execute(insert(iterations), {**_fields(it), "finished_at": now})
+            counters = {
+                "iteration": it.number,
+                "prompt_tokens": tasks.c.prompt_tokens + it.prompt_tokens,
+                "completion_tokens": tasks.c.completion_tokens + it.completion_tokens,
+            }
+            db.execute(update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}))
+            task = self._task(db, it.task_id)
+            _append_events(db, task, extra, now, status_changed=task.status is not before.status)
+        self._on_event(it.task_id)
         return task
 
-    def list_tasks(self, status: str | None, limit: int, offset: int) -> tuple[list[Task], int]:
-        with self._sessions() as s:
-            query = select(Task)
-            count = select(func.count()).select_from(Task)
-            if status:
-                query, count = query.where(Task.status == status), count.where(Task.status == status)
-            rows = s.scalars(query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit).offset(offset)).all()
-            return list(rows), s.scalar(count) or 0
+    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> tuple[list[TaskRecord], int]:
+        query, count = select(tasks), select(func.count()).select_from(tasks)
+        if status is not None:
+            query, count = query.where(tasks.c.status == status.value), count.where(tasks.c.status == status.value)
+        with self._tx() as db:
+            rows = db.execute(query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
+            return [_task_record(r) for r in rows], db.scalar(count) or 0
 
-    def ready_tasks(self, exclude: set[str], limit: int) -> list[Task]:
+    async def ready_tasks(self, exclude: set[str], limit: int) -> list[TaskRecord]:
         """Tasks a worker may pick up: interrupted/approved running ones first, then queued, FIFO."""
-        with self._sessions() as s:
-            query = select(Task).where(Task.status.in_(["running", "queued"]))
-            if exclude:
-                query = query.where(Task.id.not_in(exclude))
-            rows = s.scalars(query.order_by((Task.status == "queued").asc(), Task.created_at.asc()).limit(limit)).all()
-            return list(rows)
-
-    def count_by_status(self) -> dict[str, int]:
-        with self._sessions() as s:
-            return {status: n for status, n in s.execute(select(Task.status, func.count()).group_by(Task.status))}
+        query = select(tasks).where(tasks.c.status.in_([TaskStatus.running.value, TaskStatus.queued.value]))
+        if exclude:
+            query = query.where(tasks.c.id.not_in(exclude))
+        query = query.order_by((tasks.c.status == TaskStatus.queued.value).asc(), tasks.c.created_at.asc()).limit(limit)
+        with self._tx() as db:
+            return [_task_record(r) for r in db.execute(query)]
 
     # --- iterations and events ---------------------------------------------------------------------
 
-    def iterations(self, task_id: str) -> list[Iteration]:
-        with self._sessions() as s:
-            return list(s.scalars(select(Iteration).where(Iteration.task_id == task_id).order_by(Iteration.number)))
+    async def iterations(self, task_id: str) -> list[IterationRecord]:
+        query = select(iterations).where(iterations.c.task_id == task_id).order_by(iterations.c.number)
+        with self._tx() as db:
+            return [_iteration_record(r) for r in db.execute(query)]
 
-    def events_after(self, task_id: str, after_id: int, limit: int = 500) -> list[Event]:
-        with self._sessions() as s:
-            query = select(Event).where(Event.task_id == task_id, Event.id > after_id).order_by(Event.id).limit(limit)
-            return list(s.scalars(query))
+    async def events_after(self, task_id: str, after_id: int, limit: int = 500) -> list[EventRecord]:
+        query = select(events).where(events.c.task_id == task_id, events.c.id > after_id).order_by(events.c.id).limit(limit)
+        with self._tx() as db:
+            return [EventRecord(**r._mapping) for r in db.execute(query)]
 
-    def add_event(self, task_id: str, kind: str, data: dict) -> None:
-        with self._write() as s:
-            s.add(Event(task_id=task_id, type=kind, data=data, created_at=utcnow()))
+    async def add_event(self, task_id: str, kind: str, data: dict) -> None:
+        with self._tx() as db:
+            db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
         self._on_event(task_id)
 
     # --- statistics --------------------------------------------------------------------------------
 
-    def stats(self) -> Stats:
-        terminal = list(_TERMINAL)
-        with self._sessions() as s:
-            by_status = {status: n for status, n in s.execute(select(Task.status, func.count()).group_by(Task.status))}
-            mean = s.scalar(select(func.avg(Task.iteration)).where(Task.status.in_(terminal)))
+    async def stats(self) -> Stats:
+        with self._tx() as db:
+            by_status = dict(db.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all())
+            mean = db.scalar(select(func.avg(tasks.c.iteration)).where(tasks.c.status.in_(_TERMINAL)))
 
             def rates(column) -> dict[str, RateRow]:
-                done = func.sum(case((Task.status == "completed", 1), else_=0))
-                rows = s.execute(select(column, func.count(), done).where(Task.status.in_(terminal)).group_by(column))
+                done = func.sum(case((tasks.c.status == TaskStatus.completed.value, 1), else_=0))
+                rows = db.execute(select(column, func.count(), done).where(tasks.c.status.in_(_TERMINAL)).group_by(column))
                 return {
-                    str(key or "unclassified"): RateRow(total=n, completed=int(ok or 0), success_rate=(int(ok or 0) / n) if n else None)
+                    str(key or "unclassified"): RateRow(total=n, completed=int(ok or 0), success_rate=int(ok or 0) / n if n else None)
                     for key, n, ok in rows
                 }
 
@@ -264,97 +257,114 @@ class Store:
                 by_status=by_status,
                 total=sum(by_status.values()),
                 mean_iterations=float(mean) if mean is not None else None,
-                per_backend=rates(Task.backend),
-                per_complexity=rates(Task.complexity),
+                per_backend=rates(tasks.c.backend),
+                per_complexity=rates(tasks.c.complexity),
             )
 
+    def metric_rows(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str | None, int, float, int, int]]]:
+        """For the Prometheus collector, which prometheus-client calls synchronously (from the async
+        /metrics route, so on the event loop): tasks by status and backend; iterations, seconds
+        and tokens by backend and iteration status."""
+        per_iteration = (
+            select(tasks.c.backend, iterations.c.status, func.count(),
+                   func.coalesce(func.sum(iterations.c.duration_seconds), 0.0),
+                   func.coalesce(func.sum(iterations.c.prompt_tokens), 0),
+                   func.coalesce(func.sum(iterations.c.completion_tokens), 0))
+            .join(tasks, tasks.c.id == iterations.c.task_id)
+            .group_by(tasks.c.backend, iterations.c.status)
+        )  # fmt: skip
+        with self._tx() as db:
+            by_task = db.execute(select(tasks.c.status, tasks.c.backend, func.count()).group_by(tasks.c.status, tasks.c.backend))
+            return [tuple(r) for r in by_task], [tuple(r) for r in db.execute(per_iteration)]
 
-_TERMINAL = frozenset(t.value for t in TERMINAL_STATUSES)
+    # --- plumbing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.stop()
+        self._db.close()
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self._db.begin():
+            yield self._db
+
+    @staticmethod
+    def _task(db: Connection, task_id: str) -> TaskRecord | None:
+        row = db.execute(_TASK_BY_ID, {"task_id": task_id}).first()
+        return _task_record(row) if row is not None else None
 
 
-def _apply(s: Session, task: Task, fields: dict[str, Any], events, now: datetime) -> None:
-    """Set fields, stamp the times, and record the events — a status change last, as its own event."""
-    for key, value in fields.items():
-        setattr(task, key, value)
-    task.updated_at = now
-    if task.status in _TERMINAL and task.finished_at is None:
-        task.finished_at = now
-    for kind, data in events:
-        s.add(Event(task_id=task.id, type=kind, data=data, created_at=now))
-    if "status" in fields:
-        s.add(Event(task_id=task.id, type="status", data=_status_event(task), created_at=now))
+def _fields(record: Any) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in record.__dataclass_fields__}
+    if isinstance(values.get("files_modified"), tuple):
+        values["files_modified"] = list(values["files_modified"])
+    return values
+
+
+def _stamped(change: TaskUpdate, now: datetime) -> dict[str, Any]:
+    """The update's columns, plus the times every change sets: updated, and finished on the way out."""
+    values: dict[str, Any] = {**change.values(), "updated_at": now}
+    if change.status is not None and change.status.terminal:
+        values["finished_at"] = func.coalesce(tasks.c.finished_at, now)
+    return values
+
+
+def _append_events(db: Connection, task: TaskRecord, extra: Sequence[Event], now: datetime, status_changed: bool) -> None:
+    """The given events, then a `status` event when the status changed (its last word)."""
+    rows = [{"task_id": task.id, "type": kind, "data": data, "created_at": now} for kind, data in extra]
+    if status_changed:
+        status = {"status": task.status.value, "iteration": task.iteration, "completion_reason": task.completion_reason, "error": task.error}
+        rows.append({"task_id": task.id, "type": "status", "data": status, "created_at": now})
+    if rows:
+        db.execute(insert(events), rows)
+
+
+def _task_record(row) -> TaskRecord:
+    values = dict(row._mapping)
+    values["status"] = TaskStatus(values["status"])
+    values["context"] = values["context"] or {}
+    return TaskRecord(**values)
+
+
+def _iteration_record(row) -> IterationRecord:
+    values = dict(row._mapping)
+    del values["id"]
+    values["files_modified"] = tuple(values["files_modified"] or ())
+    values["output"] = values["output"] or ""
+    return IterationRecord(**values)
+
+
+class _WalCheckpointer:
+    """Copies the write-ahead log into the database file from a thread of its own, every second.
+    SQLite would otherwise do it inside a commit every 1000 pages, with an fsync, on the event
+    loop: 100+ ms stalls of every request under a write load (measured: POST p99 383 ms)."""
+
+    INTERVAL_SECONDS = 1.0
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self._engine.connect() as db:
+            while not self._stopped.wait(self.INTERVAL_SECONDS):
+                db.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")  # waits on no reader or writer
+                db.commit()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: no sync per commit, only at a checkpoint
+    cursor.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in _WalCheckpointer's thread
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def _status_event(task: Task) -> dict:
-    return {
-        "status": task.status,
-        "iteration": task.iteration,
-        "completion_reason": task.completion_reason,
-        "error": task.error,
-    }
-
-
-# --- views ---------------------------------------------------------------------------------------
-
-
-def task_view(task: Task) -> TaskView:
-    return TaskView(
-        id=task.id,
-        prompt=task.prompt,
-        status=TaskStatus(task.status),
-        backend=task.backend,
-        workspace=task.workspace,
-        worktree=task.worktree,
-        branch=task.branch,
-        base_commit=task.base_commit,
-        iteration=task.iteration,
-        max_iterations=task.max_iterations,
-        limit_source=task.limit_source,
-        complexity=task.complexity,
-        complexity_reason=task.complexity_reason,
-        require_approval=task.require_approval,
-        check_command=task.check_command,
-        completion_promise=task.completion_promise,
-        context=task.context or {},
-        created_at=task.created_at,
-        started_at=task.started_at,
-        finished_at=task.finished_at,
-        updated_at=task.updated_at,
-        completion_reason=task.completion_reason,
-        evidence=Evidence.model_validate(task.evidence) if task.evidence else None,
-        error=task.error,
-        tokens=TokenCounts(prompt=task.prompt_tokens, completion=task.completion_tokens),
-    )
-
-
-def iteration_view(it: Iteration) -> IterationView:
-    return IterationView(
-        number=it.number,
-        started_at=it.started_at,
-        finished_at=it.finished_at,
-        duration_seconds=it.duration_seconds,
-        status=it.status,
-        exit_code=it.exit_code,
-        output_excerpt=it.output,
-        error=it.error,
-        files_modified=it.files_modified or [],
-        diff_stat=it.diff_stat,
-        checkpoint_commit=it.checkpoint_commit,
-        check_exit_code=it.check_exit_code,
-        check_output=it.check_output,
-        tokens=TokenCounts(prompt=it.prompt_tokens, completion=it.completion_tokens),
-        transient_retries=it.transient_retries,
-    )
-
-
-def event_view(ev: Event) -> EventView:
-    return EventView(id=ev.id, task_id=ev.task_id, type=ev.type, data=ev.data or {}, created_at=ev.created_at)

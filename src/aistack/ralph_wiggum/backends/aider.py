@@ -84,6 +84,8 @@ class AiderBackend:
         if resp.status_code != 200:
             return IterationResult("error", "", f"{where} refused the run ({resp.status_code}): {_detail(resp)}")
         result = ExecuteResult.model_validate(resp.json())
+        # result.files_modified is the wrapper's own view; the runner asks git in the worktree,
+        # which it must stage to checkpoint anyway and which also sees what aider's hooks wrote.
         return IterationResult(
             status=result.status,
             output=result.output,
@@ -99,7 +101,7 @@ class AiderBackend:
         except httpx.HTTPError as exc:
             log.warning("could not cancel aider run %s: %s", run_id, exc)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         if self._poller:
             self._poller.cancel()
         await self._client.aclose()

@@ -34,10 +34,16 @@ class Backend(Protocol):
 
     name: str
 
+    def start(self) -> None:
+        """Begin what runs beside the iterations (a health poll); called once, inside the event loop."""
+        ...
+
     async def run(self, request: IterationRequest) -> IterationResult: ...
 
     def health(self) -> BackendHealth:
         """Last known health; must answer at once (no I/O)."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def close(self) -> None:
+        """Stop what `start` began and release connections."""
+        ...

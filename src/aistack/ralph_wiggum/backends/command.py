@@ -32,8 +32,11 @@ class CommandBackend:
             return IterationResult("error", result.output, f"command exited with {result.exit_code}", exit_code=result.exit_code)
         return IterationResult("success", result.output, exit_code=0)
 
+    def start(self) -> None:
+        return None  # nothing runs beside the iterations
+
     def health(self) -> BackendHealth:
         return BackendHealth(name=self.name, available=True, reachable=None, detail=self.command)
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         return None

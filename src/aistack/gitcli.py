@@ -1,0 +1,84 @@
+"""One way to run git, for every service: a clean environment, a time limit, one-line errors.
+
+git is the source of truth for what changed in a workspace; this is the only place that starts
+it. Our own GIT_DIR (or any GIT_* variable) never redirects it, it never prompts for credentials,
+and its messages are in English so they can be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from aistack.procgroup import end_group, start_in_group
+
+GIT_TIMEOUT_SECONDS = 300.0
+# Who checkpoint commits are by: a task's commits never depend on the user's git config.
+IDENTITY = ("-c", "user.name=aistack", "-c", "user.email=aistack@localhost", "-c", "commit.gpgsign=false")
+
+
+class GitError(RuntimeError):
+    """git failed, or the directory is not a repository; the message is one line."""
+
+
+def git_environ(locks: bool = True) -> dict[str, str]:
+    """The environment git runs in. Without `locks` (an observer, such as the wrapper taking
+    a snapshot) git takes no optional lock and never rewrites the index."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(LC_ALL="C", GIT_TERMINAL_PROMPT="0")
+    if not locks:
+        env["GIT_OPTIONAL_LOCKS"] = "0"
+    return env
+
+
+@dataclass(frozen=True)
+class GitResult:
+    code: int
+    out: str
+    err: str
+
+
+async def run_git(cwd: Path, *args: str, locks: bool = True, timeout: float = GIT_TIMEOUT_SECONDS, errors: str = "replace") -> GitResult:
+    """`git ARGS` in `cwd`, however it ends. GitError only if it overruns `timeout`. Cancelling
+    the caller ends git too."""
+    proc = await start_in_group(
+        "git", *args, cwd=cwd, env=git_environ(locks),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        await end_group(proc, 1.0)
+        raise GitError(f"git {args[0]} took longer than {timeout:.0f} s in {cwd}") from None
+    except asyncio.CancelledError:
+        await asyncio.shield(end_group(proc, 1.0))
+        raise
+    return GitResult(proc.returncode or 0, out.decode(errors=errors), err.decode(errors="replace"))
+
+
+async def git(cwd: Path, *args: str, check: bool = True, locks: bool = True, timeout: float = GIT_TIMEOUT_SECONDS,
+              errors: str = "replace") -> str:  # fmt: skip
+    """`git ARGS` in `cwd`; its stdout. GitError if it fails (with `check`) or overruns `timeout`."""
+    result = await run_git(cwd, *args, locks=locks, timeout=timeout, errors=errors)
+    if check and result.code != 0:
+        raise GitError(failure(cwd, args, result))
+    return result.out
+
+
+def failure(cwd: Path, args: tuple[str, ...], result: GitResult) -> str:
+    """One line: the command as a person would type it, where, and git's first line of complaint."""
+    first = (result.err or result.out).strip().splitlines() or [f"exit {result.code}"]
+    return f"git {' '.join(_without_config(args))} failed in {cwd}: {first[0]}"
+
+
+def _without_config(args: tuple[str, ...]) -> list[str]:
+    """The command as a person would type it: without the `-c name=value` pairs in front."""
+    shown, rest = [], iter(args)
+    for arg in rest:
+        if arg == "-c":
+            next(rest, None)
+        else:
+            shown.append(arg)
+    return shown

@@ -1,0 +1,155 @@
+"""The orchestrator's durable facts as plain typed records: what the store returns and takes.
+
+Pure data (no database, no I/O), so the rules can build them and tests can write them by hand.
+Field names are the database's column names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from aistack.contracts import EventView, Evidence, IterationView, TaskStatus, TaskView, TokenCounts
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A submission that passed validation, as it is stored."""
+
+    id: str
+    prompt: str
+    backend: str
+    workspace: str
+    max_iterations: int
+    limit_source: str  # request, adaptive or default
+    complexity: str | None = None
+    complexity_reason: str | None = None
+    require_approval: bool = False
+    check_command: str | None = None
+    completion_promise: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    prompt: str
+    backend: str
+    workspace: str
+    status: TaskStatus
+    max_iterations: int
+    limit_source: str
+    created_at: datetime
+    updated_at: datetime
+    worktree: str | None = None
+    branch: str | None = None
+    base_commit: str | None = None
+    iteration: int = 0  # the last recorded iteration
+    complexity: str | None = None
+    complexity_reason: str | None = None
+    require_approval: bool = False
+    approved_through: int = 0  # a person has approved iterations up to this one
+    stop_requested: bool = False
+    check_command: str | None = None
+    completion_promise: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    completion_reason: str | None = None
+    evidence: dict[str, Any] | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def view(self) -> TaskView:
+        return TaskView(
+            id=self.id, prompt=self.prompt, status=self.status, backend=self.backend, workspace=self.workspace,
+            worktree=self.worktree, branch=self.branch, base_commit=self.base_commit, iteration=self.iteration,
+            max_iterations=self.max_iterations, limit_source=self.limit_source, complexity=self.complexity,
+            complexity_reason=self.complexity_reason, require_approval=self.require_approval,
+            check_command=self.check_command, completion_promise=self.completion_promise, context=self.context,
+            created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
+            updated_at=self.updated_at, completion_reason=self.completion_reason,
+            evidence=Evidence.model_validate(self.evidence) if self.evidence else None, error=self.error,
+            tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class IterationRecord:
+    """One finished iteration: what the agent did, what git saw, what the check said."""
+
+    task_id: str
+    number: int
+    started_at: datetime
+    status: str  # success or error: how the agent's run ended, not whether the task is done
+    output: str = ""
+    duration_seconds: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    files_modified: tuple[str, ...] = ()
+    diff_stat: str | None = None
+    checkpoint_commit: str | None = None
+    check_exit_code: int | None = None
+    check_output: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    transient_retries: int = 0
+    finished_at: datetime | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "success"
+
+    def view(self) -> IterationView:
+        return IterationView(
+            number=self.number, started_at=self.started_at, finished_at=self.finished_at,
+            duration_seconds=self.duration_seconds, status=self.status, exit_code=self.exit_code,
+            output_excerpt=self.output, error=self.error, files_modified=list(self.files_modified),
+            diff_stat=self.diff_stat, checkpoint_commit=self.checkpoint_commit, check_exit_code=self.check_exit_code,
+            check_output=self.check_output, tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
+            transient_retries=self.transient_retries,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    task_id: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+
+    def view(self) -> EventView:
+        return EventView(id=self.id, task_id=self.task_id, type=self.type, data=self.data or {}, created_at=self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """The fields of a task to change; None leaves a field as it is."""
+
+    status: TaskStatus | None = None
+    completion_reason: str | None = None
+    evidence: dict[str, Any] | None = None
+    error: str | None = None
+    worktree: str | None = None
+    branch: str | None = None
+    base_commit: str | None = None
+    started_at: datetime | None = None
+    approved_through: int | None = None
+    stop_requested: bool | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The columns to set, with statuses as their stored strings."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.status is not None:
+            out["status"] = self.status.value
+        return out
+
+
+Event = tuple[str, dict[str, Any]]  # (type, data), as the store appends it

@@ -1,0 +1,139 @@
+"""One task's iterations: the Ralph Wiggum loop itself.
+
+Prepare the task's tree, then again and again: give the agent the prompt, stage and checkpoint
+what it changed, run the check, and ask the rules what it means, until they end the task or a
+person must decide. Every decision comes from `rules`; this module only does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+
+from aistack.config import Settings
+from aistack.contracts import TaskStatus
+from aistack.ralph_wiggum import rules
+from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
+from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
+from aistack.ralph_wiggum.rules import Action, Reason
+from aistack.ralph_wiggum.store import Store
+from aistack.ralph_wiggum.tasks import TaskService
+from aistack.ralph_wiggum.workspace import Tree, Workspace
+
+OUTPUT_KEEP = 16_000  # characters of each reply kept in the database (its end)
+
+
+class TaskFailed(Exception):
+    """Ends a task as `failed` with this message."""
+
+
+class StopRequested(Exception):
+    """A person asked to stop the task (seen in the store, e.g. sent to another process)."""
+
+
+class TaskRunner:
+    def __init__(self, settings: Settings, store: Store, workspace: Workspace, backends: Mapping[str, Backend], tasks: TaskService):
+        self.settings = settings
+        self.store = store
+        self.workspace = workspace
+        self.backends = backends
+        self.tasks = tasks
+
+    async def run(self, task_id: str) -> None:
+        """Iterate until the task ends or waits for a person. Raises StopRequested or TaskFailed."""
+        task = await self.tasks.get(task_id)
+        if task.stop_requested:
+            raise StopRequested
+        if task.status not in rules.transition(Action.start).sources:  # ended or waiting meanwhile
+            return
+        backend = self.backends.get(task.backend)
+        if backend is None:
+            raise TaskFailed(f"backend {task.backend!r} is not configured here (available: {', '.join(self.backends)})")
+        history = await self.store.iterations(task_id)
+        tree = await self._take_up(task, history)
+        while tree is not None:
+            task = await self.tasks.get(task_id)
+            if task.stop_requested:
+                raise StopRequested
+            number = task.iteration + 1
+            if number > task.max_iterations:  # only reachable if a stored task was edited by hand
+                await self.tasks.finish(task_id, Action.exhaust, Reason.max_iterations)
+                return
+            if rules.needs_approval(task.require_approval, number, task.approved_through):
+                step = rules.transition(Action.ask_approval)
+                summary = rules.approval_summary(number, history[-1] if history else None)
+                await self.store.apply(task_id, TaskUpdate(status=step.target), step.sources, [("approval_needed", summary)])
+                return  # the slot is free while a person decides; approval makes the task ready again
+            it, outcome = await self._iterate(task, backend, tree, number, history)
+            history.append(it)
+            if outcome.decision.status.terminal:
+                await self.workspace.remove(task)
+            if outcome.decision.status is not TaskStatus.running:
+                return
+
+    async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> Tree | None:
+        """The task's tree, made or put back at its last checkpoint, and the task marked running.
+        None if the task changed meanwhile (stopped before it started)."""
+        last = next((it.checkpoint_commit for it in reversed(history) if it.checkpoint_commit), None)
+        tree = await self.workspace.prepare(task, last)
+        step = rules.transition(Action.start)
+        change = TaskUpdate(status=step.target)
+        if tree.created:
+            change = TaskUpdate(status=step.target, worktree=str(tree.path), branch=tree.branch, base_commit=tree.base_commit,
+                                started_at=utcnow())  # fmt: skip
+        if await self.store.apply(task.id, change, step.sources) is None:
+            await self.workspace.remove(replace(task, worktree=str(tree.path)))
+            return None
+        return tree
+
+    async def _iterate(
+        self, task: TaskRecord, backend: Backend, tree: Tree, number: int, history: list[IterationRecord]
+    ) -> tuple[IterationRecord, rules.Outcome]:
+        started, t0 = utcnow(), time.monotonic()
+        await self.store.add_event(task.id, "iteration_started", {"iteration": number, "max_iterations": task.max_iterations})
+        request = IterationRequest(
+            task_id=task.id,
+            iteration=number,
+            prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
+            worktree=tree.path,
+            timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
+            context=task.context,
+        )
+        result, retries = await self._run_with_retries(task.id, backend, request)
+        saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
+        check_exit, check_output = await self._check(task, tree, number) if task.check_command else (None, None)
+        it = IterationRecord(
+            task_id=task.id, number=number, started_at=started, duration_seconds=round(time.monotonic() - t0, 4),
+            status=result.status, exit_code=result.exit_code, output=result.output[-OUTPUT_KEEP:], error=result.error,
+            files_modified=saved.files, diff_stat=saved.diff_stat, checkpoint_commit=saved.commit,
+            check_exit_code=check_exit, check_output=check_output, prompt_tokens=result.tokens.prompt,
+            completion_tokens=result.tokens.completion, transient_retries=retries,
+        )  # fmt: skip
+        outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
+        await self.store.record_iteration(it, outcome.update, outcome.events)
+        return it, outcome
+
+    async def _run_with_retries(self, task_id: str, backend: Backend, request: IterationRequest) -> tuple[IterationResult, int]:
+        """Run the iteration; transient failures (service down, 503, timeout) are retried with
+        backoff and do not count as iterations, until RALPH_TRANSIENT_RETRY_SECONDS is spent."""
+        budget = float(self.settings.ralph_transient_retry_seconds)
+        t0, attempt = time.monotonic(), 0
+        while True:
+            result = await backend.run(request)
+            if not result.transient:
+                return result, attempt
+            attempt += 1
+            delay = rules.retry_delay(attempt, time.monotonic() - t0, budget)
+            if delay is None:
+                raise TaskFailed(f"{result.error} — gave up after {budget:.0f} s of retries (RALPH_TRANSIENT_RETRY_SECONDS)")
+            await self.store.add_event(task_id, "transient_retry", {"attempt": attempt, "error": result.error, "retry_in": delay})
+            await asyncio.sleep(delay)
+
+    async def _check(self, task: TaskRecord, tree: Tree, number: int) -> tuple[int | None, str]:
+        env = {**os.environ, "AISTACK_TASK_ID": task.id, "AISTACK_ITERATION": str(number)}
+        timeout = float(self.settings.ralph_check_timeout_seconds)
+        result = await self.workspace.check(tree, task.check_command or "", env, timeout)
+        return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)

@@ -1,0 +1,90 @@
+"""Which tasks run: FIFO, at most RALPH_MAX_CONCURRENT_TASKS at once, each driven by the runner
+in its own asyncio task. A task awaiting approval holds no slot. On shutdown the driven tasks stay
+`running` in the store and resume on the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aistack.config import Settings
+from aistack.ralph_wiggum.rules import Action, Reason
+from aistack.ralph_wiggum.runner import StopRequested, TaskFailed, TaskRunner
+from aistack.ralph_wiggum.store import Store
+from aistack.ralph_wiggum.tasks import TaskService
+
+log = logging.getLogger("aistack.ralph")
+IDLE_POLL_SECONDS = 1.0  # a look for ready tasks even without a wake-up (another process's writes)
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, runner: TaskRunner, tasks: TaskService):
+        self.settings = settings
+        self.store = store
+        self.runner = runner
+        self.tasks = tasks
+        self._active: dict[str, asyncio.Task] = {}
+        self._stopping: set[str] = set()  # interrupted because a person stopped them
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task | None = None
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop().create_task(self._schedule())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def interrupt(self, task_id: str) -> bool:
+        """End a driven task's current iteration now (its process group included); its drive
+        then records the stop. False if this scheduler does not drive the task."""
+        drive = self._active.get(task_id)
+        if drive is None:
+            return False
+        self._stopping.add(task_id)
+        drive.cancel()
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop scheduling; interrupted tasks stay `running` and resume on the next start."""
+        if self._loop:
+            self._loop.cancel()
+        drives = list(self._active.values())
+        for drive in drives:
+            drive.cancel()
+        await asyncio.gather(*drives, return_exceptions=True)
+
+    async def _schedule(self) -> None:
+        while True:
+            try:
+                free = self.settings.ralph_max_concurrent_tasks - len(self._active)
+                if self.settings.ralph_loop_enabled and free > 0:
+                    for task in await self.store.ready_tasks(set(self._active), free):
+                        self._active[task.id] = asyncio.get_running_loop().create_task(self._drive(task.id))
+            except Exception:  # keep scheduling whatever one pass hit (e.g. a locked database)
+                log.exception("scheduler pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _drive(self, task_id: str) -> None:
+        try:
+            await self.runner.run(task_id)
+        except (asyncio.CancelledError, StopRequested) as why:
+            if task_id in self._stopping or isinstance(why, StopRequested):
+                await self.tasks.finish(task_id, Action.stop, Reason.stopped)
+            # else: the service is shutting down; the task stays `running` and resumes later
+        except TaskFailed as exc:
+            await self.tasks.finish(task_id, Action.fail, Reason.error, str(exc))
+        except Exception as exc:
+            log.exception("task %s crashed", task_id)
+            await self.tasks.finish(task_id, Action.fail, Reason.error, f"internal error: {exc}")
+        finally:
+            self._active.pop(task_id, None)
+            self._stopping.discard(task_id)
+            self.wake()

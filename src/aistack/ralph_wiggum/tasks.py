@@ -1,0 +1,165 @@
+"""What is done to a task from outside its loop, and how every task ends.
+
+accept / stop / approve / reject / finish: each is one transition of the state machine
+(`rules.transition`, applied by the store as a compare-and-set) plus the clean-up that goes with
+it. `api.py` only parses a request, calls one of these and answers; errors come back as
+`TaskError`s that carry their HTTP status and the field they are about.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from aistack.config import Settings
+from aistack.contracts import TaskCreate, TaskStatus
+from aistack.paths import PathNotAllowed, confine
+from aistack.ralph_wiggum import rules
+from aistack.ralph_wiggum.backends import Backend
+from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
+from aistack.ralph_wiggum.rules import Action, Reason
+from aistack.ralph_wiggum.store import Store
+from aistack.ralph_wiggum.workspace import Workspace
+
+
+class TaskError(Exception):
+    """A request about a task that cannot be done; `status` is its HTTP status."""
+
+    status = 409
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class TaskNotFound(TaskError):
+    status = 404
+
+
+class TaskInvalid(TaskError):
+    status = 422
+
+
+class Driver(Protocol):
+    """What the task service asks of whatever drives tasks (the scheduler)."""
+
+    def wake(self) -> None:
+        """Look for ready tasks now."""
+        ...
+
+    def interrupt(self, task_id: str) -> bool:
+        """End the task's running iteration now (its driver records the stop); False if none runs here."""
+        ...
+
+
+class _Idle:
+    def wake(self) -> None:
+        return None
+
+    def interrupt(self, task_id: str) -> bool:
+        return False
+
+
+class TaskService:
+    def __init__(self, settings: Settings, store: Store, workspace: Workspace, backends: Mapping[str, Backend]):
+        self.settings = settings
+        self.store = store
+        self.workspace = workspace
+        self.backends = backends
+        self.driver: Driver = _Idle()  # the scheduler, once it exists
+
+    async def get(self, task_id: str) -> TaskRecord:
+        task = await self.store.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", "task_id")
+        return task
+
+    async def accept(self, body: TaskCreate) -> TaskRecord:
+        """Validate a submission against the configuration and the file system, then queue it."""
+        if body.backend not in self.backends:
+            raise TaskInvalid(f"unknown backend {body.backend!r}; available: {', '.join(sorted(self.backends))}", "backend")
+        limits = self.settings.iteration_limits()
+        if problem := rules.limit_error(body.max_iterations, limits.ralph_max_iterations_cap):
+            raise TaskInvalid(problem, "max_iterations")
+        workspace = await self._workspace_path(body.workspace)
+        for key in ("files", "read_only_files"):
+            value = body.context.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TaskInvalid(f"context.{key} must be a list of file paths", f"context.{key}")
+        choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
+        task = await self.store.add_task(NewTask(
+            id=uuid.uuid4().hex[:12],
+            prompt=body.prompt,
+            backend=body.backend,
+            workspace=str(workspace),
+            max_iterations=choice.max_iterations,
+            limit_source=choice.source,
+            complexity=choice.complexity.value if choice.complexity else None,
+            complexity_reason=choice.reason,
+            require_approval=body.require_approval,
+            check_command=(body.check_command or "").strip() or None,
+            completion_promise=(body.completion_promise or "").strip() or None,
+            context=body.context,
+        ))  # fmt: skip
+        self.driver.wake()
+        return task
+
+    async def stop(self, task_id: str) -> TaskRecord:
+        """Stop a task: a running iteration is ended at once (its whole process group)."""
+        task = await self.get(task_id)
+        if task.status.terminal:
+            raise TaskError(f"task {task_id} already ended as {task.status.value}")
+        await self.store.apply(task_id, TaskUpdate(stop_requested=True))  # seen by a runner in any process
+        if not self.driver.interrupt(task_id):  # nothing runs it here: it ends now
+            await self.finish(task_id, Action.stop, Reason.stopped)
+        return task
+
+    async def decide(self, task_id: str, approved: bool) -> TaskRecord:
+        """A person's answer to `awaiting_approval`: the next iteration runs, or the task is rejected."""
+        task = await self.get(task_id)
+        if task.status is not TaskStatus.awaiting_approval:
+            raise TaskError(f"task {task_id} is {task.status.value}, not awaiting approval")
+        if approved:
+            step = rules.transition(Action.approve)
+            changed = await self.store.apply(task_id, TaskUpdate(status=step.target, approved_through=task.iteration + 1), step.sources)
+            self.driver.wake()
+        else:
+            changed = await self.finish(task_id, Action.reject, Reason.rejected)
+        if changed is None:
+            raise TaskError(f"task {task_id} changed status meanwhile; try again")
+        return changed
+
+    async def finish(self, task_id: str, action: Action, reason: Reason, error: str | None = None) -> TaskRecord | None:
+        """End a task (stop, reject, fail, exhaust) unless it ended already; then remove its tree."""
+        step = rules.transition(action)
+        task = await self.store.apply(task_id, TaskUpdate(status=step.target, completion_reason=reason.value, error=error), step.sources)
+        if task is not None:
+            await self.workspace.remove(task)
+        return task
+
+    async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
+        """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""
+        task = await self.get(task_id)
+        commits = {it.number: it.checkpoint_commit for it in await self.store.iterations(task_id)}
+        if iteration is not None:
+            if iteration not in commits:
+                raise TaskNotFound(f"task {task_id} has no iteration {iteration}", "iteration")
+            commit = commits[iteration]
+            earlier = [c for n, c in commits.items() if n < iteration and c]
+            base = earlier[-1] if earlier else task.base_commit
+        else:
+            done = [c for c in commits.values() if c]
+            commit, base = (done[-1] if done else None), task.base_commit
+        text = await self.workspace.diff(task, base, commit) if commit and base else ""
+        return base, commit, text
+
+    async def _workspace_path(self, requested: str | None) -> Path:
+        try:
+            path = confine(requested or ".", [self.settings.workspace_root])
+        except PathNotAllowed as exc:
+            raise TaskInvalid(f"workspace must lie inside WORKSPACE_ROOT: {exc}", "workspace") from None
+        if problem := await self.workspace.problem(path):
+            raise TaskInvalid(problem, "workspace")
+        return path

@@ -1,0 +1,259 @@
+"""The loop in process: the real runner, scheduler, task service and store (in-memory SQLite),
+driven by a scripted agent in a workspace without git. Every rule and every transition, in seconds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aistack.contracts import TaskCreate, TaskStatus
+from aistack.ralph_wiggum.records import TaskUpdate
+from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
+from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
+from loop_fakes import Loop, Step, make_loop, wait_until
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def submit(loop: Loop, **body) -> str:
+    body = {"prompt": "make it pass", "backend": "scripted", "workspace": "repo", **body}
+    return (await loop.tasks.accept(TaskCreate(**body))).id
+
+
+async def drive(loop: Loop, **body):
+    """Submit a task and run it to where the runner stops; the task, its iterations and events."""
+    task_id = await submit(loop, **body)
+    await loop.runner.run(task_id)
+    task = await loop.store.get(task_id)
+    return task, await loop.store.iterations(task_id), await loop.store.events_after(task_id, 0)
+
+
+def test_iterates_until_the_check_passes_and_records_the_evidence(tmp_path):
+    steps = [Step(writes=("a.py",), check_exit=1), Step(writes=("b.py",), check_exit=2), Step(writes=("a.py",), check_exit=0)]
+    loop = make_loop(tmp_path, steps)
+    task, its, events = run(drive(loop, check_command="pytest"))
+    assert task.status is TaskStatus.completed and task.iteration == 3 and task.completion_reason == "check_command"
+    assert task.evidence["rule"] == "check_command" and task.evidence["iteration"] == 3
+    assert [it.number for it in its] == [1, 2, 3] and [it.check_exit_code for it in its] == [1, 2, 0]
+    assert [it.checkpoint_commit for it in its] == [f"{task.id}-1", f"{task.id}-2", f"{task.id}-3"]
+    assert (task.prompt_tokens, task.completion_tokens) == (30, 6)
+    kinds = [e.type for e in events]
+    assert kinds == ["status", "status"] + ["iteration_started", "check", "iteration_finished"] * 3 + ["status"]
+    assert [e.data["status"] for e in events if e.type == "status"] == ["queued", "running", "completed"]
+    assert loop.workspace.removed == [task.id]
+    # the failed check's output is appended to the next prompt; the first prompt is the task's own
+    prompts = [r.prompt for r in loop.agent.requests]
+    assert prompts[0] == "make it pass" and "exit code 1" in prompts[1] and "check said 2" in prompts[2]
+
+
+def test_without_check_or_promise_a_real_diff_is_the_evidence(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=()), Step(writes=("x.txt",))])
+    task, its, _ = run(drive(loop))
+    assert task.status is TaskStatus.completed and task.completion_reason == "diff" and task.iteration == 2
+    assert its[0].files_modified == () and its[1].files_modified == ("x.txt",)
+
+
+def test_a_promise_counts_only_on_the_replys_last_line(tmp_path):
+    steps = [Step(reply="I will say <promise>DONE</promise> later\nworking"), Step(reply="all good\n<promise>DONE</promise>")]
+    loop = make_loop(tmp_path, steps)
+    task, _, _ = run(drive(loop, completion_promise="DONE"))
+    assert task.status is TaskStatus.completed and task.iteration == 2 and task.evidence["promise_line"] == "<promise>DONE</promise>"
+
+
+def test_the_limit_without_evidence_is_exhausted_never_completed(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("f",), check_exit=1)])
+    task, its, _ = run(drive(loop, check_command="false", max_iterations=4))
+    assert task.status is TaskStatus.exhausted and task.completion_reason == "max_iterations" and len(its) == 4
+    assert task.evidence is None
+
+
+def test_the_same_reply_without_changes_is_stuck(tmp_path):
+    loop = make_loop(tmp_path, [Step(reply="nothing to do (took 1.5 s)")], ralph_stuck_iterations=3)
+    task, its, _ = run(drive(loop, check_command="false", max_iterations=10))
+    assert task.status is TaskStatus.failed and task.completion_reason == "stuck" and len(its) == 3
+    assert task.error.startswith("stuck: 3 iterations in a row")
+
+
+def test_approval_gates_every_iteration_and_a_rejection_ends_the_task(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1)])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="false", require_approval=True)
+        await loop.runner.run(task_id)  # stops at the gate before iteration 1
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.awaiting_approval and task.iteration == 0
+        approved = await loop.tasks.decide(task_id, True)
+        assert approved.status is TaskStatus.running and approved.approved_through == 1
+        await loop.runner.run(task_id)  # one iteration, then the gate again
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.awaiting_approval and task.iteration == 1
+        gate = [e for e in await loop.store.events_after(task_id, 0) if e.type == "approval_needed"]
+        assert [e.data["iteration"] for e in gate] == [1, 2] and gate[1].data["files_modified"] == ["a"]
+        rejected = await loop.tasks.decide(task_id, False)
+        assert rejected.status is TaskStatus.rejected and rejected.completion_reason == "rejected by user"
+        assert loop.workspace.removed == [task_id]
+        with pytest.raises(TaskError, match="is rejected, not awaiting approval"):
+            await loop.tasks.decide(task_id, True)
+
+    run(scenario())
+
+
+def test_transient_failures_are_retried_without_spending_iterations(tmp_path):
+    steps = [Step(transient=True), Step(transient=True), Step(writes=("a",), check_exit=0)]
+    loop = make_loop(tmp_path, steps, ralph_transient_retry_seconds=60)
+
+    async def scenario():
+        import aistack.ralph_wiggum.runner as runner_module
+
+        original = runner_module.rules.retry_delay
+        runner_module.rules.retry_delay = lambda attempt, elapsed, budget: 0.0  # no real backoff in a test
+        try:
+            return await drive(loop, check_command="true")
+        finally:
+            runner_module.rules.retry_delay = original
+
+    task, its, events = run(scenario())
+    assert task.status is TaskStatus.completed and len(its) == 1 and its[0].transient_retries == 2
+    assert [e.data["attempt"] for e in events if e.type == "transient_retry"] == [1, 2]
+
+
+def test_a_backend_that_stays_unreachable_fails_the_task_after_the_retry_budget(tmp_path):
+    loop = make_loop(tmp_path, [Step(transient=True)], ralph_transient_retry_seconds=0)
+    with pytest.raises(TaskFailed, match="llm unreachable — gave up after 0 s of retries"):
+        run(drive(loop))
+
+
+def test_a_stop_seen_in_the_store_ends_the_run(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("a",))])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="false")
+        await loop.store.apply(task_id, TaskUpdate(stop_requested=True))  # e.g. written by another process
+        with pytest.raises(StopRequested):
+            await loop.runner.run(task_id)
+        assert loop.agent.requests == []
+
+    run(scenario())
+
+
+def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1), Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="pytest", max_iterations=5)
+        first_run = asyncio.create_task(loop.runner.run(task_id))
+        await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 1 recorded, 2 under way
+        first_run.cancel()  # the service stops: the task stays `running`
+        await asyncio.gather(first_run, return_exceptions=True)
+        (one,) = await loop.store.iterations(task_id)
+        loop.agent.steps, loop.agent.requests = [Step(writes=("b",), check_exit=0)], []
+        await loop.runner.run(task_id)  # the restart
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.completed and task.iteration == 2
+        assert [r.iteration for r in loop.agent.requests] == [2]
+        assert loop.workspace.prepared == [(task_id, None), (task_id, one.checkpoint_commit)]
+
+    run(scenario())
+
+
+def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path):
+    loop = make_loop(tmp_path, [Step()])
+
+    async def scenario():
+        task_id = await submit(loop)
+        loop.runner.backends = {}
+        with pytest.raises(TaskFailed, match="backend 'scripted' is not configured here"):
+            await loop.runner.run(task_id)
+
+    run(scenario())
+
+
+def test_submissions_are_validated_before_anything_is_stored(tmp_path):
+    loop = make_loop(tmp_path, [Step()])
+    loop.workspace.problems["repo"] = "workspace repo is not a git repository"
+
+    async def scenario():
+        for body, field, words in [
+            ({"backend": "nope"}, "backend", "unknown backend 'nope'; available: scripted"),
+            ({"max_iterations": 51}, "max_iterations", "between 1 and 50"),
+            ({"workspace": "../outside"}, "workspace", "must lie inside WORKSPACE_ROOT"),
+            ({}, "workspace", "is not a git repository"),
+            ({"workspace": ".", "context": {"files": "a.py"}}, "context.files", "must be a list of file paths"),
+        ]:
+            with pytest.raises(TaskInvalid) as err:
+                await submit(loop, **body)
+            assert err.value.field == field and words in str(err.value) and err.value.status == 422
+        assert (await loop.store.list_tasks(None, 10, 0))[1] == 0
+        with pytest.raises(TaskNotFound):
+            await loop.tasks.get("missing")
+
+    run(scenario())
+
+
+def test_the_scheduler_runs_tasks_first_in_first_out_within_its_slots(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=0, wait=0.05)], ralph_max_concurrent_tasks=1)
+
+    async def scenario():
+        first, second = await submit(loop, check_command="t"), await submit(loop, check_command="t")
+        loop.scheduler.start()
+        await wait_until(lambda: loop.store.get(second))
+        await wait_until(lambda: _status(loop, second, TaskStatus.completed))
+        await loop.scheduler.shutdown()
+        a, b = await loop.store.get(first), await loop.store.get(second)
+        assert a.finished_at <= b.started_at  # one slot: the second started after the first ended
+        assert [r.task_id for r in loop.agent.requests] == [first, second]
+
+    run(scenario())
+
+
+def test_a_stop_ends_the_running_iteration_at_once(tmp_path):
+    loop = make_loop(tmp_path, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop)
+        loop.scheduler.start()
+        await wait_until(lambda: loop.agent.requests)
+        await loop.tasks.stop(task_id)
+        await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
+        task = await loop.store.get(task_id)
+        assert task.completion_reason == "stopped by user" and task.iteration == 0 and loop.agent.cancelled == 1
+        assert loop.workspace.removed == [task_id]
+        with pytest.raises(TaskError, match="already ended as stopped"):
+            await loop.tasks.stop(task_id)
+        await loop.scheduler.shutdown()
+
+    run(scenario())
+
+
+def test_a_queued_task_stops_without_running(tmp_path):
+    loop = make_loop(tmp_path, [Step()])
+
+    async def scenario():
+        task_id = await submit(loop)
+        await loop.tasks.stop(task_id)  # no scheduler runs: nothing drives it
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.stopped and task.stop_requested and loop.agent.requests == []
+
+    run(scenario())
+
+
+def test_shutdown_leaves_a_running_task_running_to_resume(tmp_path):
+    loop = make_loop(tmp_path, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop)
+        loop.scheduler.start()
+        await wait_until(lambda: loop.agent.requests)
+        await loop.scheduler.shutdown()
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.running and task.iteration == 0 and loop.workspace.removed == []
+
+    run(scenario())
+
+
+async def _status(loop: Loop, task_id: str, status: TaskStatus) -> bool:
+    task = await loop.store.get(task_id)
+    return task is not None and task.status is status
