@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from support import ServiceProcess, StackEnv, new_stack_env
+from support import STACK_VARIABLES, ServiceProcess, StackEnv, new_stack_env
+
+
+@pytest.fixture(autouse=True)
+def _callers_stack_settings_ignored(monkeypatch, tmp_path_factory):
+    """In-process code reads neither the caller's stack variables nor their ~/.config/aistack/.env."""
+    for name in STACK_VARIABLES & set(os.environ):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AISTACK_ENV_FILE", str(tmp_path_factory.getbasetemp() / "no-such.env"))
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from aistack.config import ENV_FILE_VARIABLE, Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AISTACK = [sys.executable, "-m", "aistack"]
 
@@ -89,9 +91,19 @@ def new_stack_env(root: Path) -> StackEnv:
     )
 
 
+# Every variable the stack reads. Tests never take them from the caller (a LLAMA_CPP_SERVER_BIN
+# or a RALPH_WIGGUM_API_KEY of the person running the suite), except where the machine keeps its
+# built llama-server and assembled models, which only says where shared files are.
+STACK_VARIABLES = frozenset({name.upper() for name in Settings.model_fields} | {ENV_FILE_VARIABLE}) - {"AISTACK_CACHE_DIR"}
+
+
+def caller_free_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in STACK_VARIABLES}
+
+
 def child_env(env: StackEnv, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a child process: only the .env file configures it, not the caller's variables."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RALPH_", "AIDER_", "LLAMA_CPP_", "AISTACK_", "WORKSPACE_"))}
+    base = caller_free_environ()
     base.update({"AISTACK_ENV_FILE": str(env.env_file), "PYTHONUNBUFFERED": "1"})
     base.update(extra or {})
     return base
