@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+from benchlib import free_port
 
 TASKS = {
     "hello": ("Create hello.py with a function hello() that returns 'hello'", {}, [], "import hello; assert hello.hello() == 'hello'"),
@@ -37,10 +37,6 @@ TASKS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def git(cwd: Path, *args: str) -> None:

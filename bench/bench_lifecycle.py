@@ -17,13 +17,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from benchlib import clean_environ, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -42,10 +42,6 @@ def serve(app, host, port, log_level="info"):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_env(root: Path, model: str) -> Path:
@@ -63,7 +59,7 @@ def write_env(root: Path, model: str) -> Path:
 
 
 def run(env_file: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RALPH_", "AIDER_", "LLAMA_CPP_", "AISTACK_"))}
+    env = clean_environ()
     env["AISTACK_ENV_FILE"] = str(env_file)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "aistack", *args], env=env, capture_output=True, text=True, timeout=900)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from aistack.llama_cpp.engine import ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model
 from aistack.llama_cpp.process import die_with_parent
 from aistack.llama_cpp.server import server_command
+from benchlib import free_port
 
 SYSTEM = (
     "Act as an expert software developer. Always use best practices when coding. Respect and use existing "
@@ -148,10 +148,6 @@ def sequence(server: Server, prefix_lines: int) -> list[Call]:
     return calls
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -18,9 +18,7 @@ Reports:
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,14 +26,11 @@ import time
 from pathlib import Path
 
 import httpx
+from benchlib import clean_environ, free_port, wait_ready
 
 COUNTERS = ("prompt_tokens_total", "prompt_seconds_total", "tokens_predicted_total", "tokens_predicted_seconds_total")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -56,16 +51,6 @@ def start(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_health(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not healthy after {timeout}s")
 
 
 def direct_generation(llm: str, prompt_tokens: int) -> float:
@@ -96,7 +81,7 @@ def main() -> None:
             **{f"{s}_PORT": p for s, p in ports.items()},
         }
         (tmp / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RALPH_", "AIDER_", "LLAMA_CPP_", "AISTACK_"))}
+        env = clean_environ()
         env["AISTACK_ENV_FILE"] = str(tmp / ".env")
         repo = tmp / "ws" / "demo"
         repo.mkdir(parents=True)
@@ -105,11 +90,11 @@ def main() -> None:
         llm, wrapper, ralph = (f"http://127.0.0.1:{ports[s]}" for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM"))
         procs = [start("llama-cpp", env, tmp / "llama.log")]
         try:
-            wait_health(llm, 600)
+            wait_ready(llm, 600)
             procs.append(start("aider-wrapper", env, tmp / "wrapper.log"))
             procs.append(start("ralph-wiggum", env, tmp / "ralph.log"))
-            wait_health(wrapper, 60)
-            wait_health(ralph, 60)
+            wait_ready(wrapper, 60)
+            wait_ready(ralph, 60)
             marker = tmp / "first-check-done"
             check = (f"if [ -f {marker} ]; then python3 -c \"import hello; assert hello.hello() == 'hello'\"; "
                      f"else touch {marker}; echo 'first check fails on purpose'; exit 1; fi")

@@ -6,14 +6,17 @@
 #   - llama.cpp's llama-server (found on PATH or built once from source into the cache)
 #   - the bundled default model (assembled once into the cache)
 # With --test, also what the test suites need: system packages (Chromium, podman) when root.
+# With --bench, also what `make bench` needs (wrk, the HTTP load generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WITH_TESTS=0
+WITH_BENCH=0
 for arg in "$@"; do
   case "$arg" in
     --test) WITH_TESTS=1 ;;
-    *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+    --bench) WITH_BENCH=1 ;;
+    *) echo "usage: $0 [--test] [--bench]" >&2; exit 2 ;;
   esac
 done
 
@@ -36,6 +39,7 @@ apt_install() {
 if command -v dpkg >/dev/null; then
   apt_install git cmake g++ make
   if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap; fi
+  if ((WITH_BENCH)); then apt_install wrk; fi
 fi
 
 step "python environment (.venv)"

@@ -1,0 +1,101 @@
+"""The loop's own cost per iteration, against a plain shell loop doing the same work (not a test).
+
+    .venv/bin/python bench/bench_loop.py [--iterations 100]
+
+aistack: a real `aistack serve ralph-wiggum` runs one task of N iterations with the `command`
+backend; the agent appends a line to a file, the check counts the lines. Each iteration runs the
+agent, stages and commits a checkpoint, runs the check, undoes what the check left, and stores the
+iteration and its events. Wall time = the task's start to finish, divided by N.
+
+Anchor, same run: a `sh` loop in a fresh repository doing the same work per iteration (the same
+agent script, `git add -A`, `git commit`, the same check through `sh -c`), and nothing else.
+Target: aistack ≤ 2× the anchor, and ≤ 40 ms per iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from benchlib import commit_line, new_repo, start_ralph, stop, verdict
+
+AGENT = "#!/bin/sh\necho x >> log.txt\n"
+
+
+def check_command(iterations: int) -> str:
+    return f"test $(wc -l < log.txt) -ge {iterations}"
+
+
+def aistack_loop(tmp: Path, iterations: int) -> dict:
+    new_repo(tmp / "ws" / "repo")
+    agent = tmp / "agent.sh"
+    agent.write_text(AGENT)
+    agent.chmod(0o755)
+    proc, url = start_ralph(tmp, RALPH_COMMAND_BACKEND=str(agent), RALPH_MAX_ITERATIONS_CAP=str(iterations))
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            body = {"prompt": "append", "backend": "command", "workspace": "repo",
+                    "check_command": check_command(iterations), "max_iterations": iterations}  # fmt: skip
+            task_id = c.post("/tasks", json=body).json()["task_id"]
+            while (task := c.get(f"/tasks/{task_id}").json())["status"] not in ("exhausted", "completed", "failed"):
+                time.sleep(0.2)
+            its = c.get(f"/tasks/{task_id}/iterations").json()
+    finally:
+        stop(proc)
+    wall = datetime.fromisoformat(task["finished_at"]) - datetime.fromisoformat(task["started_at"])
+    durations = sorted(it["duration_seconds"] * 1000 for it in its)
+    return {
+        "status": task["status"],
+        "iterations": len(its),
+        "checkpoints": sum(1 for it in its if it["checkpoint_commit"]),
+        "ms": wall.total_seconds() * 1000 / len(its),
+        "p50": statistics.median(durations),
+        "p99": durations[int(0.99 * (len(durations) - 1))],
+    }
+
+
+def shell_loop(tmp: Path, iterations: int) -> float:
+    """Milliseconds per iteration of the same work done by a plain shell loop."""
+    repo = new_repo(tmp / "plain")
+    (tmp / "plain-agent.sh").write_text(AGENT)
+    script = (
+        f'i=0; while [ "$i" -lt {iterations} ]; do\n'
+        f"  sh {tmp / 'plain-agent.sh'}\n"
+        "  git add -A\n"
+        '  git -c user.name=b -c user.email=b@b commit -q --no-verify -m "iteration $i"\n'
+        f"  sh -c '{check_command(iterations)}'\n"
+        "  i=$((i + 1))\n"
+        "done\n"
+    )
+    t0 = time.monotonic()
+    subprocess.run(["sh", "-c", script], cwd=repo, check=False, capture_output=True)
+    return (time.monotonic() - t0) * 1000 / iterations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iterations", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        plain = shell_loop(tmp, args.iterations)
+        loop = aistack_loop(tmp, args.iterations)
+        plain = min(plain, shell_loop(tmp / "again", args.iterations))  # best of two: the anchor's floor
+    ratio = loop["ms"] / plain
+    print(f"loop benchmark, {commit_line()}")
+    print(f"  aistack loop      {loop['ms']:6.1f} ms/iteration  (p50 {loop['p50']:.1f}, p99 {loop['p99']:.1f} ms recorded; "
+          f"{loop['iterations']} iterations, {loop['checkpoints']} checkpoints, {loop['status']})")
+    print(f"  plain shell loop  {plain:6.1f} ms/iteration  (anchor)")
+    print(f"  ratio             {ratio:6.2f}×  {verdict(ratio, 2.0, higher_is_better=False)}; "
+          f"absolute {'met' if loop['ms'] <= 40 else 'NOT met'} (target ≤ 40 ms)")
+
+
+if __name__ == "__main__":
+    main()
