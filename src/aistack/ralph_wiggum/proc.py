@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,31 @@ GRACE_SECONDS = 1.0
 DRAIN_SECONDS = 5.0
 
 
+# As GNU make does: a command with none of the shell's syntax, whose first word is a program on
+# PATH and not a word the shell gives a meaning of its own, runs without a shell. It behaves the
+# same and saves starting one (~1 ms, a tenth of a plain iteration's work).
+_SHELL_SYNTAX = re.compile(r"""[#;"'*?\[\]&|<>(){}$`\\~\n]""")
+_SHELL_WORDS = frozenset(
+    ". : ! { } [[ alias bg break case cd command continue do done elif else esac eval exec exit export fc fg fi for "
+    "function getopts hash if in jobs local read readonly return select set shift source then times trap type "
+    "ulimit umask unalias unset until wait while".split()
+)
+
+
+def shell_argv(command: str, cwd: Path, env: dict[str, str] | None) -> list[str]:
+    """The argv that runs `command`: its own words when no shell is needed, else `sh -c`."""
+    words = command.split()
+    if not words or _SHELL_SYNTAX.search(command) or "=" in words[0] or words[0] in _SHELL_WORDS:
+        return ["/bin/sh", "-c", command]
+    first = words[0]
+    if "/" in first:
+        program = cwd / first
+        runnable = program.is_file() and os.access(program, os.X_OK)
+    else:
+        runnable = shutil.which(first, path=(env if env is not None else os.environ).get("PATH")) is not None
+    return words if runnable else ["/bin/sh", "-c", command]  # the shell says "not found" its own way
+
+
 @dataclass(frozen=True)
 class ProcResult:
     exit_code: int | None
@@ -22,18 +50,22 @@ class ProcResult:
 
 
 async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float) -> ProcResult:
-    """Run `command` with `sh -c` in its own session. It is done when the shell exits — not when
-    its output pipe closes, which a helper left in the background would hold open — and then
-    nothing it started may outlive it. On timeout or cancellation the whole group is ended:
-    SIGTERM, then SIGKILL."""
-    proc = await start_in_group(
-        "/bin/sh", "-c", command,
-        cwd=cwd,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )  # fmt: skip
+    """Run `command` (with `sh -c` when it needs a shell) in its own session. It is done when it
+    exits — not when its output pipe closes, which a helper left in the background would hold
+    open — and then nothing it started may outlive it. On timeout or cancellation the whole group
+    is ended: SIGTERM, then SIGKILL."""
+    pipes = {
+        "stdin": asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        "stdout": asyncio.subprocess.PIPE,
+        "stderr": asyncio.subprocess.STDOUT,
+    }
+    argv = shell_argv(command, cwd, env)
+    try:
+        proc = await start_in_group(*argv, cwd=cwd, env=env, **pipes)
+    except OSError:  # e.g. a script without a #! line, which only a shell runs
+        if argv[0] == "/bin/sh":
+            raise
+        proc = await start_in_group("/bin/sh", "-c", command, cwd=cwd, env=env, **pipes)
     chunks: list[bytes] = []
     io = [asyncio.create_task(_read(proc.stdout, chunks))]
     if stdin is not None:

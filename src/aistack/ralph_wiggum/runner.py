@@ -53,10 +53,12 @@ class TaskRunner:
         if backend is None:
             raise TaskFailed(f"backend {task.backend!r} is not configured here (available: {', '.join(self.backends)})")
         history = await self.store.iterations(task_id)
-        tree = await self._take_up(task, history)
-        while tree is not None:
-            task = await self.tasks.get(task_id)
-            if task.stop_requested:
+        taken = await self._take_up(task, history)
+        if taken is None:
+            return
+        tree, task = taken
+        while True:
+            if task.stop_requested:  # asked for meanwhile, maybe through another process
                 raise StopRequested
             number = task.iteration + 1
             if number > task.max_iterations:  # only reachable if a stored task was edited by hand
@@ -67,14 +69,14 @@ class TaskRunner:
                 summary = rules.approval_summary(number, history[-1] if history else None)
                 await self.store.apply(task_id, TaskUpdate(status=step.target), step.sources, [("approval_needed", summary)])
                 return  # the slot is free while a person decides; approval makes the task ready again
-            it, outcome = await self._iterate(task, backend, tree, number, history)
+            it, outcome, task = await self._iterate(task, backend, tree, number, history)
             history.append(it)
             if outcome.decision.status.terminal:
-                await self.workspace.remove(task)
+                await self.tasks.release(task)
             if outcome.decision.status is not TaskStatus.running:
                 return
 
-    async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> Tree | None:
+    async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> tuple[Tree, TaskRecord] | None:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
         None if the task changed meanwhile (stopped before it started)."""
         last = next((it.checkpoint_commit for it in reversed(history) if it.checkpoint_commit), None)
@@ -84,14 +86,16 @@ class TaskRunner:
         if tree.created:
             change = TaskUpdate(status=step.target, worktree=str(tree.path), branch=tree.branch, base_commit=tree.base_commit,
                                 started_at=utcnow())  # fmt: skip
-        if await self.store.apply(task.id, change, step.sources) is None:
-            await self.workspace.remove(replace(task, worktree=str(tree.path)))
+        running = await self.store.apply(task.id, change, step.sources)
+        if running is None:
+            await self.tasks.release(replace(task, worktree=str(tree.path)))
             return None
-        return tree
+        return tree, running
 
     async def _iterate(
         self, task: TaskRecord, backend: Backend, tree: Tree, number: int, history: list[IterationRecord]
-    ) -> tuple[IterationRecord, rules.Outcome]:
+    ) -> tuple[IterationRecord, rules.Outcome, TaskRecord]:
+        """One iteration, recorded; what it was, what it means, and the task after it."""
         started, t0 = utcnow(), time.monotonic()
         await self.store.add_event(task.id, "iteration_started", {"iteration": number, "max_iterations": task.max_iterations})
         request = IterationRequest(
@@ -113,8 +117,7 @@ class TaskRunner:
             completion_tokens=result.tokens.completion, transient_retries=retries,
         )  # fmt: skip
         outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
-        await self.store.record_iteration(it, outcome.update, outcome.events)
-        return it, outcome
+        return it, outcome, await self.store.record_iteration(it, outcome.update, outcome.events)
 
     async def _run_with_retries(self, task_id: str, backend: Backend, request: IterationRequest) -> tuple[IterationResult, int]:
         """Run the iteration; transient failures (service down, 503, timeout) are retried with

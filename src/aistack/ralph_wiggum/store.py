@@ -198,8 +198,8 @@ class Store:
                 "prompt_tokens": tasks.c.prompt_tokens + it.prompt_tokens,
                 "completion_tokens": tasks.c.completion_tokens + it.completion_tokens,
             }
-            db.execute(update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}))
-            task = self._task(db, it.task_id)
+            after = update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}).returning(tasks)
+            task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
         self._on_event(it.task_id)
         return task

@@ -136,8 +136,12 @@ class TaskService:
         step = rules.transition(action)
         task = await self.store.apply(task_id, TaskUpdate(status=step.target, completion_reason=reason.value, error=error), step.sources)
         if task is not None:
-            await self.workspace.remove(task)
+            await self.release(task)
         return task
+
+    async def release(self, task: TaskRecord) -> None:
+        """What an ended task gives back: its tree (the branch and its checkpoints stay)."""
+        await self.workspace.remove(task)
 
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
         """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""

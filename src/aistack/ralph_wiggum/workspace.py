@@ -122,7 +122,7 @@ class GitWorktrees:
     async def checkpoint(self, tree: Tree, message: str) -> Checkpoint:
         # git status names the changes; when all of them are to tracked files, `commit --all`
         # stages them itself, so a usual iteration costs two git processes.
-        status = await git(tree.path, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+        status = await git(tree.path, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", locks=False)
         entries = [(entry[:2], entry[3:]) for entry in status.split("\0") if len(entry) > 3]
         if not entries:
             return Checkpoint((), None, None)
@@ -143,7 +143,7 @@ class GitWorktrees:
     async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float) -> ProcResult:
         result = await run_shell(command, tree.path, env=env, timeout=timeout)
         # what the check wrote (caches, build output) must not count as the agent's next change
-        if (await git(tree.path, "status", "--porcelain", "--untracked-files=normal")).strip():
+        if (await git(tree.path, "status", "--porcelain", "--untracked-files=normal", locks=False)).strip():
             await self._reset_to(tree.path, "HEAD")
         return result
 
