@@ -37,7 +37,7 @@ import httpx
 from aistack.config import Settings
 from aistack.llama_cpp.engine import ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model
-from aistack.llama_cpp.process import die_with_parent
+from aistack.procgroup import die_with_parent
 from aistack.llama_cpp.server import server_command
 from benchlib import free_port
 

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from aistack import __version__
+from aistack.files import atomic_write
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, effective_items, env_template, resolve_env_file
 from aistack.terminal import console, fail, settings_or_exit
 
@@ -65,10 +66,7 @@ def config_init(force: Annotated[bool, typer.Option("--force", help="Overwrite a
     path = resolve_env_file()
     if path.exists() and not force:
         fail(f"{path} exists; use --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(env_template())
-    tmp.replace(path)
+    atomic_write(path, env_template())  # owner-only: the user may add the API key
     console.print(f"✓ wrote {path}")
 
 

@@ -17,13 +17,11 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aistack import services
 from aistack.contracts import IterationLimits
 
 ENV_FILE_VARIABLE = "AISTACK_ENV_FILE"
 
-# The container names the services are reached by on a compose network. Outside one they
-# do not resolve, and a local run falls back to loopback (see `resolve_host`).
-SERVICE_NAMES = ("llama-cpp", "aider-wrapper", "ralph-wiggum", "dashboard")
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -163,6 +161,9 @@ class Settings(BaseSettings):
     def port(self, service: str) -> int:
         return int(getattr(self, f"{service.replace('-', '_')}_port"))
 
+    def health_url(self, service: str) -> str:
+        return self.url(service) + services.get(service).health_path
+
     @property
     def api_key(self) -> str | None:
         """RALPH_WIGGUM_API_KEY in clear, for the code that sends or checks it (never print it)."""
@@ -193,10 +194,11 @@ _RESOLVED: set[str] = set()
 
 
 def resolve_host(host: str) -> str:
-    """The host to dial. A service's container name that does not resolve means no container
-    network exists, so the service runs on this machine: use loopback. Any other host is kept.
-    Only a name that resolved is remembered: a container that was down at our start may come up."""
-    if host not in SERVICE_NAMES or host in _RESOLVED:
+    """The host to dial. The services are reached by their names on a container network; a name
+    that does not resolve means no such network exists, so the service runs on this machine: use
+    loopback. Any other host is kept. Only a name that resolved is remembered: a container that
+    was down at our start may come up."""
+    if host not in services.SERVICES or host in _RESOLVED:
         return host
     try:
         socket.getaddrinfo(host, None)

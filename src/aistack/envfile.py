@@ -9,10 +9,8 @@ written, and replaces the file atomically (temp file + rename) after copying the
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
+from aistack.files import atomic_write
 from aistack.config import Settings, allowed
 
 # `KEY=...` or `export KEY=...`, and the commented-out form the template writes (`# KEY=...`).
@@ -134,22 +133,11 @@ def update(path: Path, updates: Mapping[str, str | None]) -> Settings:
 
 
 def _atomic_write(path: Path, text: str, keep_backup: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The file may hold the API key: keep the old mode, or owner-only for a new file.
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, mode)
-        if keep_backup:
-            shutil.copy2(path, backup_path(path))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    if keep_backup:
+        shutil.copy2(path, backup_path(path))
+    atomic_write(path, text, mode=mode, fsync=True)
 
 
 def backup_path(path: Path) -> Path:

@@ -1,14 +1,22 @@
-"""Ending a child and everything it started: each child runs in its own session (process group),
-and the group is signalled as a whole. Shared by the orchestrator's shell commands and the
-wrapper's aider runs."""
+"""Children that can always be ended, and whose end is known: the one module for process groups.
+
+Each child runs in its own session (process group), and the group is signalled as a whole, so
+nothing a command started outlives it. Async children (the orchestrator's shell commands, the
+wrapper's aider runs, git) learn of their exit from asyncio's child watcher; sync ones (the
+engine build, the lifecycle's services) die with their parent where the OS allows."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from asyncio.subprocess import SubprocessStreamProtocol
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 STREAM_LIMIT = 2**16  # asyncio's default line limit for the child's output streams
 
 
@@ -59,6 +67,51 @@ def kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def group_exists(pgid: int) -> bool:
+    """Some process of the group still runs (a zombie leader counts until it is reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the kernel send `sig` to the child when this process dies,
+    however it dies (even `kill -9`), so no orphan keeps a port or a CPU busy. None off Linux."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: never load libraries after fork
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+@contextmanager
+def output_of(cmd: list[str]) -> Iterator[subprocess.Popen]:
+    """A child whose merged output is read line by line as text. If reading stops early (an
+    error, Ctrl-C, SIGTERM during set-up) the child is killed before its files are cleaned up."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        preexec_fn=die_with_parent(),
+    )  # fmt: skip
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.wait()
+        proc.stdout.close()
+
 
 
 def describe_exit(code: int) -> str:

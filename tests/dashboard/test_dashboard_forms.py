@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 from aistack.dashboard.app import _FormError, _limits_from_form, _safe_next, _task_from_form
-from aistack.dashboard.probe import probe
 from aistack.dashboard.settings_form import LIMIT_FIELDS, grouped, rows, updates_from_form
 from aistack.config import Settings
 
@@ -136,36 +134,6 @@ def test_limit_fields_are_the_live_ones() -> None:
 )
 def test_login_redirect_stays_on_site(target: str, expected: str) -> None:
     assert _safe_next(target) == expected
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "state", "detail"),
-    [
-        (200, {"status": "healthy", "version": "1"}, "healthy", None),
-        (200, {"status": "ok"}, "healthy", None),
-        (503, {"status": "loading"}, "degraded", "loading"),
-        (200, {"status": "degraded", "backends": [{"name": "aider", "available": True, "reachable": False}]}, "degraded", "backend unreachable: aider"),
-    ],
-)
-def test_health_classification(status: int, body: dict, state: str, detail: str | None) -> None:
-    async def run():
-        transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
-        async with httpx.AsyncClient(transport=transport) as http:
-            return await probe(http, "http://svc/health")
-
-    result = _run(run())
-    assert result.state == state and result.error == detail and result.latency_ms is not None
-
-
-def test_unreachable_service_is_down() -> None:
-    async def run():
-        async with httpx.AsyncClient() as http:
-            from support import free_port
-
-            return await probe(http, f"http://127.0.0.1:{free_port()}/health")
-
-    result = _run(run())
-    assert result.state == "down" and "unreachable" in result.error
 
 
 @pytest.mark.parametrize("task_id", ["..", "a/b", "x?y=1", "", "a" * 101, "id%2F"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aistack.lifecycle.services import installed_source_root
+from aistack.services import installed_source_root
 from lifecycle_support import aistack
 from support import REPO_ROOT, new_stack_env
 

@@ -121,12 +121,6 @@ def test_urls_come_from_settings_not_localhost():
     assert result.url == f"http://127.0.0.2:{port}" and result.reachable
 
 
-def test_unready_dependencies_for_a_degraded_health(health_server):
-    assert preflight.unready_dependencies(settings_for(free_port()), "aider-wrapper") == ["llama-cpp"]
-    assert preflight.unready_dependencies(settings_for(health_server()), "aider-wrapper") == []
-    assert preflight.unready_dependencies(settings_for(free_port()), "llama-cpp") == []
-
-
 def test_preflight_command_prints_a_table_and_fails_when_something_is_down(stack, services):
     services("llama-cpp", stack, timeout=120)
     result = aistack(stack, "preflight")

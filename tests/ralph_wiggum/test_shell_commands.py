@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aistack.ralph_wiggum.proc import run_shell, shell_argv
+from aistack.ralph_wiggum.shell import run_shell, shell_argv
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aistack.config import Settings
+from aistack.files import atomic_write
 
 # Small local models manage aider's `whole` format (return whole files) and fail its `diff`
 # format (search/replace blocks), so `auto` means `whole`.
@@ -112,9 +113,7 @@ def write_model_files(settings: Settings) -> AiderFiles:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, text)
 
 
 def find_aider(settings: Settings) -> Path | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from aistack.gitcli import GitError
+from aistack.health import acheck
 from aistack.aider_wrapper import command, gitstate
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
@@ -111,21 +112,16 @@ class RunRegistry:
 
 
 async def probe_llm(settings: Settings, client: httpx.AsyncClient) -> str | None:
-    """None when llama-cpp's /health answers 200, else why not (one short request)."""
+    """None when llama-cpp is ready, else why not (one short request)."""
     url = settings.url("llama-cpp")
-    try:
-        resp = await client.get(url + "/health", timeout=LLM_PROBE_TIMEOUT_SECONDS)
-    except httpx.ConnectError:
-        return f"llama-cpp at {url} is not reachable (connection refused)"
-    except httpx.TimeoutException:
-        return f"llama-cpp at {url} did not answer within {LLM_PROBE_TIMEOUT_SECONDS:g} s"
-    except httpx.HTTPError as exc:
-        return f"llama-cpp at {url} is not reachable ({type(exc).__name__})"
-    if resp.status_code == 503:
+    result = await acheck(client, settings.health_url("llama-cpp"), LLM_PROBE_TIMEOUT_SECONDS)
+    if result.ready:
+        return None
+    if result.state == "loading":
         return f"llama-cpp at {url} is still loading its model (HTTP 503)"
-    if resp.status_code != 200:
-        return f"llama-cpp at {url} is unhealthy (HTTP {resp.status_code})"
-    return None
+    if result.reachable:
+        return f"llama-cpp at {url} is unhealthy ({result.detail})"
+    return f"llama-cpp at {url} is not reachable ({result.detail})"
 
 
 @dataclass(frozen=True)

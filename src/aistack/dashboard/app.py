@@ -25,11 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from aistack import __version__, envfile
-from aistack.config import SERVICE_NAMES, Settings, resolve_env_file
+from aistack import services
+from aistack.health import acheck
+from aistack.config import Settings, resolve_env_file
 from aistack.contracts import TERMINAL_STATUSES, IterationLimits, TaskCreate, TaskStatus
 from aistack.dashboard import history
 from aistack.client import RalphClient, RalphError
-from aistack.dashboard.probe import probe
 from aistack.dashboard.deploy import ACTIONS, DeployRunner, lifecycle_commands
 from aistack.dashboard.security import (
     CSRF_FIELD,
@@ -47,12 +48,13 @@ from aistack.web import check_bind, serve
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 20
+OVERVIEW_PROBE_SECONDS = 3.0  # a hung service is cut here; one that is down fails at once on loopback
 STATUSES = [s.value for s in TaskStatus]
 
 
 def create_app(settings: Settings) -> FastAPI:
     ralph = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
-    probe_http = httpx.AsyncClient()
+    probe_http = httpx.AsyncClient(trust_env=False)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -117,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     # --- health and login --------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        orchestrator = await probe(probe_http, settings.url("ralph-wiggum") + "/health")
+        orchestrator = await acheck(probe_http, settings.health_url("ralph-wiggum"), OVERVIEW_PROBE_SECONDS)
         return {
             # Degraded only when the dashboard cannot reach the orchestrator; the orchestrator's own
             # state is shown on the Overview.
@@ -150,17 +152,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     # --- overview ----------------------------------------------------------------------------------
     async def overview_context() -> dict[str, Any]:
-        urls = {name: settings.url(name) for name in SERVICE_NAMES}
+        urls = {name: settings.url(name) for name in services.NAMES}
         probes, stats = await asyncio.gather(
-            asyncio.gather(*(probe(probe_http, url + "/health") for url in urls.values())),
+            asyncio.gather(*(acheck(probe_http, settings.health_url(name), OVERVIEW_PROBE_SECONDS) for name in urls)),
             _attempt(ralph.stats()),
         )
-        services = []
-        for (name, url), result in zip(urls.items(), probes):
-            facts = history.service_facts(settings, name)
-            uptime = result.body.get("uptime_seconds", facts.uptime_seconds)
-            services.append({"name": name, "url": url, "probe": result, "uptime": uptime, "facts": facts})
-        return {"services": services, "stats": stats[0], "stats_error": stats[1], "checked": time.strftime("%H:%M:%S")}
+        all_facts = await asyncio.to_thread(lambda: [history.service_facts(settings, name) for name in urls])
+        rows = [
+            {"name": name, "url": url, "probe": result, "uptime": result.body.get("uptime_seconds", facts.uptime_seconds), "facts": facts}
+            for (name, url), result, facts in zip(urls.items(), probes, all_facts)
+        ]
+        return {"services": rows, "stats": stats[0], "stats_error": stats[1], "checked": time.strftime("%H:%M:%S")}
 
     @app.get("/", response_class=HTMLResponse, dependencies=[Depends(require_login)])
     async def overview(request: Request):
@@ -356,8 +358,8 @@ def create_app(settings: Settings) -> FastAPI:
     # --- deploy ------------------------------------------------------------------------------------
     def deploy_context() -> dict[str, Any]:
         available = lifecycle_commands()
-        services = [{"name": name, "facts": history.service_facts(settings, name)} for name in SERVICE_NAMES]
-        return {"available": available, "actions": ACTIONS, "services": services, "job": deploys.last, "earlier": deploys.earlier_log()}
+        rows = [{"name": name, "facts": history.service_facts(settings, name)} for name in services.NAMES]
+        return {"available": available, "actions": ACTIONS, "services": rows, "job": deploys.last, "earlier": deploys.earlier_log()}
 
     @app.get("/deploy", response_class=HTMLResponse, dependencies=[Depends(require_login)])
     async def deploy_page(request: Request):

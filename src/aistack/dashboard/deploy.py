@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aistack.config import ENV_FILE_VARIABLE, SERVICE_NAMES, Settings, resolve_env_file
+from aistack import services
+from aistack.config import ENV_FILE_VARIABLE, Settings, resolve_env_file
 
 ACTIONS = ("deploy", "rollback")
 LOG_TAIL_CHARS = 20_000
@@ -69,8 +70,7 @@ class DeployRunner:
 
     def start(self, service: str, action: str) -> Job:
         """Start one deploy/rollback; refuses (ValueError, one line) while another one runs."""
-        if service not in SERVICE_NAMES:
-            raise ValueError(f"unknown service {service!r}: allowed: {', '.join(SERVICE_NAMES)}")
+        services.get(service)  # ValueError naming the allowed ones
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}: allowed: {', '.join(ACTIONS)}")
         with self._lock:

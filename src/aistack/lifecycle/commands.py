@@ -14,12 +14,12 @@ from rich.table import Table
 
 from aistack import preflight as preflight_checks
 from aistack.config import Settings
-from aistack.lifecycle import health
+from aistack import health
 from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
 from aistack.lifecycle.process import ProcessRuntime, exclusive
 from aistack.lifecycle.releases import INSTALLED
 from aistack.terminal import console, err_console, settings_or_exit
-from aistack.lifecycle.services import SERVICES, get, installed_source_root
+from aistack.services import SERVICES, get, installed_source_root
 
 commands = typer.Typer()
 
@@ -170,7 +170,7 @@ def status() -> None:
             table.add_row(name, cfg.url(name), "[dim]not in this build[/dim]", "-", "-", "-")
             continue
         record = rt.running(name, prune=False)
-        result = health.check(cfg, name)
+        result = health.check(cfg.health_url(name))
         all_healthy &= result.state == "healthy"
         colour = {"healthy": "green", "degraded": "yellow", "loading": "yellow"}.get(result.state, "red")
         where, uptime, release = "-", "-", rt.releases.state(name).current

@@ -19,7 +19,7 @@ from pathlib import Path
 from aistack.config import Settings
 from aistack.lifecycle.process import ProcessRuntime
 from aistack.lifecycle.releases import INSTALLED
-from aistack.lifecycle.services import get, installed_source_root
+from aistack.services import get, installed_source_root
 
 Say = Callable[[str], None]
 

@@ -24,19 +24,18 @@ import time
 import tomllib
 from pathlib import Path
 
-import httpx
-
-from aistack.config import SERVICE_NAMES, Settings, resolve_env_file
+from aistack import health, services
+from aistack.config import Settings, resolve_env_file
 from aistack.lifecycle.deploy import DeployResult, Say, record_history, source_root, validate
-from aistack.lifecycle.health import Health, exit_reason
+from aistack.health import Health
+from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import Releases
-from aistack.lifecycle.services import get, installed_source_root
+from aistack.services import get, installed_source_root
 from aistack.web import is_loopback
 
 PREFIX = "local-ai"
 NETWORK = "local-ai"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
-USER_FACING = ("ralph-wiggum", "dashboard")  # published on the host's 127.0.0.1; the rest stay on the network
 STOP_TIMEOUT = 10
 
 
@@ -150,17 +149,17 @@ class PodmanDeployer:
             args += ["--env-file", str(env_file)]
         # In a container, loopback is the container itself: a service configured at a loopback
         # host is reached by its name on the network instead. Other hosts are kept as they are.
-        for other in SERVICE_NAMES:
-            key = other.upper().replace("-", "_") + "_HOST"
+        for other in services.NAMES:
+            key = get(other).setting_prefix + "_HOST"
             if is_loopback(getattr(s, key.lower())):
                 args += ["-e", f"{key}={other}"]
         args += ["-e", "AISTACK_BIND_ADDRESS=0.0.0.0", "-e", "AISTACK_DATA_DIR=/data",
                  "-v", f"{s.aistack_data_dir}:/data"]
-        if service in ("ralph-wiggum", "aider-wrapper"):  # workspaces keep their host paths
+        if get(service).uses_workspaces:  # workspaces keep their host paths
             args += ["-e", f"WORKSPACE_ROOT={s.workspace_root}", "-v", f"{s.workspace_root}:{s.workspace_root}"]
-        if service == "llama-cpp":  # llama-server and the model
+        if get(service).uses_cache:  # llama-server and the model
             args += ["-e", "AISTACK_CACHE_DIR=/cache", "-v", f"{s.aistack_cache_dir}:/cache"]
-        if service in USER_FACING:
+        if get(service).user_facing:  # published on the host's 127.0.0.1; the rest stay on the network
             port = s.port(service)
             args += ["-p", f"127.0.0.1:{port}:{port}"]
         return [*args, image_name(service, version)]
@@ -178,20 +177,15 @@ class PodmanDeployer:
     def wait_healthy(self, service: str, timeout: float) -> Health:
         name = container_name(service)
         deadline = time.monotonic() + timeout
-        last = Health("down", "not reachable")
         while True:
             state = inspect(name)["State"]
             if not state.get("Running"):
                 return Health("exited", exit_reason(state.get("ExitCode"), self.logs(name, 40), "the container"))
-            try:
-                response = httpx.get(self.health_url(name, service), timeout=2, trust_env=False)
-                if response.status_code == 200:
-                    return Health("healthy", "HTTP 200")
-                last = Health("loading" if response.status_code == 503 else "unhealthy", f"HTTP {response.status_code}")
-            except httpx.HTTPError:
-                last = Health("down", "not reachable")
+            result = health.check(self.health_url(name, service))
+            if result.ready:
+                return result
             if time.monotonic() >= deadline:
-                return Health(last.state, f"/health not ready after {timeout:.0f} s (last: {last.detail})")
+                return Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
             time.sleep(0.3)
 
     def logs(self, name: str, lines: int = 20) -> str:

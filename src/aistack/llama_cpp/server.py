@@ -22,7 +22,8 @@ from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.engine import ensure_server_bin
 from aistack.llama_cpp.models import ensure_model
-from aistack.llama_cpp.process import die_with_parent, usable_cpus
+from aistack.llama_cpp.cpu import usable_cpus
+from aistack.procgroup import die_with_parent
 from aistack.procgroup import describe_exit
 from aistack.web import check_bind
 

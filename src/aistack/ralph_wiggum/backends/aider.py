@@ -8,6 +8,7 @@ import logging
 import httpx
 
 from aistack.contracts import BackendHealth, ExecuteRequest, ExecuteResult, WrapperHealth
+from aistack.health import acheck
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 
 log = logging.getLogger("aistack.ralph")
@@ -20,7 +21,9 @@ class AiderBackend:
     def __init__(self, base_url: str, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None))
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None), trust_env=False
+        )
         self._reachable: bool | None = None
         self._available = True
         self._detail: str | None = "not checked yet"
@@ -36,19 +39,17 @@ class AiderBackend:
             await asyncio.sleep(HEALTH_POLL_SECONDS)
 
     async def refresh_health(self) -> None:
-        try:
-            resp = await self._client.get("/health", timeout=2.0)
-        except httpx.HTTPError as exc:
-            self._reachable, self._detail = False, f"unreachable: {type(exc).__name__}"
+        result = await acheck(self._client, self.base_url + "/health")
+        if not result.reachable:
+            self._reachable, self._detail = False, result.detail
             return
-        self._reachable = resp.status_code == 200
         try:
-            body = WrapperHealth.model_validate(resp.json())
+            body = WrapperHealth.model_validate(result.body)
         except ValueError:
-            self._available, self._detail = True, f"/health answered {resp.status_code}"
+            self._reachable, self._available, self._detail = result.ready, True, f"/health: {result.detail}"
             return
         self._available = body.aider_available
-        self._reachable = self._reachable and body.status == "healthy"  # a wrapper without its LLM cannot work
+        self._reachable = result.state == "healthy"  # a degraded wrapper has no LLM: it cannot work
         problems = [p for p, bad in (("aider is not installed", not body.aider_available),
                                      (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable)) if bad]
         self._detail = "; ".join(problems) or None

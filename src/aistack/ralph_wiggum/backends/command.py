@@ -6,7 +6,7 @@ import os
 
 from aistack.contracts import BackendHealth
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
-from aistack.ralph_wiggum.proc import run_shell
+from aistack.ralph_wiggum.shell import run_shell
 
 
 class CommandBackend:

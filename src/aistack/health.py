@@ -1,0 +1,109 @@
+"""A service's health as seen over HTTP, the only proof that it serves: one probe, one vocabulary.
+
+| answer                                      | state       | ready |
+|---------------------------------------------|-------------|-------|
+| 200                                         | healthy     | yes   |
+| 200 with `"status": "degraded"`             | degraded    | yes: it serves, something behind it is missing |
+| 503                                         | loading     | no: up, not ready yet (llama-server loading its model) |
+| any other status, or no answer in time      | unhealthy   | no    |
+| connection refused, no route                | down        | no    |
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+State = Literal["healthy", "degraded", "loading", "unhealthy", "down", "exited"]
+PROBE_TIMEOUT_SECONDS = 2.0
+RETRY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Health:
+    state: State
+    detail: str  # what was seen: "HTTP 200", "HTTP 503 (loading)", "connection refused", …
+    latency_ms: float | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """It serves: 200 from /health (a degraded service serves, with something behind it missing)."""
+        return self.state in ("healthy", "degraded")
+
+    @property
+    def reachable(self) -> bool:
+        return self.state not in ("down", "exited")
+
+
+def classify(status_code: int, body: Any, latency_ms: float | None = None) -> Health:
+    """The state an answer of /health means (the table above)."""
+    body = body if isinstance(body, dict) else {}
+    said = str(body.get("status", "")).lower()
+    if status_code == 200:
+        if said == "degraded":
+            return Health("degraded", f"HTTP 200 (degraded{_why_degraded(body)})", latency_ms, body)
+        return Health("healthy", "HTTP 200", latency_ms, body)
+    if status_code == 503:
+        return Health("loading", "HTTP 503 (loading)", latency_ms, body)
+    return Health("unhealthy", f"HTTP {status_code}", latency_ms, body)
+
+
+def check(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Health:
+    """One GET of a /health URL; never raises. Proxy variables are ignored: these are our own services."""
+    started = time.monotonic()
+    try:
+        response = httpx.get(url, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        return _unanswered(exc)
+    return classify(response.status_code, _json(response), (time.monotonic() - started) * 1000)
+
+
+async def acheck(client: httpx.AsyncClient, url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Health:
+    """`check` for async callers, on their client (make it with `trust_env=False`)."""
+    started = time.monotonic()
+    try:
+        response = await client.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return _unanswered(exc)
+    return classify(response.status_code, _json(response), (time.monotonic() - started) * 1000)
+
+
+def wait_ready(url: str, deadline: float, interval: float = RETRY_SECONDS) -> Health:
+    """Check until ready or `deadline` (a `time.monotonic()` value); each probe is cut short at
+    the deadline, so the wait never overruns it by more than a moment."""
+    while True:
+        remaining = deadline - time.monotonic()
+        result = check(url, timeout=max(0.1, min(PROBE_TIMEOUT_SECONDS, remaining)))
+        remaining = deadline - time.monotonic()
+        if result.ready or remaining <= 0:
+            return result
+        time.sleep(min(interval, remaining))
+
+
+def _unanswered(exc: httpx.HTTPError) -> Health:
+    if isinstance(exc, httpx.TimeoutException):
+        return Health("unhealthy", "no answer within the timeout")
+    if isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
+        return Health("down", "connection refused")
+    text = str(exc) or type(exc).__name__
+    return Health("down", f"not reachable ({text if len(text) <= 80 else text[:77] + '...'})")
+
+
+def _why_degraded(body: dict[str, Any]) -> str:
+    """The orchestrator names the backends behind its `degraded`."""
+    troubled = [
+        str(b.get("name")) for b in body.get("backends") or []
+        if isinstance(b, dict) and (b.get("reachable") is False or not b.get("available"))
+    ]  # fmt: skip
+    return f": backend unreachable: {', '.join(troubled)}" if troubled else ""
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {}
