@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aistack import services
-from aistack.contracts import IterationLimits
+from aistack.contracts import MOST_ITERATIONS, IterationLimits
 
 ENV_FILE_VARIABLE = "AISTACK_ENV_FILE"
 
@@ -113,11 +113,11 @@ class Settings(BaseSettings):
     ralph_wiggum_port: int = Field(default=8098, ge=1, le=65535, description="Port of ralph-wiggum.")
     ralph_wiggum_api_key: SecretStr | None = Field(default=None, description="Required by every endpoint but /health when set.")
     ralph_loop_enabled: bool = Field(default=True, description="false: accept tasks but do not run them.")
-    ralph_max_iterations_default: int = Field(default=20, ge=1, le=10000, description="Limit for default-class tasks.")
-    ralph_max_iterations_simple: int = Field(default=10, ge=1, le=10000, description="Limit for simple tasks.")
-    ralph_max_iterations_complex: int = Field(default=50, ge=1, le=10000, description="Limit for complex tasks.")
+    ralph_max_iterations_default: int = Field(default=20, ge=1, le=MOST_ITERATIONS, description="Limit for default-class tasks.")
+    ralph_max_iterations_simple: int = Field(default=10, ge=1, le=MOST_ITERATIONS, description="Limit for simple tasks.")
+    ralph_max_iterations_complex: int = Field(default=50, ge=1, le=MOST_ITERATIONS, description="Limit for complex tasks.")
     ralph_adaptive_iterations: bool = Field(default=True, description="Pick the limit from the prompt's complexity.")
-    ralph_max_iterations_cap: int = Field(default=100, ge=1, le=10000, description="No task may ask for more.")
+    ralph_max_iterations_cap: int = Field(default=100, ge=1, le=MOST_ITERATIONS, description="No task may ask for more.")
     ralph_max_concurrent_tasks: int = Field(default=2, ge=1, le=64, description="Tasks running at once; the rest queue.")
     ralph_transient_retry_seconds: int = Field(default=120, ge=0, le=86400, description="How long to retry an unreachable backend.")
     ralph_stuck_iterations: int = Field(default=3, ge=0, le=1000, description="Same output, no change this many times = stuck; 0 = off.")

@@ -183,16 +183,20 @@ class Stats(BaseModel):
     per_complexity: dict[str, RateRow]
 
 
+MOST_ITERATIONS = 10_000  # the highest iteration limit any setting accepts
+
+
 class IterationLimits(BaseModel):
-    """The loop's limits that may change while the orchestrator runs."""
+    """The loop's limits that may change while the orchestrator runs: the one model of them
+    (`Settings.iteration_limits()`, `/config/limits`, the dashboard's Iteration controls)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    ralph_max_iterations_simple: int = Field(ge=1)
-    ralph_max_iterations_default: int = Field(ge=1)
-    ralph_max_iterations_complex: int = Field(ge=1)
+    ralph_max_iterations_simple: int = Field(ge=1, le=MOST_ITERATIONS)
+    ralph_max_iterations_default: int = Field(ge=1, le=MOST_ITERATIONS)
+    ralph_max_iterations_complex: int = Field(ge=1, le=MOST_ITERATIONS)
     ralph_adaptive_iterations: bool
-    ralph_max_iterations_cap: int = Field(ge=1)
+    ralph_max_iterations_cap: int = Field(ge=1, le=MOST_ITERATIONS)
 
 
 # --- aider-wrapper -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@ each as its own process (its own session, so a redeploy of the dashboard itself 
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -17,19 +16,6 @@ from aistack.config import ENV_FILE_VARIABLE, Settings, resolve_env_file
 
 ACTIONS = ("deploy", "rollback")
 LOG_TAIL_CHARS = 20_000
-
-
-def lifecycle_commands() -> set[str]:
-    """Which of `aistack deploy` / `aistack rollback` the installed lifecycle package provides."""
-    try:
-        module = importlib.import_module("aistack.lifecycle.commands")
-    except ImportError:
-        return set()
-    typer_app = getattr(module, "commands", None)
-    names = set()
-    for command in getattr(typer_app, "registered_commands", []):
-        names.add(command.name or (command.callback.__name__.replace("_", "-") if command.callback else ""))
-    return names & set(ACTIONS)
 
 
 @dataclass

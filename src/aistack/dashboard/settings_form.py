@@ -15,14 +15,6 @@ from pydantic import SecretStr
 
 from aistack.config import SECRET_FIELDS, Settings, allowed
 
-# The settings the Iteration controls page edits; changing them is applied live by /config/reload.
-LIMIT_FIELDS = (
-    "ralph_max_iterations_simple",
-    "ralph_max_iterations_default",
-    "ralph_max_iterations_complex",
-    "ralph_adaptive_iterations",
-    "ralph_max_iterations_cap",
-)
 CLEAR_PREFIX = "clear__"
 _ALTERNATIVES = re.compile(r"^\^\(([\w.-]+(?:\|[\w.-]+)+)\)\$$")  # a pattern like ^(a|b|c)$
 
