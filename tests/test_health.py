@@ -48,3 +48,11 @@ def test_nothing_listening_is_down_and_a_silent_listener_is_unhealthy():
         s.listen()
         silent = health.check(f"http://127.0.0.1:{s.getsockname()[1]}/health", timeout=0.5)
     assert (silent.state, silent.reachable, silent.ready) == ("unhealthy", True, False)
+
+
+def test_a_refused_connection_is_named_so_for_async_callers_too():
+    async def probe():
+        async with httpx.AsyncClient() as client:
+            return await health.acheck(client, f"http://127.0.0.1:{free_port()}/health", 1)
+
+    assert asyncio.run(probe()).detail == "connection refused"

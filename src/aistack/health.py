@@ -87,10 +87,20 @@ def wait_ready(url: str, deadline: float, interval: float = RETRY_SECONDS) -> He
 def _unanswered(exc: httpx.HTTPError) -> Health:
     if isinstance(exc, httpx.TimeoutException):
         return Health("unhealthy", "no answer within the timeout")
-    if isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
+    if _refused(exc):
         return Health("down", "connection refused")
     text = str(exc) or type(exc).__name__
     return Health("down", f"not reachable ({text if len(text) <= 80 else text[:77] + '...'})")
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Somewhere down the chain (httpx → httpcore → anyio → the socket) the connection was refused."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _why_degraded(body: dict[str, Any]) -> str:
