@@ -6,7 +6,6 @@ into `AISTACK_ENV_FILE`, so every service this command starts reads the same fil
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -15,9 +14,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aistack import __version__
+from aistack import __version__, demo
 from aistack.files import atomic_write
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, effective_items, env_template, resolve_env_file
+from aistack.lifecycle import cli as lifecycle_cli
+from aistack.llama_cpp import cli as llama_cli
+from aistack.ralph_wiggum import cli as ralph_cli
 from aistack.terminal import console, fail, settings_or_exit
 
 app = typer.Typer(help="aistack: hand a coding task to a local AI and get back verified work.", no_args_is_help=True)
@@ -30,13 +32,11 @@ app.add_typer(serve_app, name="serve")
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    env_file: Annotated[
+    env_file: Annotated[  # noqa: ARG001 - `main` takes it out of the line first; declared for --help
         Path | None, typer.Option("--env-file", help="The .env to use (else $AISTACK_ENV_FILE, else ~/.config/aistack/.env).")
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
-    if env_file:
-        os.environ[ENV_FILE_VARIABLE] = str(env_file.expanduser().absolute())
     if version:
         console.print(__version__)
         raise typer.Exit()
@@ -114,20 +114,14 @@ def _run_service(run) -> None:
     raise typer.Exit(code or 0)
 
 
-def _mount(module: str) -> None:
-    """Merge a package's `commands` Typer into the top level (its commands keep their names)."""
-    sub = importlib.import_module(module).commands
+def _mount(sub: typer.Typer) -> None:
+    """Merge a package's commands into the top level (they keep their names)."""
     app.registered_commands.extend(sub.registered_commands)
     app.registered_groups.extend(sub.registered_groups)
 
 
-for _module in (
-    "aistack.ralph_wiggum.commands",
-    "aistack.llama_cpp.commands",
-    "aistack.lifecycle.commands",
-    "aistack.demo",
-):
-    _mount(_module)
+for _sub in (ralph_cli.commands, llama_cli.commands, lifecycle_cli.commands, demo.commands):
+    _mount(_sub)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from rich.syntax import Syntax
 
 from aistack.client import RalphClient
 from aistack.config import Settings
+from aistack.lifecycle.cli import up
+from aistack.ralph_wiggum.cli import follow
 from aistack.terminal import console, settings_or_exit
 
 commands = typer.Typer()
@@ -43,8 +45,6 @@ def demo(
     max_iterations: Annotated[int, typer.Option("--max-iterations")] = 5,
 ) -> None:
     """Start the stack and run a small real task on the bundled model, live."""
-    from aistack.lifecycle.commands import up
-    from aistack.ralph_wiggum.commands import follow
 
     settings: Settings = settings_or_exit()
     repo = sample_repository(settings.workspace_root)

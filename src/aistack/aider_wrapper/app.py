@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 
 from aistack import __version__
 from aistack.gitcli import GitError
-from aistack.aider_wrapper import command, gitstate
+from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
 from aistack.config import Settings
 from aistack.contracts import ExecuteRequest, ExecuteResult, WrapperHealth
@@ -40,7 +40,7 @@ CANCEL_WAIT_SECONDS = 5.0
 class WrapperState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.files = command.write_model_files(settings)
+        self.files = invocation.write_model_files(settings)
         self.registry = RunRegistry(settings.aider_max_parallel)
         self.aider = AiderCheck(None, None, "not checked yet")
         self.llm_problem: str | None = "not checked yet"

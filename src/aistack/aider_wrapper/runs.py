@@ -17,7 +17,7 @@ import httpx
 
 from aistack.gitcli import GitError
 from aistack.health import acheck
-from aistack.aider_wrapper import command, gitstate
+from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
 from aistack.config import Settings
@@ -45,15 +45,15 @@ class AiderCheck:
         return self.problem is None
 
 
-def check_aider(settings: Settings, files: command.AiderFiles) -> AiderCheck:
+def check_aider(settings: Settings, files: invocation.AiderFiles) -> AiderCheck:
     """`aider --version` once (blocking: call it in a thread)."""
-    path = command.find_aider(settings)
+    path = invocation.find_aider(settings)
     if path is None:
         return AiderCheck(None, None, "aider is not installed: run ./scripts/setup.sh or set AIDER_BIN")
     try:
         done = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT_SECONDS,
-            env=command.aider_env(settings, files), stdin=subprocess.DEVNULL,
+            env=invocation.aider_env(settings, files), stdin=subprocess.DEVNULL,
         )  # fmt: skip
     except FileNotFoundError:
         return AiderCheck(path, None, f"aider not found at {path}: run ./scripts/setup.sh or set AIDER_BIN")
@@ -137,7 +137,7 @@ class Job:
 
 async def execute(
     settings: Settings,
-    files: command.AiderFiles,
+    files: invocation.AiderFiles,
     aider: AiderCheck,
     client: httpx.AsyncClient,
     job: Job,
@@ -178,7 +178,7 @@ async def execute(
 
 async def _run_in_slot(
     settings: Settings,
-    files: command.AiderFiles,
+    files: invocation.AiderFiles,
     aider: AiderCheck,
     client: httpx.AsyncClient,
     job: Job,
@@ -192,19 +192,19 @@ async def _run_in_slot(
 
     folder = files.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
-    run_files = command.RunFiles(folder)
+    run_files = invocation.RunFiles(folder)
     run_files.message.write_text(job.prompt, encoding="utf-8")
     await asyncio.to_thread(_prune_runs, files.runs)  # file-system work stays off the event loop
 
     caches_before = set(job.workspace.glob(TAGS_CACHE_GLOB))
     before = await gitstate.snapshot(job.workspace)
-    cmd = command.aider_command(
+    cmd = invocation.aider_command(
         settings, aider.path, files, run_files,
         edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
         timeout_seconds=job.timeout_seconds,
     )  # fmt: skip
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
-    outcome = await run_process(cmd, job.workspace, command.aider_env(settings, files), job.timeout_seconds, run.cancel)
+    outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel)
     for cache in set(job.workspace.glob(TAGS_CACHE_GLOB)) - caches_before:
         await asyncio.to_thread(shutil.rmtree, cache, ignore_errors=True)
     after = await gitstate.snapshot(job.workspace)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aistack.aider_wrapper import command
+from aistack.aider_wrapper import invocation
 from aistack.config import Settings
 
 
@@ -17,7 +17,7 @@ def settings_for(tmp_path: Path, **values) -> Settings:
 
 def test_model_files_describe_the_served_model(tmp_path: Path) -> None:
     cfg = settings_for(tmp_path, llama_cpp_model_alias="my-coder", llama_cpp_context_size=8192)
-    files = command.write_model_files(cfg)
+    files = invocation.write_model_files(cfg)
     [entry] = json.loads(files.model_settings.read_text())
     assert entry["name"] == "openai/my-coder"
     assert entry["edit_format"] == "whole"  # auto → whole for small local models
@@ -35,23 +35,23 @@ def test_model_files_describe_the_served_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("configured", "used"), [("auto", "whole"), ("diff", "diff"), ("udiff", "udiff")])
 def test_edit_format_is_configurable(tmp_path: Path, configured: str, used: str) -> None:
     cfg = settings_for(tmp_path, aider_edit_format=configured)
-    assert json.loads(command.write_model_files(cfg).model_settings.read_text())[0]["edit_format"] == used
+    assert json.loads(invocation.write_model_files(cfg).model_settings.read_text())[0]["edit_format"] == used
 
 
 def test_large_context_gets_a_repo_map_and_capped_output(tmp_path: Path) -> None:
     cfg = settings_for(tmp_path, llama_cpp_context_size=32768)
-    [entry] = json.loads(command.write_model_files(cfg).model_settings.read_text())
+    [entry] = json.loads(invocation.write_model_files(cfg).model_settings.read_text())
     assert entry["use_repo_map"] is True
-    assert entry["extra_params"]["max_tokens"] == command.MAX_OUTPUT_TOKENS
-    assert command.map_tokens(cfg) > 0
+    assert entry["extra_params"]["max_tokens"] == invocation.MAX_OUTPUT_TOKENS
+    assert invocation.map_tokens(cfg) > 0
 
 
 def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Path) -> None:
     cfg = settings_for(tmp_path, llama_cpp_port=8123)
-    files = command.write_model_files(cfg)
-    run = command.RunFiles(files.runs / "r1")
+    files = invocation.write_model_files(cfg)
+    run = invocation.RunFiles(files.runs / "r1")
     ws = tmp_path / "ws" / "repo"
-    cmd = command.aider_command(cfg, Path("/opt/aider"), files, run, [str(ws / "a.py")], [str(ws / "doc.md")], 60)
+    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [str(ws / "a.py")], [str(ws / "doc.md")], 60)
     assert cmd[0] == "/opt/aider"
     assert cmd[cmd.index("--model") + 1] == "openai/local-coder"
     assert cmd[cmd.index("--openai-api-base") + 1] == "http://127.0.0.1:8123/v1"
@@ -70,12 +70,12 @@ def test_environment_hides_our_settings_from_aider(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("OPENAI_API_KEY", "secret")
     monkeypatch.setenv("GIT_DIR", "/elsewhere")
     cfg = settings_for(tmp_path)
-    files = command.write_model_files(cfg)
-    env = command.aider_env(cfg, files)
+    files = invocation.write_model_files(cfg)
+    env = invocation.aider_env(cfg, files)
     assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_"))]
     assert env["HOME"] == str(files.home)
     assert "127.0.0.1" in env["NO_PROXY"]
 
 
 def test_find_aider_prefers_the_configured_binary(tmp_path: Path) -> None:
-    assert command.find_aider(settings_for(tmp_path, aider_bin="/nonexistent/aider")) == Path("/nonexistent/aider")
+    assert invocation.find_aider(settings_for(tmp_path, aider_bin="/nonexistent/aider")) == Path("/nonexistent/aider")

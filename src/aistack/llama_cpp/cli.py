@@ -39,8 +39,7 @@ def model(
 def engine(
     check: Annotated[bool, typer.Option("--check", help="Run the self-test again, even if this binary passed it here.")] = False,
 ) -> None:
-    """Find llama-server (LLAMA_CPP_SERVER_BIN, PATH) or build it once for this CPU, prove it on this
-    machine (load the smallest model, generate a token), and print its path, version and verdict."""
+    """Find llama-server (LLAMA_CPP_SERVER_BIN, PATH) or build it for this CPU; prove it here (a token from the smallest model)."""
     settings = settings_or_exit()
     try:
         binary = ensure_server_bin(settings, recheck=check)
@@ -52,6 +51,6 @@ def engine(
     console.print(f"✓ llama-server {binary}", highlight=False, soft_wrap=True)
     console.print(f"  version    {version}", highlight=False)
     if (build := build_info(binary)) is not None:
-        console.print(f"  built for  {enabled_extensions(tuple(build['flags']))}", highlight=False)
+        console.print(f"  built for  {enabled_extensions(tuple(build['flags']))}", highlight=False, soft_wrap=True)
     if (verdict := recorded(settings.aistack_cache_dir, binary)) is not None:
-        console.print(f"  self-test  {verdict.detail} on this machine", highlight=False)
+        console.print(f"  self-test  {verdict.detail} on this machine", highlight=False, soft_wrap=True)
