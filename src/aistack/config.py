@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     def health_url(self, service: str) -> str:
         return self.url(service) + services.get(service).health_path
 
+    def health_timeout(self, service: str) -> float:
+        """Seconds a starting service has to answer /health 200 (its own start time plus STARTUP_TIMEOUT_SECONDS)."""
+        return services.get(service).start_timeout + self.startup_timeout_seconds
+
     @property
     def api_key(self) -> str | None:
         """RALPH_WIGGUM_API_KEY in clear, for the code that sends or checks it (never print it)."""

@@ -47,8 +47,8 @@ def classify(status_code: int, body: Any, latency_ms: float | None = None) -> He
         if said == "degraded":
             return Health("degraded", f"HTTP 200 (degraded{_why_degraded(body)})", latency_ms, body)
         return Health("healthy", "HTTP 200", latency_ms, body)
-    if status_code == 503:
-        return Health("loading", "HTTP 503 (loading)", latency_ms, body)
+    if status_code == 503:  # in the service's own words when it gives them ("starting", "loading model")
+        return Health("loading", f"HTTP 503 ({said or 'loading'})", latency_ms, body)
     return Health("unhealthy", f"HTTP {status_code}", latency_ms, body)
 
 

@@ -34,7 +34,7 @@ def run(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess
 def fill_wheels(cache: Path) -> None:
     """deploy/wheels: every wheel the four images install, built on the host (offline builds)."""
     from aistack.config import Settings
-    from aistack.lifecycle.podman import wheelhouse
+    from aistack.lifecycle.runtimes.podman import wheelhouse
 
     target = REPO_ROOT / "deploy" / "wheels"
     sources = [wheelhouse(Settings(_env_file=None, aistack_cache_dir=cache), REPO_ROOT / "pyproject.toml")]

@@ -120,7 +120,7 @@ def serve(app, host, port, log_level="info"):
 """)
     result = deploy(stack, source, health_timeout="8")
     assert result.returncode == 1
-    assert "/health not ready after 8 s (last: HTTP 503)" in result.stderr and "restored and healthy" in result.stderr
+    assert "/health not ready after 8 s (last: HTTP 503 (starting))" in result.stderr and "restored and healthy" in result.stderr
     assert serving(stack) == first
     entry = json.loads((stack.data_dir / "deploys.jsonl").read_text().splitlines()[-1])
     assert entry["runtime"] == "podman" and entry["restore_s"] < 15

@@ -90,7 +90,7 @@ def test_disabled_check_does_nothing(capsys):
 def test_a_loading_dependency_is_waited_for(health_server, capsys):
     port = health_server(ready_after=2.5)
     settings = settings_for(port, startup_timeout_seconds=10)
-    assert preflight.probe("llama-cpp", settings.url("llama-cpp")).detail == "HTTP 503 (loading)"
+    assert preflight.probe("llama-cpp", settings.url("llama-cpp")).detail == "HTTP 503 (loading model)"
     started = time.monotonic()
     preflight.before_serve(settings, "aider-wrapper")
     assert 2.0 <= time.monotonic() - started <= 5.0  # a retry every 2 s
@@ -101,7 +101,7 @@ def test_a_dependency_that_stays_loading_is_not_ready(health_server, capsys):
     port = health_server(ready_after=60)
     with pytest.raises(SystemExit):
         preflight.before_serve(settings_for(port), "aider-wrapper")
-    assert "not ready after 3 s (HTTP 503 (loading)) — exiting" in capsys.readouterr().err
+    assert "not ready after 3 s (HTTP 503 (loading model)) — exiting" in capsys.readouterr().err
 
 
 def test_a_dependency_that_appears_later_is_found(health_server, capsys):

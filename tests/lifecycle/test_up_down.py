@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from aistack.lifecycle.process import proc_starttime
+from aistack.lifecycle.runtimes.process import proc_starttime
 from aistack.services import SERVICES, installed_source_root
 from lifecycle_support import aistack, pid_files, table_rows
 from support import AISTACK, StackEnv, child_env

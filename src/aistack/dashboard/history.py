@@ -9,7 +9,7 @@ from typing import Any
 
 from aistack.config import Settings
 from aistack.lifecycle.deploy import read_history
-from aistack.lifecycle.process import ProcessRuntime
+from aistack.lifecycle.runtimes.process import ProcessRuntime
 
 log = logging.getLogger("aistack.dashboard")
 

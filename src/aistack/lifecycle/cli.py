@@ -16,7 +16,8 @@ from aistack import preflight as preflight_checks
 from aistack.config import Settings
 from aistack import health
 from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
-from aistack.lifecycle.process import ProcessRuntime, exclusive
+from aistack.lifecycle.runtimes.podman import DEFAULT_BASE_IMAGE, PodmanError, PodmanRuntime, container_name, exists, inspect
+from aistack.lifecycle.runtimes.process import ProcessRuntime, exclusive
 from aistack.lifecycle.releases import INSTALLED
 from aistack.terminal import console, err_console, settings_or_exit
 from aistack.services import SERVICES, get, installed_source_root
@@ -124,7 +125,7 @@ def _up_one(cfg: Settings, rt: ProcessRuntime, name: str, started: list[str], ti
         if fresh:
             record = rt.start(name, release)
             started.append(name)
-        result = rt.wait_healthy(record, timeout or get(name).start_timeout + cfg.startup_timeout_seconds)
+        result = rt.wait_healthy(record, timeout or cfg.health_timeout(name))
     if not result.ready:
         _fail_up(rt, name, started, result.detail, rt.log_tail(name, 20, since=record.log_offset))
     state = f"[green]{result.state}[/green]" if result.state == "healthy" else f"[yellow]{result.state}[/yellow]"
@@ -194,8 +195,6 @@ def _container(name: str) -> tuple[str, str] | None:
     """(container name, release) of the service's podman container, when podman has one."""
     if not shutil.which("podman"):
         return None
-    from aistack.lifecycle.podman import PodmanError, container_name, exists, inspect
-
     try:
         if not exists(container_name(name)):
             return None
@@ -250,7 +249,7 @@ def deploy(
     source: Annotated[Path | None, typer.Option(help="Project tree to release (default: the one this command runs from).")] = None,
     health_timeout: Annotated[float | None, typer.Option(help="Seconds the new release has to answer /health 200.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List past deploys and exit.")] = False,
-    base_image: Annotated[str, typer.Option(help="podman: the image the Containerfile builds FROM.")] = "python:3.11-slim",
+    base_image: Annotated[str, typer.Option(help="podman: the image the Containerfile builds FROM.")] = DEFAULT_BASE_IMAGE,
 ) -> None:
     """Deploy SERVICE from the source tree: validate, build, back up, start, verify, or roll back."""
     cfg = settings_or_exit()
@@ -261,14 +260,8 @@ def deploy(
         err_console.print("✗ missing SERVICE: allowed: " + ", ".join(SERVICES))
         raise typer.Exit(2)
     _selected([service])
-    if runtime is RuntimeName.podman:
-        from aistack.lifecycle.podman import PodmanDeployer
-
-        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False), base_image=base_image)
-    else:
-        deployer = Deployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
     with exclusive(cfg):
-        result = deployer.deploy(service, source, health_timeout)
+        result = _deployer(cfg, runtime, base_image).deploy(service, source, health_timeout)
     _report(result)
 
 
@@ -280,15 +273,17 @@ def rollback(
     """Return SERVICE to the release it ran before the current one."""
     cfg = settings_or_exit()
     _selected([service])
-    if runtime is RuntimeName.podman:
-        from aistack.lifecycle.podman import PodmanDeployer
-
-        deployer = PodmanDeployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
-    else:
-        deployer = Deployer(cfg, say=lambda line: console.print(f"· {line}", highlight=False))
     with exclusive(cfg):
-        result = deployer.rollback(service)
+        result = _deployer(cfg, runtime).rollback(service)
     _report(result)
+
+
+def _deployer(cfg: Settings, runtime: RuntimeName, base_image: str = DEFAULT_BASE_IMAGE) -> Deployer:
+    def say(line: str) -> None:
+        console.print(f"· {line}", highlight=False)
+
+    chosen = PodmanRuntime(cfg, say, base_image) if runtime is RuntimeName.podman else ProcessRuntime(cfg, say)
+    return Deployer(cfg, chosen, say)
 
 
 def _print_history(cfg: Settings, service: str | None) -> None:

@@ -12,16 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aistack.config import Settings
-from aistack.lifecycle.process import ProcessRuntime
-from aistack.lifecycle.releases import INSTALLED
+from aistack.lifecycle.runtimes import BuildError, Runtime, Say
 from aistack.services import get, installed_source_root
-
-Say = Callable[[str], None]
 
 # Run by the *new* code, in a fresh interpreter: the .env must validate and the app must import.
 _VALIDATE = """
@@ -96,116 +92,70 @@ def validate(service: str, root: Path) -> str | None:
 
 
 class Deployer:
-    def __init__(self, settings: Settings, runtime: ProcessRuntime | None = None, say: Say = lambda _: None):
-        self.settings = settings
-        self.runtime = runtime or ProcessRuntime(settings)
-        self.say = say
+    """The one deploy algorithm, over either runtime. Whatever fails, the service ends up running
+    the release it ran before (when it ran one), and the history records what happened."""
 
-    def health_timeout(self, service: str) -> float:
-        return get(service).start_timeout + self.settings.startup_timeout_seconds
+    def __init__(self, settings: Settings, runtime: Runtime, say: Say = lambda _: None):
+        self.settings, self.runtime, self.say = settings, runtime, say
 
     def deploy(self, service: str, source: Path | None = None, health_timeout: float | None = None) -> DeployResult:
-        started = time.monotonic()
-        rt, releases = self.runtime, self.runtime.releases
-        timeout = health_timeout or self.health_timeout(service)
-        running = rt.running(service)
-        previous = running.release if running else releases.state(service).current
+        started, rt = time.monotonic(), self.runtime
+        previous = rt.current(service) if rt.unavailable() is None else None
 
-        def done(result: DeployResult) -> DeployResult:
-            result.duration_s = round(time.monotonic() - started, 2)
-            record_history(self.settings, result)
-            return result
+        def rejected(stage: str, why: str) -> DeployResult:
+            return self._done(started, DeployResult(service, "deploy", False, "rejected", None, previous, previous, stage, why))
 
-        # 1. validate — nothing running is touched before this passes
+        # 1. validate: nothing running is touched before this passes
+        if (why := rt.unavailable()) is not None:
+            return rejected("validate", why)
         self.say(f"validating {service}")
         try:
             root = source_root(source)
         except ValueError as exc:
-            return done(DeployResult(service, "deploy", False, "rejected", None, previous, running and running.release, "validate", str(exc)))
-        problem = validate(service, root)
-        if problem is None and running is None and rt.port_taken_by_other(service):
-            problem = f"port {self.settings.port(service)} is in use by another program; free it or change {service.upper().replace('-', '_')}_PORT"
-        if problem:
-            return done(DeployResult(service, "deploy", False, "rejected", None, previous, running and running.release, "validate", problem))
-
+            return rejected("validate", str(exc))
+        if problem := validate(service, root) or rt.problem(service):
+            return rejected("validate", problem)
         # 2. build an immutable release
-        version = releases.build(service, root)
+        try:
+            version = rt.build(service, root)
+        except BuildError as exc:
+            return rejected("build", str(exc))
         self.say(f"built release {version}")
-
-        # 3. back up: the previous release stays on disk; stop its process to free the port
-        if running:
-            self.say(f"stopping {service} release {running.release}")
-            rt.stop(service)
-
-        # 4. start, 5. verify over HTTP
-        self.say(f"starting {service} release {version}")
-        record = rt.start(service, version)
-        result = rt.wait_healthy(record, timeout)
-        if result.ready:
-            # 6a. commit
-            releases.promote(service, version, previous)
-            return done(DeployResult(service, "deploy", True, "deployed", version, previous, version, "done",
-                                     f"{service} {version} is healthy ({result.detail})"))
-
-        # 6b. roll back
-        failed_at = time.monotonic()
-        tail = rt.log_tail(service, 20, since=record.log_offset)
-        hint = " — its port is taken" if "address already in use" in tail.lower() else ""
-        self.say(f"release {version} failed: {result.detail}{hint}; rolling back")
-        rt.stop(service)
-        releases.remove(service, version)
-        serving, restore_s, restored = None, None, ""
-        if running:
-            back = rt.start(service, running.release)
-            again = rt.wait_healthy(back, self.health_timeout(service))
-            restore_s = round(time.monotonic() - failed_at, 2)
-            if again.ready:
-                serving, restored = running.release, f"; release {running.release} restored and healthy"
-            else:
-                rt.stop(service)
-                restored = f"; restoring release {running.release} FAILED too: {again.detail}"
-        return done(DeployResult(service, "deploy", False, "rolled back" if serving else "failed", version, previous, serving,
-                                 "start" if result.state == "exited" else "verify",
-                                 f"release {version} {result.detail}{hint}{restored}", tail, restore_s=restore_s))
+        # 3. back up, 4. start, 5. verify over HTTP — or restore what ran
+        swap = rt.swap(service, version, health_timeout or self.settings.health_timeout(service))
+        if swap.health.ready:  # 6a. promote
+            rt.forget(service, rt.releases.promote(service, version, previous or "none"))
+            return self._done(started, DeployResult(service, "deploy", True, "deployed", version, previous, version, "done",
+                                                    f"{service} {version} is healthy ({swap.health.detail})"))  # fmt: skip
+        rt.discard(service, version)  # 6b. the failed release goes
+        hint = " — its port is taken" if "address already in use" in swap.log_tail.lower() else ""
+        return self._done(started, DeployResult(
+            service, "deploy", False, "rolled back" if swap.serving else "failed", version, previous, swap.serving,
+            "start" if swap.health.state == "exited" else "verify", f"release {version} {swap.health.detail}{hint}{swap.note}",
+            swap.log_tail, restore_s=swap.restore_s,
+        ))  # fmt: skip
 
     def rollback(self, service: str) -> DeployResult:
         """Return `service` to the release it ran before its current one."""
-        started = time.monotonic()
-        rt, releases = self.runtime, self.runtime.releases
-        state = releases.state(service)
-        running = rt.running(service)
-        current = running.release if running else state.current
+        started, rt = time.monotonic(), self.runtime
+        current = rt.current(service)
+        target = rt.releases.state(service).previous
+        if target is None or not rt.can_return_to(service, target):
+            return self._done(started, DeployResult(service, "rollback", False, "rejected", target, current, current, "validate",
+                                                    f"{service} has no previous release to return to"))  # fmt: skip
+        swap = rt.swap(service, target, self.settings.health_timeout(service))
+        if swap.health.ready:
+            rt.releases.step_back(service)
+            return self._done(started, DeployResult(service, "rollback", True, "rolled back", target, current, target, "done",
+                                                    f"{service} is back on release {target} ({swap.health.detail})"))  # fmt: skip
+        return self._done(started, DeployResult(service, "rollback", False, "failed", target, current, swap.serving, "verify",
+                                                f"release {target} {swap.health.detail}{swap.note}", swap.log_tail))  # fmt: skip
 
-        def done(result: DeployResult) -> DeployResult:
-            result.duration_s = round(time.monotonic() - started, 2)
-            record_history(self.settings, result)
-            return result
-
-        target = state.previous
-        if target is None or not releases.exists(service, target):
-            return done(DeployResult(service, "rollback", False, "rejected", target, current, current, "validate",
-                                     f"{service} has no previous release to return to"))
-        if running:
-            rt.stop(service)
-        self.say(f"starting {service} release {target}")
-        record = rt.start(service, target)
-        result = rt.wait_healthy(record, self.health_timeout(service))
-        if result.ready:
-            releases.step_back(service)
-            return done(DeployResult(service, "rollback", True, "rolled back", target, current, target, "done",
-                                     f"{service} is back on release {target} ({result.detail})"))
-        tail = rt.log_tail(service, 20, since=record.log_offset)
-        rt.stop(service)
-        serving, note = None, ""
-        if running:
-            back = rt.start(service, running.release)
-            again = rt.wait_healthy(back, self.health_timeout(service))
-            serving = running.release if again.ready else None
-            note = f"; release {running.release} restored" if serving else f"; restoring {running.release} failed: {again.detail}"
-            if not serving:
-                rt.stop(service)
-        return done(DeployResult(service, "rollback", False, "failed", target, current, serving, "verify",
-                                 f"release {target} {result.detail}{note}", tail))
+    def _done(self, started: float, result: DeployResult) -> DeployResult:
+        result.duration_s = round(time.monotonic() - started, 2)
+        result.runtime = self.runtime.name
+        record_history(self.settings, result)
+        return result
 
 
 # --- history -------------------------------------------------------------------------------------
@@ -236,6 +186,3 @@ def read_history(settings: Settings, service: str | None = None, limit: int = 50
         if service is None or entry.get("service") == service:
             entries.append(entry)
     return entries[-limit:]
-
-
-__all__ = ["Deployer", "DeployResult", "INSTALLED", "read_history", "source_root", "validate"]

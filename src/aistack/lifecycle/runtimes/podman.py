@@ -26,10 +26,10 @@ from pathlib import Path
 
 from aistack import health, services
 from aistack.config import Settings, resolve_env_file
-from aistack.lifecycle.deploy import DeployResult, Say, record_history, source_root, validate
 from aistack.health import Health
 from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import Releases
+from aistack.lifecycle.runtimes import BuildError, Say, Swap
 from aistack.services import get, installed_source_root
 from aistack.web import is_loopback
 
@@ -92,20 +92,43 @@ def wheelhouse(settings: Settings, pyproject: Path) -> Path:
     return target
 
 
-class PodmanDeployer:
+class PodmanRuntime:
+    name = "podman"
+
     def __init__(self, settings: Settings, say: Say = lambda _: None, base_image: str = DEFAULT_BASE_IMAGE):
         self.settings = settings
         self.say = say
         self.base_image = base_image
         self.releases = Releases(settings, "podman")
 
-    def health_timeout(self, service: str) -> float:
-        return get(service).start_timeout + self.settings.startup_timeout_seconds
+    def unavailable(self) -> str | None:
+        return None if shutil.which("podman") else "podman is not installed"
 
-    # --- build ------------------------------------------------------------------------------------
+    def problem(self, service: str) -> str | None:
+        return None  # the container network has its own ports
 
     def build(self, service: str, root: Path) -> str:
         """An image of `root`'s package for `service`, tagged with a new version."""
+        self.say(f"building the image of {service}")
+        try:
+            return self._build(service, root)
+        except (PodmanError, subprocess.TimeoutExpired) as exc:
+            raise BuildError(str(exc)) from None
+
+    def discard(self, service: str, version: str) -> None:
+        self.releases.remove(service, version)
+        podman("rmi", image_name(service, version), check=False)
+
+    def forget(self, service: str, versions: list[str]) -> None:
+        for version in versions:
+            podman("rmi", image_name(service, version), check=False)
+
+    def can_return_to(self, service: str, version: str) -> bool:
+        if version in ("none", "unlabelled"):  # nothing ran, or a container made elsewhere (compose)
+            return False
+        return podman("image", "exists", image_name(service, version), check=False).returncode == 0
+
+    def _build(self, service: str, root: Path) -> str:
         version = self.releases.build(service, root)  # the immutable source snapshot the image is made of
         snapshot = self.releases.dir(service, version)
         project = project_root(root)
@@ -202,9 +225,8 @@ class PodmanDeployer:
 
     # --- deploy / rollback ------------------------------------------------------------------------
 
-    def _swap(self, service: str, version: str, timeout: float) -> tuple[Health, str, str | None, float | None, str]:
-        """Back up the running container, start `version`, verify; on failure bring the backup back.
-        Returns (health of the new one, its last log lines, what serves now, restore seconds, note)."""
+    def swap(self, service: str, version: str, timeout: float) -> Swap:
+        """Back up the running container, start `version`, verify; on failure bring the backup back."""
         name, backup = container_name(service), container_name(service) + "-backup"
         previous = self.current(service)
         if exists(backup):  # a leftover of an interrupted deploy: the running container is newer
@@ -222,82 +244,17 @@ class PodmanDeployer:
         if result.ready:
             if exists(backup):
                 podman("rm", "-f", backup)
-            return result, "", version, None, ""
+            return Swap(result, serving=version)
         failed_at = time.monotonic()
         tail = self.logs(name) if exists(name) else ""
         podman("rm", "-f", name, check=False)
         if previous is None:
-            return result, tail, None, None, ""
+            return Swap(result, tail)
         self.say(f"restoring {backup} as {name}")
         podman("rename", backup, name)
         podman("start", name)
-        again = self.wait_healthy(service, self.health_timeout(service))
+        again = self.wait_healthy(service, self.settings.health_timeout(service))
         restore_s = round(time.monotonic() - failed_at, 2)
         if again.ready:
-            return result, tail, previous, restore_s, f"; release {previous} restored and healthy"
-        return result, tail, None, restore_s, f"; restoring release {previous} FAILED too: {again.detail}"
-
-    def deploy(self, service: str, source: Path | None = None, health_timeout: float | None = None) -> DeployResult:
-        started = time.monotonic()
-        previous = self.current(service) if shutil.which("podman") else None
-
-        def done(result: DeployResult) -> DeployResult:
-            result.duration_s = round(time.monotonic() - started, 2)
-            result.runtime = "podman"
-            record_history(self.settings, result)
-            return result
-
-        def rejected(stage: str, why: str) -> DeployResult:
-            return done(DeployResult(service, "deploy", False, "rejected", None, previous, previous, stage, why))
-
-        if not shutil.which("podman"):
-            return rejected("validate", "podman is not installed")
-        self.say(f"validating {service}")
-        try:
-            root = source_root(source)
-        except ValueError as exc:
-            return rejected("validate", str(exc))
-        problem = validate(service, root)
-        if problem:
-            return rejected("validate", problem)
-        self.say(f"building the image of {service}")
-        try:
-            version = self.build(service, root)
-        except (PodmanError, subprocess.TimeoutExpired) as exc:
-            return rejected("build", str(exc))
-        self.say(f"built {image_name(service, version)}")
-        result, tail, serving, restore_s, note = self._swap(service, version, health_timeout or self.health_timeout(service))
-        if result.ready:
-            for pruned in self.releases.promote(service, version, previous or "none"):
-                podman("rmi", image_name(service, pruned), check=False)
-            return done(DeployResult(service, "deploy", True, "deployed", version, previous, version, "done",
-                                     f"{service} {version} is healthy in {container_name(service)}"))
-        self.releases.remove(service, version)
-        podman("rmi", image_name(service, version), check=False)
-        hint = " — its port is taken" if "address already in use" in tail.lower() else ""
-        return done(DeployResult(service, "deploy", False, "rolled back" if serving else "failed", version, previous,
-                                 serving, "start" if result.state == "exited" else "verify",
-                                 f"release {version} {result.detail}{hint}{note}", tail, restore_s=restore_s))
-
-    def rollback(self, service: str) -> DeployResult:
-        started = time.monotonic()
-        current = self.current(service)
-        target = self.releases.state(service).previous
-
-        def done(result: DeployResult) -> DeployResult:
-            result.duration_s = round(time.monotonic() - started, 2)
-            result.runtime = "podman"
-            record_history(self.settings, result)
-            return result
-
-        image_ok = target not in (None, "none", "unlabelled") and podman("image", "exists", image_name(service, target), check=False).returncode == 0
-        if not image_ok:
-            return done(DeployResult(service, "rollback", False, "rejected", target, current, current, "validate",
-                                     f"{service} has no previous image to return to"))
-        result, tail, serving, _, note = self._swap(service, target, self.health_timeout(service))
-        if result.ready:
-            self.releases.step_back(service)
-            return done(DeployResult(service, "rollback", True, "rolled back", target, current, target, "done",
-                                     f"{service} is back on release {target}"))
-        return done(DeployResult(service, "rollback", False, "failed", target, current, serving, "verify",
-                                 f"release {target} {result.detail}{note}", tail))
+            return Swap(result, tail, previous, restore_s, f"; release {previous} restored and healthy")
+        return Swap(result, tail, None, restore_s, f"; restoring release {previous} FAILED too: {again.detail}")

@@ -27,6 +27,7 @@ from aistack.procgroup import group_exists, kill_group
 from aistack import health
 from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import INSTALLED, Releases
+from aistack.lifecycle.runtimes import Say, Swap
 from aistack.services import get
 
 
@@ -74,8 +75,9 @@ def port_in_use(host: str, port: int) -> bool:
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, say: Say = lambda _: None):
         self.settings = settings
+        self.say = say
         self.run_dir = settings.aistack_data_dir / "run"
         self.logs_dir = settings.logs_dir
         self.releases = Releases(settings, "process")
@@ -201,6 +203,58 @@ class ProcessRuntime:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    # --- the Runtime protocol (deploy / rollback) ----------------------------------------------------
+
+    def unavailable(self) -> str | None:
+        return None  # a process can always be started
+
+    def current(self, service: str) -> str | None:
+        record = self.running(service)
+        return record.release if record else self.releases.state(service).current
+
+    def problem(self, service: str) -> str | None:
+        if self.port_taken_by_other(service):
+            return f"port {self.settings.port(service)} is in use by another program; free it or change {get(service).setting_prefix}_PORT"
+        return None
+
+    def build(self, service: str, root: Path) -> str:
+        return self.releases.build(service, root)  # a release is a snapshot of the package
+
+    def swap(self, service: str, version: str, timeout: float) -> Swap:
+        """Stop what runs (its release stays on disk), start `version`; if it is not healthy in
+        time, stop it and start the release that ran before."""
+        running = self.running(service)
+        if running:
+            self.say(f"stopping {service} release {running.release}")
+            self.stop(service)
+        self.say(f"starting {service} release {version}")
+        record = self.start(service, version)
+        result = self.wait_healthy(record, timeout)
+        if result.ready:
+            return Swap(result, serving=version)
+        failed_at, tail = time.monotonic(), self.log_tail(service, 20, since=record.log_offset)
+        self.say(f"release {version} failed: {result.detail}; bringing back what ran")
+        self.stop(service)
+        if running is None:
+            return Swap(result, tail)
+        again = self.wait_healthy(self.start(service, running.release), self.settings.health_timeout(service))
+        restore_s = round(time.monotonic() - failed_at, 2)
+        if again.ready:
+            return Swap(result, tail, running.release, restore_s, f"; release {running.release} restored and healthy")
+        self.stop(service)
+        return Swap(result, tail, None, restore_s, f"; restoring release {running.release} FAILED too: {again.detail}")
+
+    def discard(self, service: str, version: str) -> None:
+        self.releases.remove(service, version)
+
+    def forget(self, service: str, versions: list[str]) -> None:
+        return None  # pruned snapshots are removed by Releases itself
+
+    def can_return_to(self, service: str, version: str) -> bool:
+        return self.releases.exists(service, version)
+
+    # --- ports --------------------------------------------------------------------------------------
 
     def port_taken_by_other(self, service: str) -> bool:
         """The service's port is in use but not by its recorded process."""

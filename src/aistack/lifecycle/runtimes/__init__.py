@@ -1,0 +1,66 @@
+"""Where a service's releases run: a process of its own (`process.py`) or a podman container
+(`podman.py`). The one deploy algorithm (`lifecycle/deploy.py`) drives either through `Runtime`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aistack.health import Health
+from aistack.lifecycle.releases import Releases
+
+Say = Callable[[str], None]
+
+
+class BuildError(Exception):
+    """A release could not be built; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Swap:
+    """How bringing a release up went."""
+
+    health: Health  # of the release brought up
+    log_tail: str = ""  # its last log lines, when it failed
+    serving: str | None = None  # what serves afterwards: that release, the one restored, or nothing
+    restore_s: float | None = None  # failed check → the previous release healthy again
+    note: str = ""  # what became of the previous release after a failure
+
+
+class Runtime(Protocol):
+    name: str
+    releases: Releases
+
+    def unavailable(self) -> str | None:
+        """Why this runtime cannot deploy on this machine, or None."""
+        ...
+
+    def current(self, service: str) -> str | None:
+        """The release that serves now (None: nothing runs)."""
+        ...
+
+    def problem(self, service: str) -> str | None:
+        """Why `service` cannot be started here now (its port is someone else's), or None."""
+        ...
+
+    def build(self, service: str, root: Path) -> str:
+        """A new immutable release of the package at `root`; its version. Raises BuildError."""
+        ...
+
+    def swap(self, service: str, version: str, timeout: float) -> Swap:
+        """Back up what runs, start `version` and check its health; on failure bring back what ran."""
+        ...
+
+    def discard(self, service: str, version: str) -> None:
+        """Remove a release that failed."""
+        ...
+
+    def forget(self, service: str, versions: list[str]) -> None:
+        """Remove what is left of releases the history no longer keeps (images)."""
+        ...
+
+    def can_return_to(self, service: str, version: str) -> bool:
+        """Whether a rollback to `version` has something to start."""
+        ...
