@@ -7,9 +7,10 @@ setup:
 demo: setup
 	.venv/bin/aistack demo
 
+# AISTACK_TESTS_REQUIRE_ALL: a suite whose dependency is missing fails here instead of skipping.
 test:
 	./scripts/setup.sh --test
-	.venv/bin/pytest -ra
+	AISTACK_TESTS_REQUIRE_ALL=1 .venv/bin/pytest -ra
 
 # The fast benchmarks (the loop and the API, under 3 minutes), each figure beside its same-run anchor.
 bench:

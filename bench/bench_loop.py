@@ -10,6 +10,10 @@ iteration and its events. Wall time = the task's start to finish, divided by N.
 Anchor, same run: a `sh` loop in a fresh repository doing the same work per iteration (the same
 agent script, `git add -A`, `git commit`, the same check through `sh -c`), and nothing else.
 Target: aistack ≤ 2× the anchor, and ≤ 40 ms per iteration.
+
+Stop: a task whose agent sleeps (with a helper of its own in the background) is stopped mid
+iteration; the figure is the time from `POST /stop` to the task `stopped` with the agent's whole
+process group gone. Target: ≤ 2 s.
 """
 
 from __future__ import annotations
@@ -61,6 +65,42 @@ def aistack_loop(tmp: Path, iterations: int) -> dict:
     }
 
 
+def stop_latency(tmp: Path, runs: int = 3) -> list[float]:
+    """Seconds from POST /stop until the task is `stopped` and the agent's helper has died."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    pidfile = tmp / "helper.pid"
+    agent = tmp / "sleeper.sh"
+    agent.write_text(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n')
+    agent.chmod(0o755)
+    new_repo(tmp / "ws" / "stop")
+    proc, url = start_ralph(tmp, RALPH_COMMAND_BACKEND=str(agent))
+    took = []
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for _ in range(runs):
+                pidfile.unlink(missing_ok=True)
+                task_id = c.post("/tasks", json={"prompt": "sleep", "backend": "command", "workspace": "stop"}).json()["task_id"]
+                while not (pidfile.exists() and pidfile.read_text().strip()):
+                    time.sleep(0.01)
+                helper = int(pidfile.read_text())
+                t0 = time.monotonic()
+                c.post(f"/tasks/{task_id}/stop")
+                while c.get(f"/tasks/{task_id}").json()["status"] != "stopped" or _alive(helper):
+                    time.sleep(0.005)
+                took.append(time.monotonic() - t0)
+    finally:
+        stop(proc)
+    return took
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (dead, waiting for init to reap it: slow in some sandboxes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def shell_loop(tmp: Path, iterations: int) -> float:
     """Milliseconds per iteration of the same work done by a plain shell loop."""
     repo = new_repo(tmp / "plain")
@@ -88,6 +128,7 @@ def main() -> None:
         plain = shell_loop(tmp, args.iterations)
         loop = aistack_loop(tmp, args.iterations)
         plain = min(plain, shell_loop(tmp / "again", args.iterations))  # best of two: the anchor's floor
+        stops = stop_latency(tmp / "stop")
     ratio = loop["ms"] / plain
     print(f"loop benchmark, {commit_line()}")
     print(f"  aistack loop      {loop['ms']:6.1f} ms/iteration  (p50 {loop['p50']:.1f}, p99 {loop['p99']:.1f} ms recorded; "
@@ -95,6 +136,8 @@ def main() -> None:
     print(f"  plain shell loop  {plain:6.1f} ms/iteration  (anchor)")
     print(f"  ratio             {ratio:6.2f}×  {verdict(ratio, 2.0, higher_is_better=False)}; "
           f"absolute {'met' if loop['ms'] <= 40 else 'NOT met'} (target ≤ 40 ms)")
+    print(f"  stop mid-iteration {statistics.median(stops):5.2f} s median of {len(stops)} (max {max(stops):.2f} s) to "
+          f"`stopped` and the helper dead; {'met' if max(stops) <= 2 else 'NOT met'} (target ≤ 2 s)")
 
 
 if __name__ == "__main__":

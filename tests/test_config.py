@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 
 import pytest
+
+from aistack import config
 
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, load_settings, resolve_host
 from aistack.paths import PathNotAllowed, confine
@@ -47,10 +50,24 @@ def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, w
     assert "\n" not in message and line.split("=")[0] in message and words in message
 
 
-def test_container_names_fall_back_to_loopback_only_when_unresolvable():
-    assert resolve_host("llama-cpp") == "127.0.0.1"  # no container network here
+def test_container_names_fall_back_to_loopback_only_when_unresolvable(monkeypatch):
+    """No DNS is asked: the resolver is the test's, so the answer does not depend on the machine."""
+    networked: set[str] = set()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in networked:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.88.0.5", 0))]
+
+    monkeypatch.setattr(config.socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(config, "_RESOLVED", set())
+    assert resolve_host("llama-cpp") == "127.0.0.1"  # no container network
     assert resolve_host("gpu-box.internal") == "gpu-box.internal"  # anything else is kept as given
     assert load_settings(None).url("aider-wrapper") == "http://127.0.0.1:8099"
+    networked.add("aider-wrapper")  # on a container network the name is kept, and remembered
+    assert load_settings(None).url("aider-wrapper") == "http://aider-wrapper:8099"
+    networked.clear()
+    assert resolve_host("aider-wrapper") == "aider-wrapper"
 
 
 def test_confine(tmp_path):

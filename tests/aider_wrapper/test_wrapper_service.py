@@ -3,7 +3,6 @@ health, request validation and confinement, aider missing, and the LLM being dow
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -29,15 +28,13 @@ def test_health_reports_aider_and_an_unreachable_llm(stack_env, wrapper) -> None
 
 def test_llm_down_is_a_quick_transient_error(stack_env, wrapper) -> None:
     repo = make_git_repo(stack_env.workspace_root / "repo")
-    started = time.monotonic()
     resp = httpx.post(wrapper.url + "/api/execute", json={"prompt": "Create a.py", "workspace": "repo"}, timeout=120)
-    elapsed = time.monotonic() - started
     assert resp.status_code == 200
     result = check_result(resp.json())
     assert result.status == "error" and result.transient is True and result.completed is False
+    # the wrapper's own probe said so, before aider ran (its speed: bench_aider_wrapper)
     assert "not reachable" in result.error and stack_env.values["LLAMA_CPP_PORT"] in result.error
     assert result.files_modified == []
-    assert elapsed < 10  # not aider's minute of retries
     assert git(repo, "status", "--porcelain", "--ignored") == ""
 
     # The orchestrator's task worktrees live under the data dir: allowed too.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from support import StackEnv
-
 import os
 import time
 from pathlib import Path
 
+import httpx
+
 from aistack.contracts import ExecuteResult, WrapperHealth
+from support import StackEnv
 
 HEALTH_FIELDS = {"status": str, "version": str, "aider_available": bool, "workspace": str, "llama_cpp_url": str, "llm_reachable": bool, "uptime_seconds": float}
 RESULT_FIELDS = {
@@ -49,6 +50,15 @@ def processes_in(cwd: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def llm_busy(llama: StackEnv) -> bool:
+    """llama-server is working on a request (a slot is processing): aider is in its LLM call."""
+    try:
+        slots = httpx.get(llama.url("llama-cpp") + "/slots", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return any(isinstance(slot, dict) and slot.get("is_processing") for slot in slots)
 
 
 def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, ServiceProcess, StackEnv, make_git_repo
+from support import REPO_ROOT, ServiceProcess, StackEnv, make_git_repo, missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,8 +34,11 @@ def browser():
     # Module scope: Playwright's sync API keeps an event loop running on this thread while it is
     # open, which would break later tests that call asyncio.run().
     if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --test installs it)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
+        missing("Debian's chromium is not installed (scripts/setup.sh --test installs it)")
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError:
+        missing("playwright is not installed (pip install -e '.[test]')")
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield browser

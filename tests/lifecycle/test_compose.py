@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import REPO_ROOT, StackEnv, free_port
+from support import REPO_ROOT, StackEnv, free_port, missing
 
-pytestmark = [pytest.mark.podman, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
+pytestmark = [pytest.mark.podman, pytest.mark.e2e, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
 
 CONF = REPO_ROOT / "deploy" / "podman" / "containers.conf"
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"
@@ -53,14 +53,14 @@ def fill_wheels(cache: Path) -> None:
 @pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
     if not shutil.which("podman") or not PODMAN_COMPOSE.exists() or not AIDER_PIP.exists():
-        pytest.skip("needs podman, podman-compose (pip) and .venv/aider")
+        missing("needs podman, podman-compose (pip) and .venv/aider (scripts/setup.sh --test)")
     os.environ.setdefault("CONTAINERS_CONF", str(CONF))
     existing = run("podman", "ps", "-a", "--format", "{{.Names}}").stdout.split()
     if any(name.startswith("local-ai-") for name in existing):
-        pytest.skip("containers of a local-ai stack exist already; not touching them")
+        missing("containers of a local-ai stack exist already; not touching them")
     base = run(str(REPO_ROOT / "deploy/podman/base-image.sh"))
     if base.returncode != 0:
-        pytest.skip(f"no base image: {base.stderr.strip()[-300:]}")
+        missing(f"no base image: {base.stderr.strip()[-300:]}")
 
     root = tmp_path_factory.mktemp("compose")
     env = StackEnv(root)

@@ -16,7 +16,7 @@ import pytest
 
 from aistack.services import installed_source_root
 from lifecycle_support import aistack
-from support import REPO_ROOT, new_stack_env
+from support import REPO_ROOT, new_stack_env, missing
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
 
@@ -33,13 +33,13 @@ def podman(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     if not shutil.which("podman"):
-        pytest.skip("podman is not installed")
+        missing("podman is not installed (scripts/setup.sh --test installs it)")
     os.environ.setdefault("CONTAINERS_CONF", str(CONF))
     if podman("container", "exists", NAME).returncode == 0:
-        pytest.skip(f"a container {NAME} exists already; not touching it")
+        missing(f"a container {NAME} exists already; not touching it")
     build = subprocess.run([str(REPO_ROOT / "deploy/podman/base-image.sh")], capture_output=True, text=True, timeout=900)
     if build.returncode != 0:
-        pytest.skip(f"no base image: {build.stderr.strip()[-300:]}")
+        missing(f"no base image: {build.stderr.strip()[-300:]}")
     env = new_stack_env(tmp_path_factory.mktemp("podman"))
     env.set(RALPH_WIGGUM_API_KEY="test-key", STARTUP_TIMEOUT_SECONDS=3)
     yield env
@@ -123,7 +123,7 @@ def serve(app, host, port, log_level="info"):
     assert "/health not ready after 8 s (last: HTTP 503 (starting))" in result.stderr and "restored and healthy" in result.stderr
     assert serving(stack) == first
     entry = json.loads((stack.data_dir / "deploys.jsonl").read_text().splitlines()[-1])
-    assert entry["runtime"] == "podman" and entry["restore_s"] < 15
+    assert entry["runtime"] == "podman" and entry["restore_s"] is not None  # its figure: bench_lifecycle
 
 
 def test_taken_port_restores_the_backup_container(stack, first, tmp_path):

