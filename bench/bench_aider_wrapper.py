@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from benchlib import free_port
 
 TASKS = {
@@ -35,8 +36,6 @@ TASKS = {
         "import greet; assert greet.greet('Bob') == 'Hi Bob'",
     ),
 }
-
-
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -103,9 +102,10 @@ def main() -> None:
                     body = {"prompt": prompt, "workspace": repo.name, "files": edit}
                     result = httpx.post(wrapper + "/api/execute", json=body, timeout=900).json()
                     wall = time.monotonic() - started
-                    ok = result["status"] == "success" and subprocess.run(
-                        [sys.executable, "-B", "-c", check], cwd=repo, capture_output=True
-                    ).returncode == 0
+                    ok = (
+                        result["status"] == "success"
+                        and subprocess.run([sys.executable, "-B", "-c", check], cwd=repo, capture_output=True).returncode == 0
+                    )
                     print(f"| {name} | {'yes' if ok else 'no'} | {result['duration_seconds']:.1f} | {wall:.1f} | "
                           f"{result['tokens']['prompt']} | {result['tokens']['completion']} |", flush=True)  # fmt: skip
         finally:

@@ -43,8 +43,10 @@ def main() -> None:
     print(f"API benchmark, {args.clients} connections, {args.seconds} s each, {commit_line()}")
     for name, (ours, anchor) in runs.items():
         for who, r in (("ralph", ours), ("bare ", anchor)):
-            print(f"  {who} {name:16s} {r['per_second']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
-                  f"  ({r['errors']} non-2xx)")
+            print(
+                f"  {who} {name:16s} {r['per_second']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
+                f"  ({r['errors']} non-2xx)"
+            )
     get, post = runs["GET /tasks/{id}"], runs["POST /tasks"]
     rate = get[0]["per_second"] / get[1]["per_second"]
     p99 = get[0]["p99_ms"] / get[1]["p99_ms"]

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from benchlib import clean_environ, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +41,6 @@ def serve(app, host, port, log_level="info"):
 
     _real_serve(app, host, port, log_level)
 """
-
-
 
 
 def write_env(root: Path, model: str) -> Path:
@@ -104,7 +103,7 @@ def main() -> None:
         root = Path(tmp)
         env_file = write_env(root, args.model)
         try:
-            for i in range(args.runs):
+            for _ in range(args.runs):
                 took, proc = run(env_file, "up")
                 ups.append(must("up", (took, proc)))
                 up_table = proc.stdout  # per service: how long until its /health said 200
@@ -116,8 +115,11 @@ def main() -> None:
                 must("rollback", run(env_file, "rollback", "ralph-wiggum"))
                 rollbacks.append(last_deploy(env_file)["duration_s"])
                 sick = source_copy(root / f"sick{i}", SICK_HEALTH)
-                must("failing deploy", run(env_file, "deploy", "ralph-wiggum", "--source", str(sick),
-                                           "--health-timeout", args.health_timeout), ok=False)
+                must(
+                    "failing deploy",
+                    run(env_file, "deploy", "ralph-wiggum", "--source", str(sick), "--health-timeout", args.health_timeout),
+                    ok=False,
+                )
                 entry = last_deploy(env_file)
                 restores.append(entry["restore_s"])
                 failed_total.append(entry["duration_s"])
@@ -155,8 +157,11 @@ def bench_podman(env_file: Path, root: Path, args) -> list[str]:
                 must("podman rollback", run(env_file, "rollback", "ralph-wiggum", *podman))
                 rollbacks.append(last_deploy(env_file)["duration_s"])
             sick = source_copy(root / f"psick{i}", SICK_HEALTH)
-            must("podman failing deploy", run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(sick),
-                                              "--health-timeout", args.health_timeout), ok=False)
+            must(
+                "podman failing deploy",
+                run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(sick), "--health-timeout", args.health_timeout),
+                ok=False,
+            )
             restores.append(last_deploy(env_file)["restore_s"])
     finally:
         for name in ("local-ai-ralph-wiggum", "local-ai-ralph-wiggum-backup"):  # one at a time: a missing one fails the call

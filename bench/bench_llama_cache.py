@@ -37,8 +37,8 @@ import httpx
 from aistack.config import Settings
 from aistack.llama_cpp.engine import ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model
-from aistack.procgroup import die_with_parent
 from aistack.llama_cpp.server import server_command
+from aistack.procgroup import die_with_parent
 from benchlib import free_port
 
 SYSTEM = (
@@ -134,7 +134,8 @@ def sequence(server: Server, prefix_lines: int) -> list[Call]:
     call, reply = server.chat("next", msgs)
     calls.append(call)
     msgs += [{"role": "assistant", "content": reply},
-             {"role": "user", "content": "# Fix any errors below, if possible.\n\nsrc/pkg/module_0.py:3:1: F821 undefined name 'Request'"}]  # fmt: skip
+             {"role": "user", "content": "# Fix any errors below, if possible.\n\n"
+                                         "src/pkg/module_0.py:3:1: F821 undefined name 'Request'"}]  # fmt: skip
     calls.append(server.chat("reflection", msgs)[0])
     history = "\n".join(f"# USER\nPlease change handler_{i}.\n# ASSISTANT\nDone, handler_{i} now checks its limit." for i in range(40))
     calls.append(server.chat("other", [{"role": "system", "content": SUMMARIZER}, {"role": "user", "content": history}])[0])
@@ -146,8 +147,6 @@ def sequence(server: Server, prefix_lines: int) -> list[Call]:
     removed = [head[0], {"role": "user", "content": repo_map(prefix_lines, removed_line=middle)}, head[2]]
     calls.append(server.chat("removed", removed + ask)[0])
     return calls
-
-
 
 
 def main() -> None:

@@ -131,13 +131,19 @@ def main() -> None:
         stops = stop_latency(tmp / "stop")
     ratio = loop["ms"] / plain
     print(f"loop benchmark, {commit_line()}")
-    print(f"  aistack loop      {loop['ms']:6.1f} ms/iteration  (p50 {loop['p50']:.1f}, p99 {loop['p99']:.1f} ms recorded; "
-          f"{loop['iterations']} iterations, {loop['checkpoints']} checkpoints, {loop['status']})")
+    print(
+        f"  aistack loop      {loop['ms']:6.1f} ms/iteration  (p50 {loop['p50']:.1f}, p99 {loop['p99']:.1f} ms recorded; "
+        f"{loop['iterations']} iterations, {loop['checkpoints']} checkpoints, {loop['status']})"
+    )
     print(f"  plain shell loop  {plain:6.1f} ms/iteration  (anchor)")
-    print(f"  ratio             {ratio:6.2f}×  {verdict(ratio, 2.0, higher_is_better=False)}; "
-          f"absolute {'met' if loop['ms'] <= 40 else 'NOT met'} (target ≤ 40 ms)")
-    print(f"  stop mid-iteration {statistics.median(stops):5.2f} s median of {len(stops)} (max {max(stops):.2f} s) to "
-          f"`stopped` and the helper dead; {'met' if max(stops) <= 2 else 'NOT met'} (target ≤ 2 s)")
+    print(
+        f"  ratio             {ratio:6.2f}×  {verdict(ratio, 2.0, higher_is_better=False)}; "
+        f"absolute {'met' if loop['ms'] <= 40 else 'NOT met'} (target ≤ 40 ms)"
+    )
+    print(
+        f"  stop mid-iteration {statistics.median(stops):5.2f} s median of {len(stops)} (max {max(stops):.2f} s) to "
+        f"`stopped` and the helper dead; {'met' if max(stops) <= 2 else 'NOT met'} (target ≤ 2 s)"
+    )
 
 
 if __name__ == "__main__":

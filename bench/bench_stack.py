@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import httpx
-from benchlib import clean_environ, free_port, wait_ready
+
+from benchlib import clean_environ, free_port, new_repo, wait_ready
 
 COUNTERS = ("prompt_tokens_total", "prompt_seconds_total", "tokens_predicted_total", "tokens_predicted_seconds_total")
-
-
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -47,10 +46,9 @@ def delta(after: dict, before: dict) -> dict:
 
 
 def start(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "aistack", "serve", name], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
+    return subprocess.Popen(
+        [sys.executable, "-m", "aistack", "serve", name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def direct_generation(llm: str, prompt_tokens: int) -> float:
@@ -58,8 +56,10 @@ def direct_generation(llm: str, prompt_tokens: int) -> float:
     filler = "def f(x):\n    return x\n" * max(1, prompt_tokens // 10)
     body = {
         "model": "local-coder",
-        "messages": [{"role": "system", "content": "You are a coding assistant."},
-                     {"role": "user", "content": filler + "\nWrite a Python function that reverses a string, with a docstring."}],
+        "messages": [
+            {"role": "system", "content": "You are a coding assistant."},
+            {"role": "user", "content": filler + "\nWrite a Python function that reverses a string, with a docstring."},
+        ],
         "max_tokens": 200,
         "temperature": 0,
     }
@@ -75,18 +75,21 @@ def main() -> None:
         tmp = Path(d)
         ports = {s: free_port() for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM")}
         values = {
-            "AISTACK_DATA_DIR": tmp / "data", "WORKSPACE_ROOT": tmp / "ws", "LLAMA_CPP_MODEL": args.model,
-            "LLAMA_CPP_HOST": "127.0.0.1", "AIDER_WRAPPER_HOST": "127.0.0.1", "RALPH_WIGGUM_HOST": "127.0.0.1",
-            "STARTUP_DEPENDENCY_CHECK": "false", "LOG_LEVEL": "warning",
+            "AISTACK_DATA_DIR": tmp / "data",
+            "WORKSPACE_ROOT": tmp / "ws",
+            "LLAMA_CPP_MODEL": args.model,
+            "LLAMA_CPP_HOST": "127.0.0.1",
+            "AIDER_WRAPPER_HOST": "127.0.0.1",
+            "RALPH_WIGGUM_HOST": "127.0.0.1",
+            "STARTUP_DEPENDENCY_CHECK": "false",
+            "LOG_LEVEL": "warning",
             **{f"{s}_PORT": p for s, p in ports.items()},
         }
         (tmp / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         env = clean_environ()
         env["AISTACK_ENV_FILE"] = str(tmp / ".env")
         repo = tmp / "ws" / "demo"
-        repo.mkdir(parents=True)
-        for cmd in (["init", "-q", "-b", "main"], ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "--allow-empty", "-m", "init"]):
-            subprocess.run(["git", *cmd], cwd=repo, check=True)
+        new_repo(repo)
         llm, wrapper, ralph = (f"http://127.0.0.1:{ports[s]}" for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM"))
         procs = [start("llama-cpp", env, tmp / "llama.log")]
         try:
@@ -96,12 +99,21 @@ def main() -> None:
             wait_ready(wrapper, 60)
             wait_ready(ralph, 60)
             marker = tmp / "first-check-done"
-            check = (f"if [ -f {marker} ]; then python3 -c \"import hello; assert hello.hello() == 'hello'\"; "
-                     f"else touch {marker}; echo 'first check fails on purpose'; exit 1; fi")
+            check = (
+                f"if [ -f {marker} ]; then python3 -c \"import hello; assert hello.hello() == 'hello'\"; "
+                f"else touch {marker}; echo 'first check fails on purpose'; exit 1; fi"
+            )
             c = httpx.Client(base_url=ralph, timeout=30)
-            task_id = c.post("/tasks", json={"prompt": "Create hello.py with a function hello() that returns 'hello'",
-                                             "workspace": "demo", "check_command": check, "max_iterations": 3,
-                                             "require_approval": True}).json()["task_id"]
+            task_id = c.post(
+                "/tasks",
+                json={
+                    "prompt": "Create hello.py with a function hello() that returns 'hello'",
+                    "workspace": "demo",
+                    "check_command": check,
+                    "max_iterations": 3,
+                    "require_approval": True,
+                },
+            ).json()["task_id"]
             per_iteration = []
             while True:
                 task = c.get(f"/tasks/{task_id}").json()
@@ -117,11 +129,13 @@ def main() -> None:
                 time.sleep(0.3)
             iterations = c.get(f"/tasks/{task_id}/iterations").json()
             print(f"task {task['status']} after {task['iteration']} iterations ({args.model})")
-            for it, m in zip(iterations, per_iteration):
+            for it, m in zip(iterations, per_iteration, strict=True):
                 pp = m["prompt_seconds_total"]
-                print(f"  iteration {it['number']}: {it['duration_seconds']:.1f} s wall, tokens {it['tokens']['prompt']}+"
-                      f"{it['tokens']['completion']} (aider), llama-server processed {m['prompt_tokens_total']:.0f} prompt tokens "
-                      f"in {pp:.2f} s, generated {m['tokens_predicted_total']:.0f} in {m['tokens_predicted_seconds_total']:.2f} s")
+                print(
+                    f"  iteration {it['number']}: {it['duration_seconds']:.1f} s wall, tokens {it['tokens']['prompt']}+"
+                    f"{it['tokens']['completion']} (aider), llama-server processed {m['prompt_tokens_total']:.0f} prompt tokens "
+                    f"in {pp:.2f} s, generated {m['tokens_predicted_total']:.0f} in {m['tokens_predicted_seconds_total']:.2f} s"
+                )
             if len(per_iteration) >= 2 and per_iteration[0]["prompt_seconds_total"] > 0:
                 ratio = per_iteration[1]["prompt_seconds_total"] / per_iteration[0]["prompt_seconds_total"]
                 print(f"prompt processing, iteration 2 / iteration 1: {ratio:.2f} (target ≤ 0.3)")
@@ -130,8 +144,10 @@ def main() -> None:
             stack_tps = gen_tokens / gen_seconds if gen_seconds else 0.0
             prompt_len = int(max(it["tokens"]["prompt"] for it in iterations)) if iterations else 1000
             direct_tps = direct_generation(llm, prompt_len)
-            print(f"generation: through the stack {stack_tps:.1f} tok/s, direct {direct_tps:.1f} tok/s "
-                  f"(ratio {stack_tps / direct_tps:.2f}, target ≥ 0.97)")
+            print(
+                f"generation: through the stack {stack_tps:.1f} tok/s, direct {direct_tps:.1f} tok/s "
+                f"(ratio {stack_tps / direct_tps:.2f}, target ≥ 0.97)"
+            )
         finally:
             for p in reversed(procs):
                 p.terminate()

@@ -115,10 +115,7 @@ def hammer(url: str, path: str, clients: int, seconds: int, body: dict | None = 
     cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", url + path]
     if body is not None:
         script = Path(tempfile.mkdtemp()) / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [[{json.dumps(body)}]]\n"
-        )
+        script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{json.dumps(body)}]]\n')
         cmd[1:1] = ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
@@ -145,5 +142,7 @@ def commit_line() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
     load = os.getloadavg()[0]
-    return f"commit {head or '?'}{' (with uncommitted changes)' if dirty.strip() else ''}, {time.strftime('%Y-%m-%d')}, " \
-           f"{os.cpu_count()} CPUs, load {load:.1f}"
+    return (
+        f"commit {head or '?'}{' (with uncommitted changes)' if dirty.strip() else ''}, {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} CPUs, load {load:.1f}"
+    )

@@ -7,7 +7,6 @@ import socket
 import pytest
 
 from aistack import config
-
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, load_settings, resolve_host
 from aistack.paths import PathNotAllowed, confine
 

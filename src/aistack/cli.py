@@ -15,8 +15,8 @@ import typer
 from rich.table import Table
 
 from aistack import __version__, demo
-from aistack.files import atomic_write
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, effective_items, env_template, resolve_env_file
+from aistack.files import atomic_write
 from aistack.lifecycle import cli as lifecycle_cli
 from aistack.llama_cpp import cli as llama_cli
 from aistack.ralph_wiggum import cli as ralph_cli

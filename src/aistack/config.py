@@ -23,7 +23,6 @@ from aistack.contracts import MOST_ITERATIONS, IterationLimits
 ENV_FILE_VARIABLE = "AISTACK_ENV_FILE"
 
 
-
 def _xdg(var: str, fallback: str) -> Path:
     base = os.environ.get(var)
     return Path(base) if base else Path.home() / fallback
@@ -70,9 +69,7 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$", description="debug, info, warning or error.")
     startup_dependency_check: bool = Field(default=True, description="Check a service's dependencies before it serves.")
     startup_timeout_seconds: int = Field(default=30, ge=1, le=3600, description="How long the pre-flight checks wait.")
-    startup_fail_fast: bool = Field(
-        default=True, description="Exit when a dependency stays unreachable (false: serve degraded)."
-    )
+    startup_fail_fast: bool = Field(default=True, description="Exit when a dependency stays unreachable (false: serve degraded).")
 
     # --- llama-cpp ----------------------------------------------------------------------------
     llama_cpp_host: str = Field(default="llama-cpp", min_length=1, description="Host clients use to reach llama-cpp.")
@@ -245,11 +242,13 @@ def allowed(name: str) -> str:
     field = Settings.model_fields.get(name)
     if field is None:
         return "unknown setting"
-    lo = hi = pattern = None
+    lo: int | None = None
+    hi: int | None = None
+    pattern: str | None = None
     for meta in field.metadata:
-        lo = getattr(meta, "ge", lo) if getattr(meta, "ge", None) is not None else lo
-        hi = getattr(meta, "le", hi) if getattr(meta, "le", None) is not None else hi
-        pattern = getattr(meta, "pattern", pattern) or pattern
+        lo = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else lo
+        hi = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else hi
+        pattern = getattr(meta, "pattern", None) or pattern
     annotation = field.annotation
     if annotation is bool:
         return "allowed: true or false"

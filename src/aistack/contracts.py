@@ -28,9 +28,7 @@ class TaskStatus(str, Enum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {TaskStatus.completed, TaskStatus.exhausted, TaskStatus.failed, TaskStatus.stopped, TaskStatus.rejected}
-)
+TERMINAL_STATUSES = frozenset({TaskStatus.completed, TaskStatus.exhausted, TaskStatus.failed, TaskStatus.stopped, TaskStatus.rejected})
 
 
 class Complexity(str, Enum):
@@ -61,9 +59,7 @@ class TaskCreate(BaseModel):
     completion_promise: str | None = Field(
         default=None, max_length=1_000, description="Done when the reply ends with <promise>TEXT</promise>."
     )
-    context: dict[str, Any] = Field(
-        default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider."
-    )
+    context: dict[str, Any] = Field(default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider.")
 
 
 class TaskAccepted(BaseModel):

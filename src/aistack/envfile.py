@@ -14,12 +14,13 @@ import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 from pydantic import ValidationError
 
-from aistack.files import atomic_write
 from aistack.config import Settings, allowed
+from aistack.files import atomic_write
 
 # `KEY=...` or `export KEY=...`, and the commented-out form the template writes (`# KEY=...`).
 _ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -102,7 +103,7 @@ def render(text: str, updates: Mapping[str, str | None]) -> str:
 def validate(text: str) -> Settings:
     """The `Settings` the file text gives, or `EnvFileError` naming the first bad variable.
     Only the stack's own variables are checked; unknown ones are kept but ignored, as at start-up."""
-    values = {key.lower(): value for key, value in parse(text).items() if key.lower() in Settings.model_fields}
+    values: dict[str, Any] = {key.lower(): value for key, value in parse(text).items() if key.lower() in Settings.model_fields}
     try:
         # Values passed in win over real environment variables, so this validates the file itself.
         return Settings(_env_file=None, **values)

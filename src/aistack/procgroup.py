@@ -12,9 +12,10 @@ import ctypes
 import os
 import signal
 import subprocess
+from asyncio.subprocess import SubprocessStreamProtocol
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from asyncio.subprocess import SubprocessStreamProtocol
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 STREAM_LIMIT = 2**16  # asyncio's default line limit for the child's output streams
@@ -38,17 +39,19 @@ class _ExitProtocol(SubprocessStreamProtocol):
 class GroupProcess(asyncio.subprocess.Process):
     """A child leading its own session (process group), so the group can be ended as a whole."""
 
+    def __init__(self, transport: asyncio.SubprocessTransport, protocol: _ExitProtocol, loop: asyncio.AbstractEventLoop):
+        super().__init__(transport, protocol, loop)
+        self._exit = protocol.exit
+
     async def exited(self) -> None:
         """Until the process itself has exited: learnt from asyncio's child watcher, no polling."""
-        await asyncio.shield(self._protocol.exit)
+        await asyncio.shield(self._exit)
 
 
-async def start_in_group(program: str, *args: str, **kwargs) -> GroupProcess:
+async def start_in_group(program: str, *args: str, **kwargs: Any) -> GroupProcess:
     """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone."""
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(
-        lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs
-    )
+    transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs)
     return GroupProcess(transport, protocol, loop)
 
 
@@ -96,7 +99,7 @@ def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] 
 
 
 @contextmanager
-def output_of(cmd: list[str]) -> Iterator[subprocess.Popen]:
+def output_of(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
     """A child whose merged output is read line by line as text. If reading stops early (an
     error, Ctrl-C, SIGTERM during set-up) the child is killed before its files are cleaned up."""
     proc = subprocess.Popen(
@@ -110,8 +113,8 @@ def output_of(cmd: list[str]) -> Iterator[subprocess.Popen]:
         raise
     finally:
         proc.wait()
-        proc.stdout.close()
-
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def describe_exit(code: int) -> str:

@@ -32,9 +32,7 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to listen beyond this machine without an API key."""
     if not is_loopback(host) and not api_key:
-        raise ConfigError(
-            f"invalid setting AISTACK_BIND_ADDRESS={host!r}: binding beyond loopback needs RALPH_WIGGUM_API_KEY set"
-        )
+        raise ConfigError(f"invalid setting AISTACK_BIND_ADDRESS={host!r}: binding beyond loopback needs RALPH_WIGGUM_API_KEY set")
 
 
 def _field_of(loc: tuple) -> str:

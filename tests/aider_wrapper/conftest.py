@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from wrapper_support import CODER, SMOL
 
 from support import ServiceProcess, StackEnv, new_stack_env
-from wrapper_support import CODER, SMOL
+
 
 def _llama(tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]) -> Iterator[StackEnv]:
     env = new_stack_env(tmp_path_factory.mktemp("llama")).set(**values)

@@ -14,8 +14,7 @@ LOADING = "litellm.ServiceUnavailableError: ServiceUnavailableError: OpenAIExcep
 NOT_FOUND = "litellm.NotFoundError: NotFoundError: OpenAIException - File Not Found"
 # A prompt larger than the slot's context.
 TOO_BIG = (
-    "litellm.BadRequestError: OpenAIException - request (74813 tokens) exceeds the available context size "
-    "(8192 tokens), try increasing it"
+    "litellm.BadRequestError: OpenAIException - request (74813 tokens) exceeds the available context size (8192 tokens), try increasing it"
 )
 TIMEOUT = "litellm.Timeout: APITimeoutError - Request timed out. Error_str: Request timed out."
 TOKEN_LIMIT = "Model openai/local-coder has hit a token limit!"

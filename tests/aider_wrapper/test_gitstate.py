@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aistack.gitcli import GitError
 from aistack.aider_wrapper import gitstate
+from aistack.gitcli import GitError
 from support import git, make_git_repo
 
 

@@ -7,10 +7,9 @@ import sys
 
 import httpx
 import pytest
+from wrapper_support import check_health, check_result, point_at
 
-from wrapper_support import point_at
 from support import git, make_git_repo
-from wrapper_support import check_health, check_result
 
 pytestmark = pytest.mark.e2e
 

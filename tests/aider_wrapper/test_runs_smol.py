@@ -10,10 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from wrapper_support import check_result, llm_busy, point_at, processes_in, wait_for
 
-from wrapper_support import point_at
 from support import git, make_git_repo
-from wrapper_support import check_result, llm_busy, processes_in, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +104,7 @@ def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smo
 
 def test_llm_going_away_mid_run_is_a_transient_error_at_once(stack_env, services, tmp_path_factory) -> None:
     from wrapper_support import SMOL
+
     from support import new_stack_env
 
     llama_env = new_stack_env(tmp_path_factory.mktemp("own-llama")).set(**SMOL)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from wrapper_support import check_health, check_result
 
 from support import git, make_git_repo
-from wrapper_support import check_health, check_result
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from aistack.config import Settings
 from aistack.dashboard.forms import FormError, limits_from_form, safe_next, task_from_form
 from aistack.dashboard.settings_form import grouped, rows, updates_from_form
-from aistack.config import Settings
 
 
 def _run(coro):

@@ -7,7 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, example, given, settings as hsettings, strategies as st
+from hypothesis import assume, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from aistack import envfile
 from aistack.config import env_template, load_settings
@@ -133,7 +135,7 @@ def test_multiline_value_is_refused(env_path: Path) -> None:
 @hsettings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40))
 @example("\\")  # a trailing backslash would escape a closing single quote
-@example("it's \\ \"quoted\" # not a comment")
+@example('it\'s \\ "quoted" # not a comment')
 def test_any_single_line_value_reads_back_exactly(value: str) -> None:
     """Except `${NAME}`, which the .env reader expands on purpose (in every quoting style)."""
     assume("${" not in value)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from lifecycle_support import SMALL_LLAMA, aistack
+
 from support import StackEnv
 
 

@@ -13,9 +13,7 @@ SMALL_LLAMA = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "102
 
 def aistack(env: StackEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real `aistack` command against `env`'s .env; output is captured as text."""
-    return subprocess.run(
-        [*AISTACK, *args], env=child_env(env, {"COLUMNS": "200"}), capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([*AISTACK, *args], env=child_env(env, {"COLUMNS": "200"}), capture_output=True, text=True, timeout=timeout)
 
 
 def pid_files(env: StackEnv) -> list[Path]:
@@ -26,6 +24,4 @@ def table_rows(output: str) -> dict[str, str]:
     """The rows of a printed service table, by service name (the first word of the row)."""
     names = ("llama-cpp", "aider-wrapper", "ralph-wiggum", "dashboard")
     rows = [line.split() for line in output.splitlines()]
-    return {
-        words[0]: " ".join(words) for words in rows if len(words) > 1 and words[0] in names and words[1].startswith("http")
-    }
+    return {words[0]: " ".join(words) for words in rows if len(words) > 1 and words[0] in names and words[1].startswith("http")}

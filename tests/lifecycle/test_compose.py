@@ -67,10 +67,19 @@ def compose_stack(tmp_path_factory):
     (root / "workspaces").mkdir()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aistack"
     env.set(
-        AISTACK_DATA_DIR=root / "data", AISTACK_CACHE_DIR=cache, WORKSPACE_ROOT=root / "workspaces",
-        RALPH_WIGGUM_API_KEY="compose-test-key", RALPH_WIGGUM_PORT=free_port(), DASHBOARD_PORT=free_port(),
-        LLAMA_CPP_MODEL="smollm2-135m", LLAMA_CPP_CONTEXT_SIZE=1024, LLAMA_CPP_THREADS=1, STARTUP_TIMEOUT_SECONDS=120,
-        BASE_IMAGE="localhost/aistack-base:bookworm", PIP_INSTALL_ARGS="--no-index", BUILD_ENGINE=0,
+        AISTACK_DATA_DIR=root / "data",
+        AISTACK_CACHE_DIR=cache,
+        WORKSPACE_ROOT=root / "workspaces",
+        RALPH_WIGGUM_API_KEY="compose-test-key",
+        RALPH_WIGGUM_PORT=free_port(),
+        DASHBOARD_PORT=free_port(),
+        LLAMA_CPP_MODEL="smollm2-135m",
+        LLAMA_CPP_CONTEXT_SIZE=1024,
+        LLAMA_CPP_THREADS=1,
+        STARTUP_TIMEOUT_SECONDS=120,
+        BASE_IMAGE="localhost/aistack-base:bookworm",
+        PIP_INSTALL_ARGS="--no-index",
+        BUILD_ENGINE=0,
     )
     (root / "data").mkdir()
     child = dict(os.environ, AISTACK_ENV_FILE=str(env.env_file))

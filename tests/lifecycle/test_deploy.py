@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lifecycle_support import aistack
 
 from aistack.services import installed_source_root
-from lifecycle_support import aistack
 from support import new_stack_env
 
 SERVICE = "ralph-wiggum"
@@ -33,8 +33,7 @@ def stack(tmp_path_factory):
 
 def copy_source(dest: Path) -> Path:
     """A project tree like the developer's: `dest/src/aistack`."""
-    shutil.copytree(installed_source_root() / "aistack", dest / "src" / "aistack",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(installed_source_root() / "aistack", dest / "src" / "aistack", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -108,10 +107,12 @@ def test_invalid_env_is_rejected_by_the_new_code(stack, base_release, tmp_path):
     before = running(stack)
     source = copy_source(tmp_path)
     config = source / "src/aistack/config.py"
-    config.write_text(config.read_text().replace(
-        'log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$"',
-        'log_level: str = Field(default="info", pattern=r"^(debug|warning|error)$"',
-    ))
+    config.write_text(
+        config.read_text().replace(
+            'log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$"',
+            'log_level: str = Field(default="info", pattern=r"^(debug|warning|error)$"',
+        )
+    )
     result = deploy(stack, source)
     assert result.returncode == 1
     assert "the .env does not validate: invalid setting LOG_LEVEL='info'" in result.stderr
@@ -121,8 +122,9 @@ def test_invalid_env_is_rejected_by_the_new_code(stack, base_release, tmp_path):
 def test_crash_at_start_rolls_back(stack, base_release, tmp_path):
     before = running(stack)
     source = copy_source(tmp_path)
-    append(source / "src/aistack/web.py", "def serve(app, host, port, log_level='info'):\n"
-                                          "    raise RuntimeError('injected: crash at start')")
+    append(
+        source / "src/aistack/web.py", "def serve(app, host, port, log_level='info'):\n    raise RuntimeError('injected: crash at start')"
+    )
     result = deploy(stack, source)
     assert result.returncode == 1
     assert "rolled back" in result.stderr and "exited with status 1" in result.stderr
@@ -138,7 +140,9 @@ def test_crash_at_start_rolls_back(stack, base_release, tmp_path):
 def test_never_healthy_rolls_back(stack, base_release, tmp_path):
     before = running(stack)
     source = copy_source(tmp_path)
-    append(source / "src/aistack/web.py", """
+    append(
+        source / "src/aistack/web.py",
+        """
 _real_serve = serve
 
 def serve(app, host, port, log_level="info"):
@@ -149,7 +153,8 @@ def serve(app, host, port, log_level="info"):
         return await call_next(request)
 
     _real_serve(app, host, port, log_level)
-""")
+""",
+    )
     result = deploy(stack, source)
     assert result.returncode == 1
     assert f"/health not ready after {HEALTH_TIMEOUT} s (last: HTTP 503 (starting))" in result.stderr
@@ -166,12 +171,15 @@ def test_taken_port_rolls_back(stack, base_release, tmp_path):
         squatter.listen()
         taken = squatter.getsockname()[1]
         source = copy_source(tmp_path)
-        append(source / "src/aistack/web.py", f"""
+        append(
+            source / "src/aistack/web.py",
+            f"""
 _real_serve = serve
 
 def serve(app, host, port, log_level="info"):
     _real_serve(app, host, {taken}, log_level)  # injected: binds a port another program holds
-""")
+""",
+        )
         result = deploy(stack, source)
     assert result.returncode == 1
     assert "its port is taken" in result.stderr and "address already in use" in result.stderr.lower()

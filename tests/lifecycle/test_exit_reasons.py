@@ -14,7 +14,8 @@ def test_a_signal_is_named_not_numbered():
 
 
 def test_the_services_own_last_fatal_line_comes_first():
-    log = "loading…\n✗ something earlier\nllama_model_loader: …\n✗ llama-server was killed by SIGSEGV (signal 11) while loading the model; …\n"
+    log = ("loading…\n✗ something earlier\nllama_model_loader: …\n"
+           "✗ llama-server was killed by SIGSEGV (signal 11) while loading the model; …\n")  # fmt: skip
     assert exit_reason(139, log) == (
         "llama-server was killed by SIGSEGV (signal 11) while loading the model; … (the process exited with status 139)"
     )

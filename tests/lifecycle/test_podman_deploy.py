@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lifecycle_support import aistack
 
 from aistack.services import installed_source_root
-from lifecycle_support import aistack
-from support import REPO_ROOT, new_stack_env, missing
+from support import REPO_ROOT, missing, new_stack_env
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(1800)]  # a cold machine builds the base image and every image first
 
@@ -106,7 +106,9 @@ def test_crash_at_start_restores_the_backup_container(stack, first, tmp_path):
 
 
 def test_never_healthy_restores_the_backup_container(stack, first, tmp_path):
-    source = copy_source(tmp_path, """
+    source = copy_source(
+        tmp_path,
+        """
 _real_serve = serve
 
 def serve(app, host, port, log_level="info"):
@@ -117,7 +119,8 @@ def serve(app, host, port, log_level="info"):
         return await call_next(request)
 
     _real_serve(app, host, port, log_level)
-""")
+""",
+    )
     result = deploy(stack, source, health_timeout="8")
     assert result.returncode == 1
     assert "/health not ready after 8 s (last: HTTP 503 (starting))" in result.stderr and "restored and healthy" in result.stderr
@@ -127,7 +130,9 @@ def serve(app, host, port, log_level="info"):
 
 
 def test_taken_port_restores_the_backup_container(stack, first, tmp_path):
-    source = copy_source(tmp_path, """
+    source = copy_source(
+        tmp_path,
+        """
 import socket as _socket
 _real_serve = serve
 
@@ -136,7 +141,8 @@ def serve(app, host, port, log_level="info"):
     squatter.bind((host, port))
     squatter.listen()
     _real_serve(app, host, port, log_level)
-""")
+""",
+    )
     result = deploy(stack, source)
     assert result.returncode == 1
     assert "its port is taken" in result.stderr and "restored and healthy" in result.stderr

@@ -8,10 +8,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from lifecycle_support import aistack, table_rows
 
 from aistack import preflight
 from aistack.config import Settings
-from lifecycle_support import aistack, table_rows
 from support import free_port
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lifecycle_support import aistack, pid_files, table_rows
 
 from aistack.lifecycle.runtimes.process import proc_starttime
 from aistack.services import SERVICES, installed_source_root
-from lifecycle_support import aistack, pid_files, table_rows
 from support import AISTACK, StackEnv, child_env
 
 
@@ -82,16 +82,15 @@ def test_up_status_logs_down(stack):
 
     again = aistack(stack, "up", "llama-cpp", "ralph-wiggum")  # idempotent: nothing restarted
     assert again.returncode == 0 and again.stdout.count("already running") == 2
-    assert {p.name.split(".")[0]: json.loads(p.read_text())["pid"] for p in pid_files(stack)} == {
-        k: v["pid"] for k, v in records.items()
-    }
+    assert {p.name.split(".")[0]: json.loads(p.read_text())["pid"] for p in pid_files(stack)} == {k: v["pid"] for k, v in records.items()}
 
     status = aistack(stack, "status")
     lines = table_rows(status.stdout)
     assert str(records["llama-cpp"]["pid"]) in lines["llama-cpp"] and " healthy " in lines["llama-cpp"]
     # ralph-wiggum serves, degraded while its aider backend is not running
     ralph = lines["ralph-wiggum"]
-    assert str(records["ralph-wiggum"]["pid"]) in ralph and (" healthy " in ralph or "HTTP 200 (degraded: backend unreachable: aider)" in ralph)
+    assert str(records["ralph-wiggum"]["pid"]) in ralph
+    assert " healthy " in ralph or "HTTP 200 (degraded: backend unreachable: aider)" in ralph
     # aider-wrapper (and the dashboard, where it is built) are not running: status is not all-healthy
     assert status.returncode == 1
     if in_build("aider-wrapper"):
@@ -121,20 +120,39 @@ def test_a_stale_pid_file_never_touches_another_process(stack):
         run_dir = stack.data_dir / "run"
         run_dir.mkdir(parents=True)
         # The pid now belongs to `sleep`; the recorded start time is that of the process that had it before.
-        (run_dir / "llama-cpp.pid.json").write_text(json.dumps({
-            "service": "llama-cpp", "pid": stranger.pid, "starttime": proc_starttime(stranger.pid) - 1,
-            "cmdline": ["python", "-m", "aistack", "serve", "llama-cpp"], "release": "installed",
-            "started_at": time.time() - 100, "log_path": "", "log_offset": 0,
-        }))
+        (run_dir / "llama-cpp.pid.json").write_text(
+            json.dumps(
+                {
+                    "service": "llama-cpp",
+                    "pid": stranger.pid,
+                    "starttime": proc_starttime(stranger.pid) - 1,
+                    "cmdline": ["python", "-m", "aistack", "serve", "llama-cpp"],
+                    "release": "installed",
+                    "started_at": time.time() - 100,
+                    "log_path": "",
+                    "log_offset": 0,
+                }
+            )
+        )
         status = aistack(stack, "status")
         assert status.returncode == 1
         row = table_rows(status.stdout)["llama-cpp"]
         assert str(stranger.pid) not in row and "down" in row
 
-        (run_dir / "llama-cpp.pid.json").write_text(json.dumps({
-            "service": "llama-cpp", "pid": stranger.pid, "starttime": proc_starttime(stranger.pid) + 7,
-            "cmdline": [], "release": "installed", "started_at": 0, "log_path": "", "log_offset": 0,
-        }))
+        (run_dir / "llama-cpp.pid.json").write_text(
+            json.dumps(
+                {
+                    "service": "llama-cpp",
+                    "pid": stranger.pid,
+                    "starttime": proc_starttime(stranger.pid) + 7,
+                    "cmdline": [],
+                    "release": "installed",
+                    "started_at": 0,
+                    "log_path": "",
+                    "log_offset": 0,
+                }
+            )
+        )
         down = aistack(stack, "down")
         assert down.returncode == 0 and "llama-cpp was not running" in down.stdout
         assert stranger.poll() is None  # still alive: never signalled
@@ -158,9 +176,7 @@ def test_up_refuses_a_port_taken_by_another_program(stack):
     assert pid_files(stack) == []
 
 
-@pytest.mark.parametrize(
-    ("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")]
-)
+@pytest.mark.parametrize(("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")])
 def test_up_with_an_unreachable_dependency_and_fail_fast(stack, service, dependency):
     if not in_build(service):
         pytest.skip(f"{service} is not in this build")
@@ -175,9 +191,7 @@ def test_up_with_an_unreachable_dependency_and_fail_fast(stack, service, depende
     assert pid_files(stack) == [] and port_free(stack, service)
 
 
-@pytest.mark.parametrize(
-    ("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")]
-)
+@pytest.mark.parametrize(("service", "dependency"), [("aider-wrapper", "llama-cpp"), ("ralph-wiggum", "aider-wrapper")])
 def test_up_with_an_unreachable_dependency_without_fail_fast(stack, service, dependency):
     if not in_build(service):
         pytest.skip(f"{service} is not in this build")
@@ -236,8 +250,9 @@ def test_whole_stack_up_status_all_healthy_then_down(stack):
         assert f"✓ {dependency} is reachable at {stack.url(dependency)}" in log
 
     log_path = stack.data_dir / "logs" / f"{present[-1]}.log"
-    follow = subprocess.Popen([*AISTACK, "logs", present[-1], "-f", "-n", "0"], env=child_env(stack),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    follow = subprocess.Popen(
+        [*AISTACK, "logs", present[-1], "-f", "-n", "0"], env=child_env(stack), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         assert wait_until(lambda: log_path in open_files(follow.pid), 30), "logs -f never opened the log"
         assert aistack(stack, "down").returncode == 0

@@ -100,6 +100,6 @@ def test_the_build_setting_chooses_the_profiles(tmp_path):
 
 def test_bad_cmake_args_are_a_one_line_config_error(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("LLAMA_CPP_CMAKE_ARGS=\"-DGGML_CUDA=ON '-DX=unterminated\"\n")
+    env.write_text('LLAMA_CPP_CMAKE_ARGS="-DGGML_CUDA=ON \'-DX=unterminated"\n')
     with pytest.raises(ConfigError, match=r"^invalid setting LLAMA_CPP_CMAKE_ARGS="):
         load_settings(env)

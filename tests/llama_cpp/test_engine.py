@@ -94,7 +94,7 @@ def test_server_command_follows_the_settings(tmp_path):
         llama_cpp_cache_reuse=128, llama_cpp_model_alias="coder", aistack_bind_address="127.0.0.2",
     )  # fmt: skip
     cmd = server_command(settings, Path("/bin/llama-server"), Path("/m.gguf"))
-    opts = dict(zip(cmd[1::2], cmd[2::2]))  # pairs up to the first bare flag
+    opts = dict(zip(cmd[1::2], cmd[2::2], strict=False))  # pairs up to the first bare flag
     assert cmd[0] == "/bin/llama-server"
     assert opts["--model"] == "/m.gguf" and opts["--alias"] == "coder"
     assert opts["--host"] == "127.0.0.2" and opts["--port"] == "9123"

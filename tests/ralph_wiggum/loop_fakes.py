@@ -15,10 +15,10 @@ from pathlib import Path
 from aistack.config import Settings
 from aistack.contracts import BackendHealth, TokenCounts
 from aistack.ralph_wiggum.backends import IterationRequest, IterationResult
-from aistack.ralph_wiggum.shell import ProcResult
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.runner import TaskRunner
 from aistack.ralph_wiggum.scheduler import Scheduler
+from aistack.ralph_wiggum.shell import ProcResult
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 from aistack.ralph_wiggum.workspace import Checkpoint, Tree

@@ -157,10 +157,11 @@ def test_without_check_a_real_diff_is_the_evidence_and_no_change_gets_stuck(ralp
 
 
 def test_files_written_by_the_check_do_not_count_as_changes(ralph, stack_env):
-    agent = '#!/bin/sh\necho same\n'
+    agent = "#!/bin/sh\necho same\n"
     client, _ = ralph(agent)
     repo(stack_env)
-    task = wait_for(client, submit(client, workspace="repo", check_command="date > check-artifact; false", max_iterations=2), {"exhausted", "failed", "completed"})
+    task_id = submit(client, workspace="repo", check_command="date > check-artifact; false", max_iterations=2)
+    task = wait_for(client, task_id, {"exhausted", "failed", "completed"})
     iterations = client.get(f"/tasks/{task['id']}/iterations").json()
     assert [it["files_modified"] for it in iterations] == [[], []]
 
@@ -226,8 +227,9 @@ def test_stop_mid_iteration_ends_the_agents_process_group(ralph, stack_env):
 def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, stack_env):
     pidfile = stack_env.root / "helper.pid"
     # the helper inherits stdout and would hold the pipe open for 300 s
-    client, _ = ralph(f'#!/bin/sh\necho x >> f.txt\nsleep 300 &\necho $! > "{pidfile}"\necho started a helper\n',
-                      RALPH_ITERATION_TIMEOUT_SECONDS=120)
+    client, _ = ralph(
+        f'#!/bin/sh\necho x >> f.txt\nsleep 300 &\necho $! > "{pidfile}"\necho started a helper\n', RALPH_ITERATION_TIMEOUT_SECONDS=120
+    )
     repo(stack_env)
     task = wait_for(client, submit(client, workspace="repo", max_iterations=1), {"completed", "exhausted", "failed"}, timeout=15)
     assert task["status"] == "completed"
@@ -293,7 +295,7 @@ def test_queued_tasks_run_fifo_within_the_concurrency_limit(ralph, stack_env):
     tasks = [wait_for(client, i, {"completed"}) for i in ids]
     starts = [t["started_at"] for t in tasks]
     assert starts == sorted(starts)
-    for earlier, later in zip(tasks, tasks[1:]):
+    for earlier, later in zip(tasks, tasks[1:], strict=False):
         assert later["started_at"] >= earlier["finished_at"]
 
 
@@ -447,7 +449,7 @@ def test_stats_metrics_and_live_limit_reload(ralph, stack_env):
 
 
 def test_tasks_on_the_same_repository_run_at_once(ralph, stack_env):
-    client, _ = ralph("#!/bin/sh\necho \"$AISTACK_TASK_ID\" > who.txt\nsleep 0.5\n", RALPH_MAX_CONCURRENT_TASKS=2)
+    client, _ = ralph('#!/bin/sh\necho "$AISTACK_TASK_ID" > who.txt\nsleep 0.5\n', RALPH_MAX_CONCURRENT_TASKS=2)
     workspace = repo(stack_env)
     a, b = submit(client, workspace="repo", max_iterations=1), submit(client, workspace="repo", max_iterations=1)
     ta, tb = wait_for(client, a, {"completed"}), wait_for(client, b, {"completed"})

@@ -19,15 +19,39 @@ def test_submit_wait_list_show_logs(stack_env, services):
     services("ralph-wiggum", stack_env)
     repo = make_git_repo(stack_env.workspace_root / "repo")
 
-    done = aistack(stack_env, "task", "submit", "add two lines", "--backend", "command", "--workspace", str(repo),
-                   "--check", "test $(wc -l < notes.txt) -ge 2", "--wait")
+    done = aistack(
+        stack_env,
+        "task",
+        "submit",
+        "add two lines",
+        "--backend",
+        "command",
+        "--workspace",
+        str(repo),
+        "--check",
+        "test $(wc -l < notes.txt) -ge 2",
+        "--wait",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "iteration 1: success check exit 1" in done.stdout and "iteration 2: success check exit 0" in done.stdout
     assert "result: completed after 2 iteration(s)" in done.stdout
     task_id = done.stdout.split("task ")[1].split()[0]
 
-    failed = aistack(stack_env, "task", "submit", "never done", "--backend", "command", "--workspace", str(repo),
-                     "--check", "false", "--max-iterations", "1", "--wait")
+    failed = aistack(
+        stack_env,
+        "task",
+        "submit",
+        "never done",
+        "--backend",
+        "command",
+        "--workspace",
+        str(repo),
+        "--check",
+        "false",
+        "--max-iterations",
+        "1",
+        "--wait",
+    )
     assert failed.returncode == 1 and "exhausted" in failed.stdout
 
     listed = aistack(stack_env, "task", "list", "--status", "completed")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from loop_fakes import Loop, Step, make_loop, wait_until
 
 from aistack.contracts import TaskCreate, TaskStatus
 from aistack.ralph_wiggum.records import TaskUpdate
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
 from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
-from loop_fakes import Loop, Step, make_loop, wait_until
 
 
 def run(coro):

@@ -39,7 +39,7 @@ def test_a_shell_is_used_only_where_it_means_something(tmp_path, command, direct
 
 def test_with_and_without_a_shell_the_result_is_the_same(tmp_path):
     script = tmp_path / "agent.sh"
-    script.write_text("#!/bin/sh\necho \"args: $*\"; echo from stdin: $(cat); exit 4\n")
+    script.write_text('#!/bin/sh\necho "args: $*"; echo from stdin: $(cat); exit 4\n')
     script.chmod(0o755)
     no_shebang = tmp_path / "plain"
     no_shebang.write_text("echo without a shebang\n")

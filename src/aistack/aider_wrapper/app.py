@@ -21,11 +21,11 @@ import httpx
 from fastapi import FastAPI, Request
 
 from aistack import __version__
-from aistack.gitcli import GitError
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
 from aistack.config import Settings
 from aistack.contracts import ExecuteRequest, ExecuteResult, WrapperHealth
+from aistack.gitcli import GitError
 from aistack.paths import PathNotAllowed, confine
 from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, serve
 
@@ -34,7 +34,6 @@ log = logging.getLogger("aistack.aider_wrapper")
 LLM_POLL_SECONDS = 5.0
 DISCONNECT_POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 5.0
-
 
 
 class WrapperState:

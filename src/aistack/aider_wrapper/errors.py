@@ -31,7 +31,8 @@ _RULES: list[tuple[re.Pattern[str], bool, str]] = [
     (re.compile(r"^litellm\.ContextWindowExceededError\b"), False, "the prompt does not fit the model's context window"),
     (re.compile(r"^Model \S+ has hit a token limit!"), False, "the model hit its token limit (context window or output limit)"),
     # Nothing listening: "litellm.InternalServerError: InternalServerError: OpenAIException - Connection error."
-    (re.compile(_LITELLM + r".*(Connection error|Connection refused|ConnectError|Connection reset)", re.I), True, "the LLM is not reachable"),
+    (re.compile(_LITELLM + r".*(Connection error|Connection refused|ConnectError|Connection reset)", re.I), True,
+     "the LLM is not reachable"),
     (re.compile(r"^litellm\.(APIConnectionError|ServiceUnavailableError|BadGatewayError|InternalServerError|Timeout"
                 r"|RateLimitError|APIError)\b"), True, "the LLM is unavailable or busy"),
     (re.compile(r"^litellm\.NotFoundError\b"), False, "the model or API endpoint was not found"),

@@ -70,9 +70,7 @@ class OutputBuffer:
         return joined
 
 
-async def run_process(
-    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event
-) -> ProcessOutcome:
+async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event) -> ProcessOutcome:
     """Run `cmd` to its end, or until `timeout` seconds pass, `cancel` is set, or it prints a
     transient LLM error; in the last three cases its whole process group is ended."""
     stop_fatal: list[FatalError] = []
@@ -155,7 +153,10 @@ def tokens_from_analytics(path: Path) -> TokenCounts:
 
 
 def _int(value: object) -> int:
+    """A token count as aider logged it (a number, or a string of one); 0 for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return 0
     try:
-        return max(0, int(value))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return max(0, int(value))
+    except ValueError:
         return 0

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from aistack.gitcli import GitError
-from aistack.health import acheck
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
 from aistack.config import Settings
 from aistack.contracts import ExecuteResult, TokenCounts
+from aistack.gitcli import GitError
+from aistack.health import acheck
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -185,6 +185,8 @@ async def _run_in_slot(
     run: ActiveRun,
     result: Callable[..., ExecuteResult],
 ) -> ExecuteResult:
+    if aider.path is None:  # the app answers 503 before this: said here for the type's sake too
+        return result("error", error="aider is not installed")
     # aider would retry an unreachable LLM for a minute; find out in a moment instead.
     problem = await probe_llm(settings, client)
     if problem:

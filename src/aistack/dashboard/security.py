@@ -21,7 +21,6 @@ class CsrfFailed(Exception):
     """A form post without the session's CSRF token."""
 
 
-
 def session_secret(settings: Settings) -> str:
     """Derived from the API key when there is one, so sessions survive a dashboard restart and
     end when the key changes; otherwise random per process (there is nothing to log into)."""
@@ -33,7 +32,7 @@ def session_secret(settings: Settings) -> str:
 
 def key_matches(settings: Settings, given: str) -> bool:
     key = settings.api_key
-    return bool(key) and hmac.compare_digest(given.encode(), key.encode())
+    return key is not None and hmac.compare_digest(given.encode(), key.encode())
 
 
 def logged_in(request: Request) -> bool:

@@ -107,7 +107,7 @@ def rows(file_values: Mapping[str, str], submitted: Mapping[str, str] | None = N
                 default=_shown_default(info.get_default(call_default_factory=True)),
                 description=info.description or "",
                 # allowed() falls back to the description for free text: do not say it twice.
-                allowed="" if allowed(name).removeprefix("allowed: ") == (info.description or "") else allowed(name).removeprefix("allowed: "),
+                allowed="" if (said := allowed(name).removeprefix("allowed: ")) == (info.description or "") else said,
                 value=value,
                 in_file=in_file,
                 env_override=env in os.environ or name in os.environ,

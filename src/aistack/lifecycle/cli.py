@@ -12,15 +12,15 @@ import typer
 from rich import box
 from rich.table import Table
 
+from aistack import health
 from aistack import preflight as preflight_checks
 from aistack.config import Settings
-from aistack import health
 from aistack.lifecycle.deploy import Deployer, DeployResult, read_history
+from aistack.lifecycle.releases import INSTALLED
 from aistack.lifecycle.runtimes.podman import DEFAULT_BASE_IMAGE, PodmanError, PodmanRuntime, container_name, exists, inspect
 from aistack.lifecycle.runtimes.process import ProcessRuntime, exclusive
-from aistack.lifecycle.releases import INSTALLED
-from aistack.terminal import console, err_console, settings_or_exit
 from aistack.services import SERVICES, get, installed_source_root
+from aistack.terminal import console, err_console, settings_or_exit
 
 commands = typer.Typer()
 
@@ -28,7 +28,6 @@ commands = typer.Typer()
 class RuntimeName(str, Enum):
     process = "process"
     podman = "podman"
-
 
 
 def _selected(names: list[str] | None) -> list[str]:
@@ -48,7 +47,7 @@ def _in_build(rt: ProcessRuntime, name: str) -> bool:
 def _table(title: str, *columns: str) -> Table:
     """A compact table; the service and URL columns never wrap."""
     table = Table(title=title, box=box.SIMPLE)
-    for i, column in enumerate(columns):
+    for column in columns:
         table.add_column(column, no_wrap=column in ("service", "URL", "release"))
     return table
 
@@ -122,7 +121,7 @@ def _up_one(cfg: Settings, rt: ProcessRuntime, name: str, started: list[str], ti
     t0 = time.monotonic()
     fresh = record is None
     with console.status(f"starting {name} (waiting for {cfg.url(name)}/health)…"):
-        if fresh:
+        if record is None:
             record = rt.start(name, release)
             started.append(name)
         result = rt.wait_healthy(record, timeout or cfg.health_timeout(name))
@@ -234,8 +233,9 @@ def _report(result: DeployResult) -> None:
     if result.ok:
         console.print(f"[green]✓[/green] {result.message} ({result.duration_s:.1f} s)", highlight=False, soft_wrap=True)
         return
-    err_console.print(f"[red]✗[/red] {result.action} of {result.service} {result.outcome}: {result.message}",
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[red]✗[/red] {result.action} of {result.service} {result.outcome}: {result.message}", highlight=False, soft_wrap=True
+    )
     if result.serving is None:
         err_console.print(f"  {result.service} is not running", highlight=False)
     _print_log_tail(f"release {result.version}", result.log_tail)
@@ -296,9 +296,11 @@ def _print_history(cfg: Settings, service: str | None) -> None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("started_at", 0)))
         colour = "green" if e.get("ok") else "red"
         console.print(
-            f"{when}  [bold]{e.get('service')}[/bold]  {e.get('runtime', 'process')} {e.get('action')} [{colour}]{e.get('outcome')}[/{colour}]  "
+            f"{when}  [bold]{e.get('service')}[/bold]  {e.get('runtime', 'process')} {e.get('action')} "
+            f"[{colour}]{e.get('outcome')}[/{colour}]  "
             f"release {e.get('version') or '-'} (before: {e.get('previous') or '-'}, now serving: {e.get('serving') or 'nothing'})  "
             f"{e.get('duration_s', 0):.1f} s",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
         console.print(f"    {e.get('message', '')}", highlight=False, soft_wrap=True, style="dim")

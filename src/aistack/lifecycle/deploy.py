@@ -75,13 +75,17 @@ def validate(service: str, root: Path) -> str | None:
         try:
             compile(path.read_bytes(), str(path), "exec", dont_inherit=True)  # byte-compile, nothing written
         except (SyntaxError, ValueError) as exc:
-            line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            line = f" line {lineno}" if (lineno := getattr(exc, "lineno", None)) else ""
             return f"syntax error in {path.relative_to(root)}{line}: {getattr(exc, 'msg', exc)}"
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _VALIDATE, svc.entry_module, str(root)],
-            env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=120,
+            env=env,
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     except subprocess.TimeoutExpired:
         return f"importing {svc.entry_module} took longer than 120 s"

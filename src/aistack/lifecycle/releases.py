@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aistack.files import atomic_write
 from aistack.config import Settings
+from aistack.files import atomic_write
 
 INSTALLED = "installed"
 KEEP_RELEASES = 5  # successful releases kept per service (older ones are pruned)

@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from aistack.config import ConfigError, Model
-from aistack.terminal import console, fail, settings_or_exit
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import enabled_extensions
 from aistack.llama_cpp.engine import build_info, ensure_server_bin, server_version
-from aistack.llama_cpp.selftest import recorded
 from aistack.llama_cpp.models import ensure_model, sha256_file, verified_sha256
+from aistack.llama_cpp.selftest import recorded
+from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
 

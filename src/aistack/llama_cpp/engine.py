@@ -33,13 +33,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aistack.config import ConfigError, Settings
-from aistack.files import atomic_file
+from aistack.files import atomic_file, file_lock
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu, usable_cpus
 from aistack.llama_cpp.models import MODELS, ensure_model, is_verified, models_dir, sha256_file
-from aistack.files import file_lock
-from aistack.procgroup import output_of
 from aistack.llama_cpp.selftest import Verdict, proof_path, record, recorded, run_self_test
+from aistack.procgroup import output_of
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python==0.3.36"
@@ -175,8 +174,8 @@ def build_from_source(dest: Path, flags: tuple[str, ...], progress: bool = True,
         cpu = read_cpu()
         info = {"sdist": SDIST, "flags": list(flags), "cpu": cpu.model, "cpu_flags": sorted(cpu.flags)}
         (dest.parent / "build.json").write_text(json.dumps(info, indent=1))
-        with built.open("rb") as source, atomic_file(dest, mode=0o755) as target:
-            shutil.copyfileobj(source, target)
+        with built.open("rb") as binary, atomic_file(dest, mode=0o755) as target:
+            shutil.copyfileobj(binary, target)
     return dest
 
 
@@ -231,7 +230,7 @@ def _run(cmd: list[str], log, log_path: Path, on_percent=None) -> None:
     log.flush()
     last = ""
     with output_of(cmd) as proc:
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             log.write(line)
             if line.strip():
                 last = line.strip()

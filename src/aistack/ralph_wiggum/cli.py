@@ -13,18 +13,23 @@ from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.terminal import console, fail, settings_or_exit
 from aistack.contracts import TaskCreate, TaskView
+from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
 task_app = typer.Typer(help="Submit and follow tasks on the orchestrator.", no_args_is_help=True)
 commands.add_typer(task_app, name="task")
 
 STATUS_STYLE = {
-    "completed": "green", "exhausted": "yellow", "failed": "red", "stopped": "magenta",
-    "rejected": "magenta", "awaiting_approval": "cyan", "running": "blue", "queued": "dim",
+    "completed": "green",
+    "exhausted": "yellow",
+    "failed": "red",
+    "stopped": "magenta",
+    "rejected": "magenta",
+    "awaiting_approval": "cyan",
+    "running": "blue",
+    "queued": "dim",
 }
-
 
 
 def _call(coro_fn):
@@ -126,8 +131,14 @@ def list_tasks(
     for col in ("id", "status", "iteration", "backend", "created", "prompt"):
         table.add_column(col)
     for t in page.items:
-        table.add_row(t.id, _status(t.status.value), f"{t.iteration}/{t.max_iterations}", t.backend,
-                      t.created_at.strftime("%Y-%m-%d %H:%M:%S"), t.prompt[:60])
+        table.add_row(
+            t.id,
+            _status(t.status.value),
+            f"{t.iteration}/{t.max_iterations}",
+            t.backend,
+            t.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            t.prompt[:60],
+        )
     console.print(table)
 
 
@@ -136,18 +147,28 @@ def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Pri
     """A task with its iterations."""
     task, iterations = _call(lambda c: asyncio.gather(c.task(task_id), c.iterations(task_id)))
     if as_json:
-        console.print_json(json.dumps({"task": task.model_dump(mode="json"), "iterations": [i.model_dump(mode="json") for i in iterations]}))
+        shown = {"task": task.model_dump(mode="json"), "iterations": [i.model_dump(mode="json") for i in iterations]}
+        console.print_json(json.dumps(shown))
         return
-    console.print(Text.assemble(f"task {task.id}  ", _status(task.status.value),
-                                f"  iteration {task.iteration}/{task.max_iterations} ({task.limit_source})"))
+    console.print(
+        Text.assemble(
+            f"task {task.id}  ", _status(task.status.value), f"  iteration {task.iteration}/{task.max_iterations} ({task.limit_source})"
+        )
+    )
     console.print(f"prompt: {task.prompt}", highlight=False)
     table = Table()
     for col in ("#", "status", "check", "files", "seconds", "tokens", "commit"):
         table.add_column(col)
     for it in iterations:
-        table.add_row(str(it.number), it.status or "", "" if it.check_exit_code is None else str(it.check_exit_code),
-                      ", ".join(it.files_modified), f"{it.duration_seconds or 0:.1f}",
-                      f"{it.tokens.prompt}+{it.tokens.completion}", (it.checkpoint_commit or "")[:10])
+        table.add_row(
+            str(it.number),
+            it.status or "",
+            "" if it.check_exit_code is None else str(it.check_exit_code),
+            ", ".join(it.files_modified),
+            f"{it.duration_seconds or 0:.1f}",
+            f"{it.tokens.prompt}+{it.tokens.completion}",
+            (it.checkpoint_commit or "")[:10],
+        )
     console.print(table)
     _print_outcome(task)
 

@@ -20,8 +20,8 @@ class StoreCollector(Collector):
         seconds = CounterMetricFamily("aistack_iteration_seconds", "Time spent in iterations", labels=["backend"])
         tokens = CounterMetricFamily("aistack_tokens", "LLM tokens used", labels=["kind"])
         by_task, per_iteration = self.store.metric_rows()
-        for status, backend, n in by_task:
-            tasks.add_metric([status, backend], n)
+        for task_status, backend, n in by_task:
+            tasks.add_metric([task_status, backend], n)
         per_backend: dict[str, float] = {}
         prompt_total = completion_total = 0
         for backend, status, n, secs, p, c in per_iteration:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from aistack.contracts import Complexity, Evidence, IterationLimits, TaskStatus
 from aistack.ralph_wiggum.records import Event, IterationRecord, TaskRecord, TaskUpdate
@@ -81,6 +81,7 @@ class Reason(str, Enum):
     stopped = "stopped by user"
     rejected = "rejected by user"
     error = "error"
+
 
 EXCERPT_CHARS = 4000
 
@@ -337,9 +338,9 @@ def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[Facts], stu
     return Outcome(decision, update, tuple(events))
 
 
-def approval_summary(number: int, last: IterationRecord | None) -> dict:
+def approval_summary(number: int, last: IterationRecord | None) -> dict[str, Any]:
     """What a person sees before approving iteration `number`: the last one's result."""
-    summary: dict = {"iteration": number}
+    summary: dict[str, Any] = {"iteration": number}
     if last is not None:
         summary.update(
             last_iteration=last.number,

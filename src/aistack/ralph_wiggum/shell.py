@@ -9,6 +9,7 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aistack.procgroup import end_group, kill_group, start_in_group
 
@@ -54,7 +55,7 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
     exits — not when its output pipe closes, which a helper left in the background would hold
     open — and then nothing it started may outlive it. On timeout or cancellation the whole group
     is ended: SIGTERM, then SIGKILL."""
-    pipes = {
+    pipes: dict[str, Any] = {
         "stdin": asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         "stdout": asyncio.subprocess.PIPE,
         "stderr": asyncio.subprocess.STDOUT,
@@ -67,8 +68,8 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
             raise
         proc = await start_in_group("/bin/sh", "-c", command, cwd=cwd, env=env, **pipes)
     chunks: list[bytes] = []
-    io = [asyncio.create_task(_read(proc.stdout, chunks))]
-    if stdin is not None:
+    io = [asyncio.create_task(_read(proc.stdout, chunks))] if proc.stdout else []
+    if stdin is not None and proc.stdin is not None:
         io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
     try:

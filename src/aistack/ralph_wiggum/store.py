@@ -131,6 +131,8 @@ events = Table(
 
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
+
+
 class Store:
     """Every method is one short transaction on the store's connection, run on the event loop."""
 
@@ -181,8 +183,8 @@ class Store:
             before = self._task(db, task_id)
             if before is None or (allowed_from is not None and before.status not in allowed_from):
                 return None
-            db.execute(update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)))
-            task = self._task(db, task_id)
+            after = update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)).returning(tasks)
+            task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
         self._on_event(task_id)
         return task
@@ -192,6 +194,8 @@ class Store:
         now = utcnow()
         with self._tx() as db:
             before = self._task(db, it.task_id)
+            if before is None:
+                raise KeyError(f"no task {it.task_id!r} to record an iteration of")
             db.execute(insert(iterations), {**_fields(it), "finished_at": now})
             counters = {
                 "iteration": it.number,
@@ -242,7 +246,7 @@ class Store:
 
     async def stats(self) -> Stats:
         with self._tx() as db:
-            by_status = dict(db.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all())
+            by_status: dict[str, int] = {s: n for s, n in db.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))}
             mean = db.scalar(select(func.avg(tasks.c.iteration)).where(tasks.c.status.in_(_TERMINAL)))
 
             def rates(column) -> dict[str, RateRow]:
@@ -315,7 +319,8 @@ def _append_events(db: Connection, task: TaskRecord, extra: Sequence[Event], now
     """The given events, then a `status` event when the status changed (its last word)."""
     rows = [{"task_id": task.id, "type": kind, "data": data, "created_at": now} for kind, data in extra]
     if status_changed:
-        status = {"status": task.status.value, "iteration": task.iteration, "completion_reason": task.completion_reason, "error": task.error}
+        status = {"status": task.status.value, "iteration": task.iteration, "completion_reason": task.completion_reason,
+                  "error": task.error}  # fmt: skip
         rows.append({"task_id": task.id, "type": "status", "data": status, "created_at": now})
     if rows:
         db.execute(insert(events), rows)

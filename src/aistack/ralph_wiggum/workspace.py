@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from aistack.gitcli import IDENTITY, GitError, failure, git, run_git
-from aistack.ralph_wiggum.shell import ProcResult, run_shell
 from aistack.ralph_wiggum.records import TaskRecord
+from aistack.ralph_wiggum.shell import ProcResult, run_shell
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ async def overview(site: Site) -> dict[str, Any]:
     rows = [
         {"name": name, "url": site.settings.url(name), "probe": probe, "facts": facts[name],
          "uptime": probe.body.get("uptime_seconds", facts[name].uptime_seconds)}
-        for name, probe in zip(urls, probes)
+        for name, probe in zip(urls, probes, strict=True)
     ]  # fmt: skip
     return {"services": rows, "stats": stats, "stats_error": stats_error, "checked": time.strftime("%H:%M:%S")}
 

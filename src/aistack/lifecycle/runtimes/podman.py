@@ -84,7 +84,9 @@ def wheelhouse(settings: Settings, pyproject: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(target), *deps],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise PodmanError(f"building the dependency wheels failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -130,7 +132,7 @@ class PodmanRuntime:
 
     def _build(self, service: str, root: Path) -> str:
         version = self.releases.build(service, root)  # the immutable source snapshot the image is made of
-        snapshot = self.releases.dir(service, version)
+        snapshot = self.releases.root / service / version
         project = project_root(root)
         fallback = project_root(installed_source_root())
         containerfile = next(
@@ -150,11 +152,21 @@ class PodmanRuntime:
             wheels = wheelhouse(self.settings, pyproject)
             shutil.copytree(wheels, context / "deploy" / "wheels", copy_function=os.link)
             podman(
-                "build", "-q", "-f", str(context / "deploy" / service / "Containerfile"),
-                "-t", image_name(service, version), "--label", f"aistack.release={version}",
-                "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg", "PIP_INSTALL_ARGS=--no-index",
+                "build",
+                "-q",
+                "-f",
+                str(context / "deploy" / service / "Containerfile"),
+                "-t",
+                image_name(service, version),
+                "--label",
+                f"aistack.release={version}",
+                "--build-arg",
+                f"BASE_IMAGE={self.base_image}",
+                "--build-arg",
+                "PIP_INSTALL_ARGS=--no-index",
                 *(["--build-arg", "BUILD_ENGINE=0"] if service == "llama-cpp" else []),
-                str(context), timeout=1800,
+                str(context),
+                timeout=1800,
             )
         finally:
             shutil.rmtree(context, ignore_errors=True)
@@ -165,8 +177,20 @@ class PodmanRuntime:
     def run_args(self, service: str, version: str) -> list[str]:
         s = self.settings
         name = container_name(service)
-        args = ["run", "-d", "--name", name, "--network", NETWORK, "--network-alias", service,
-                "--label", f"aistack.service={service}", "--label", f"aistack.release={version}"]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            NETWORK,
+            "--network-alias",
+            service,
+            "--label",
+            f"aistack.service={service}",
+            "--label",
+            f"aistack.release={version}",
+        ]
         env_file = resolve_env_file()
         if env_file.is_file():
             args += ["--env-file", str(env_file)]
@@ -176,8 +200,7 @@ class PodmanRuntime:
             key = get(other).setting_prefix + "_HOST"
             if is_loopback(getattr(s, key.lower())):
                 args += ["-e", f"{key}={other}"]
-        args += ["-e", "AISTACK_BIND_ADDRESS=0.0.0.0", "-e", "AISTACK_DATA_DIR=/data",
-                 "-v", f"{s.aistack_data_dir}:/data"]
+        args += ["-e", "AISTACK_BIND_ADDRESS=0.0.0.0", "-e", "AISTACK_DATA_DIR=/data", "-v", f"{s.aistack_data_dir}:/data"]
         if get(service).uses_workspaces:  # workspaces keep their host paths
             args += ["-e", f"WORKSPACE_ROOT={s.workspace_root}", "-v", f"{s.workspace_root}:{s.workspace_root}"]
         if get(service).uses_cache:  # llama-server and the model

@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aistack import health
 from aistack.config import Settings
 from aistack.files import atomic_write
-from aistack.procgroup import group_exists, kill_group
-from aistack import health
 from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import INSTALLED, Releases
 from aistack.lifecycle.runtimes import Say, Swap
+from aistack.procgroup import group_exists, kill_group
 from aistack.services import get
 
 

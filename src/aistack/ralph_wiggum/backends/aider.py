@@ -21,9 +21,7 @@ class AiderBackend:
     def __init__(self, base_url: str, api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None), trust_env=False
-        )
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(10.0, read=None), trust_env=False)
         self._reachable: bool | None = None
         self._available = True
         self._detail: str | None = "not checked yet"
@@ -50,8 +48,14 @@ class AiderBackend:
             return
         self._available = body.aider_available
         self._reachable = result.state == "healthy"  # a degraded wrapper has no LLM: it cannot work
-        problems = [p for p, bad in (("aider is not installed", not body.aider_available),
-                                     (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable)) if bad]
+        problems = [
+            p
+            for p, bad in (
+                ("aider is not installed", not body.aider_available),
+                (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable),
+            )
+            if bad
+        ]
         self._detail = "; ".join(problems) or None
 
     def health(self) -> BackendHealth:
@@ -71,7 +75,8 @@ class AiderBackend:
         )
         where = f"aider-wrapper at {self.base_url}"
         try:
-            resp = await self._client.post("/api/execute", json=body.model_dump(), timeout=httpx.Timeout(10.0, read=request.timeout_seconds + 30))
+            timeout = httpx.Timeout(10.0, read=request.timeout_seconds + 30)
+            resp = await self._client.post("/api/execute", json=body.model_dump(), timeout=timeout)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel(run_id))
             raise
