@@ -12,6 +12,7 @@ from aistack.contracts import Complexity, IterationLimits, TaskStatus
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord
 from aistack.ralph_wiggum.rules import IterationFacts
+from support import REPO_ROOT
 
 
 def Limits(simple: int, default: int, complex: int, adaptive: bool, cap: int) -> IterationLimits:  # noqa: N802
@@ -268,3 +269,18 @@ def test_an_iterations_outcome_is_everything_to_store(task, it, history, status,
     assert finished["iteration"] == it.number and finished["files_modified"] == list(it.files_modified)
     assert (out.update.evidence is not None) == (status is S.completed)
     assert (out.update.error is not None) == (reason == "stuck")
+
+
+def test_the_architecture_doc_shows_this_state_machine():
+    """docs/architecture.md draws the table; it must stay the one the code runs."""
+    doc = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    lines = doc[doc.index("| from \\ action |") :].splitlines()
+    actions = [cell.strip() for cell in lines[0].strip("|").split("|")[1:]]
+    drawn = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        source, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        if source in {s.value for s in S}:
+            drawn |= {(S(source), rules.Action(a)): S(c) for a, c in zip(actions, cells, strict=True) if c}
+    assert drawn == rules.TRANSITIONS
