@@ -5,8 +5,8 @@
 | 200                                         | healthy     | yes   |
 | 200 with `"status": "degraded"`             | degraded    | yes: it serves, something behind it is missing |
 | 503                                         | loading     | no: up, not ready yet (llama-server loading its model) |
-| any other status, or no answer in time      | unhealthy   | no    |
-| connection refused, no route                | down        | no    |
+| any other status, or connected but no answer | unhealthy  | no    |
+| connection refused, no route, none in time  | down        | no    |
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def wait_ready(url: str, deadline: float, interval: float = RETRY_SECONDS) -> He
 
 
 def _unanswered(exc: httpx.HTTPError) -> Health:
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.ConnectTimeout):  # nothing accepted the connection: not there, or filtered
+        return Health("down", "no connection within the timeout")
+    if isinstance(exc, httpx.TimeoutException):  # connected, then no answer: up but hung
         return Health("unhealthy", "no answer within the timeout")
     if _refused(exc):
         return Health("down", "connection refused")

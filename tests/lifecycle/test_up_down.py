@@ -270,7 +270,9 @@ def test_up_names_the_signal_that_killed_llama_server(stack):
     crash = stack.root / "llama-server"
     crash.write_text("#!/bin/sh\necho 'llama_model_loader: loading model'\nkill -SEGV $$\n")
     crash.chmod(0o755)
-    stack.set(LLAMA_CPP_SERVER_BIN=crash)
+    model = stack.root / "tiny.gguf"  # the self-test needs a model file; this binary reads none
+    model.write_bytes(b"GGUF\x03\x00\x00\x00")
+    stack.set(LLAMA_CPP_SERVER_BIN=crash, LLAMA_CPP_MODEL_FILE=model, AISTACK_CACHE_DIR=stack.root / "cache")
     up = aistack(stack, "up", "llama-cpp", "--timeout", "60")
     assert up.returncode == 1
     message = " ".join(up.stderr.split())  # rich folds long lines

@@ -8,7 +8,7 @@ import pytest
 
 from aistack.config import ConfigError, Settings, load_settings
 from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu
-from aistack.llama_cpp.engine import build_flags, cached_bin_path, profiles
+from aistack.llama_cpp.engine import SDIST_SHA256, build_flags, cached_bin_path, profiles
 
 AVX512_BASE = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
 SAPPHIRE_RAPIDS = Cpu(
@@ -74,23 +74,32 @@ def test_user_flags_come_last_and_are_reported(tmp_path):
     assert enabled_extensions(cmake_flags(ARM, Profile.cpu)) == "native"
 
 
-def test_the_cache_key_follows_flags_profile_and_cpu(tmp_path):
+def test_the_cache_key_follows_the_flags_and_the_cpu_where_it_decides(tmp_path):
     plain = settings_for(tmp_path)
     key = cached_bin_path(plain, SAPPHIRE_RAPIDS, Profile.cpu)
     assert key == cached_bin_path(plain, SAPPHIRE_RAPIDS, Profile.cpu)  # stable
-    assert key.parent.name.startswith("cpu-") and key.name == "llama-server"
+    assert key.name == "llama-server" and key.parent.parent.name == SDIST_SHA256[:16]
+    sandy_bridge = Cpu("x86_64", "Intel(R) Xeon(R) CPU E5-2670", frozenset({"sse4_2", "avx"}))
     others = {
         cached_bin_path(plain, SAPPHIRE_RAPIDS, Profile.portable),
-        cached_bin_path(plain, HASWELL, Profile.cpu),
+        cached_bin_path(plain, sandy_bridge, Profile.cpu),
         cached_bin_path(settings_for(tmp_path, llama_cpp_cmake_args="-DGGML_CUDA=ON"), SAPPHIRE_RAPIDS, Profile.cpu),
     }
     assert key not in others and len(others) == 3
+    # The same flags are one binary: a CPU with nothing beyond AVX2 builds once for both profiles,
+    # and that is the portable build of a bigger CPU.
+    assert cached_bin_path(plain, HASWELL, Profile.cpu) == cached_bin_path(plain, HASWELL, Profile.portable)
+    assert cached_bin_path(plain, HASWELL, Profile.cpu) == cached_bin_path(plain, SAPPHIRE_RAPIDS, Profile.portable)
     # Same flags from a CPU with an unrelated extra flag: the same binary serves both...
     same_isa = Cpu("x86_64", "another model name", SAPPHIRE_RAPIDS.flags | {"hypervisor"})
     assert cached_bin_path(plain, same_isa, Profile.cpu) == key
-    # ...but a native build is keyed by the CPU itself, since the compiler picks the extensions.
+    # ...but where the compiler picks the extensions (a native build, or flags of the user's own,
+    # however they spell it) the CPU itself is part of the key.
     other_arm = Cpu("aarch64", "unknown", frozenset({"fp", "asimd"}))
     assert cached_bin_path(plain, ARM, Profile.cpu) != cached_bin_path(plain, other_arm, Profile.cpu)
+    for own in ("-DGGML_NATIVE:BOOL=on", "-DCMAKE_C_FLAGS=-march=native"):
+        user = settings_for(tmp_path, llama_cpp_cmake_args=own)
+        assert cached_bin_path(user, SAPPHIRE_RAPIDS, Profile.cpu) != cached_bin_path(user, same_isa, Profile.cpu), own
 
 
 def test_the_build_setting_chooses_the_profiles(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.llama_cpp.cpu import read_cpu
 from support import AISTACK, child_env
 
 SMOL = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "2048", "LLAMA_CPP_PARALLEL": "2"}
@@ -164,5 +166,9 @@ def test_engine_proves_the_real_binary_on_this_machine(stack_env):
     out = " ".join(done.stdout.split())
     assert "✓ llama-server " in out
     assert re.search(r"self-test loaded \S+\.gguf and generated a token in \d+\.\d s on this machine", out), out
-    if "built for" in out:  # a binary aistack built (not one from PATH or LLAMA_CPP_SERVER_BIN)
-        assert "AMX" not in out
+    binary = Path(re.search(r"✓ llama-server (\S+)", out).group(1))
+    build = binary.parent / "build.json"
+    if build.exists():  # a binary aistack built (not one from PATH or LLAMA_CPP_SERVER_BIN)
+        flags = json.loads(build.read_text())["flags"]
+        assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(flags)
+        assert "-DGGML_NATIVE=OFF" in flags or not read_cpu().is_x86

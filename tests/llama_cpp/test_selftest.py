@@ -101,8 +101,9 @@ def test_a_users_binary_that_crashes_is_reported_and_left_alone(tmp_path, settin
     message = str(failed.value)
     assert "was killed by SIGSEGV (signal 11) while loading the model in its self-test" in message
     assert "LLAMA_CPP_SERVER_BIN" in message and "left as it is" in message and "\n" not in message
+    assert "`aistack engine --check` tests it again" in message
     assert binary.read_bytes() == before
-    # a failure is not remembered for a user's binary: once fixed, it is tested again and passes
+    # a crash is remembered for this binary on this machine; a fixed binary (a new file) is tested again
     fake_server(binary, None)
     assert engine.ensure_server_bin(user, progress=False) == binary
 
@@ -150,3 +151,27 @@ def test_a_crash_while_serving_is_named_with_its_phase(capfd):
     assert "✗ llama-server was killed by SIGSEGV (signal 11) while loading the model" in out
     assert supervise(["sh", "-c", "echo 'main: model loaded'; kill -ILL $$"]) == 128 + 4
     assert "✗ llama-server was killed by SIGILL (signal 4) while serving" in capfd.readouterr().out
+
+
+def test_a_failure_that_is_not_a_crash_is_tested_again_next_time(tmp_path, settings, monkeypatch):
+    """A slow start on a busy machine, a port taken meanwhile: nothing about the binary, so nothing
+    is remembered — the next start tests it again."""
+    binary = fake_server(tmp_path / "opt" / "llama-server", "exit")
+    user = settings.model_copy(update={"llama_cpp_server_bin": binary})
+    runs = []
+    real = engine.run_self_test
+    monkeypatch.setattr(engine, "run_self_test", lambda *a, **k: runs.append(1) or real(*a, **k))
+    for _ in range(2):
+        with pytest.raises(SetupError, match=r"exited with status 1 while loading the model in its self-test"):
+            engine.ensure_server_bin(user, progress=False)
+    assert len(runs) == 2
+
+
+def test_a_cpu_with_nothing_beyond_avx2_builds_once(settings, monkeypatch):
+    haswell = Cpu("x86_64", "Intel(R) Xeon(R) CPU E5-2680 v3", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}))
+    monkeypatch.setattr(engine, "read_cpu", lambda: haswell)
+    built, notes = [], []
+    monkeypatch.setattr(engine, "build_from_source", lambda dest, flags, progress=True: built.append(flags) or fake_server(dest, "load"))
+    with pytest.raises(SetupError, match="with every flag set"):
+        engine.ensure_server_bin(settings, progress=False, say=notes.append)
+    assert len(built) == 1 and notes == []  # its cpu and portable builds are the same binary: no second build, no "instead"

@@ -117,7 +117,8 @@ class FakeWorkspace:
         return ProcResult(code, f"check said {code}", timed_out=code is None)
 
     async def remove(self, task: TaskRecord) -> None:
-        self.removed.append(task.id)
+        if Path("/trees") / task.id in self.trees:  # like git: only a tree that was made is removed
+            self.removed.append(task.id)
 
     async def diff(self, task: TaskRecord, base: str, commit: str) -> str:
         return f"diff {base}..{commit}"

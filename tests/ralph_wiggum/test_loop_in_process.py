@@ -199,7 +199,6 @@ def test_the_scheduler_runs_tasks_first_in_first_out_within_its_slots(tmp_path):
     async def scenario():
         first, second = await submit(loop, check_command="t"), await submit(loop, check_command="t")
         loop.scheduler.start()
-        await wait_until(lambda: loop.store.get(second))
         await wait_until(lambda: _status(loop, second, TaskStatus.completed))
         await loop.scheduler.shutdown()
         a, b = await loop.store.get(first), await loop.store.get(second)
@@ -257,3 +256,36 @@ def test_shutdown_leaves_a_running_task_running_to_resume(tmp_path):
 async def _status(loop: Loop, task_id: str, status: TaskStatus) -> bool:
     task = await loop.store.get(task_id)
     return task is not None and task.status is status
+
+
+def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_path):
+    loop = make_loop(tmp_path, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop)
+        loop.scheduler._launch(task_id)  # noqa: SLF001 - a drive created, not yet run
+        await loop.tasks.stop(task_id)  # cancels it before its first step
+        await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
+        assert loop.scheduler.active_count == 0 and loop.agent.requests == []
+        await loop.scheduler.shutdown()
+
+    run(scenario())
+
+
+def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_recorded(tmp_path):
+    """A stop written by another process (the task is `stopped` in the store) while an iteration
+    runs here: the iteration's result must not bring the task back to life."""
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1, wait=0.3)])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="false")
+        run_here = asyncio.create_task(loop.runner.run(task_id))
+        await wait_until(lambda: loop.agent.requests)
+        await loop.store.apply(task_id, TaskUpdate(status=TaskStatus.stopped, completion_reason="stopped by user"))
+        with pytest.raises(StopRequested):
+            await run_here
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.stopped and task.iteration == 0
+        assert await loop.store.iterations(task_id) == [] and loop.workspace.removed == [task_id]
+
+    run(scenario())

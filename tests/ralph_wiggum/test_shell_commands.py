@@ -27,6 +27,10 @@ from aistack.ralph_wiggum.shell import run_shell, shell_argv
         ("ls *.py", False),
         ("echo 'a  b'", False),
         ("   ", False),
+        ("echo -e x", False),  # PATH's echo is not the shell's
+        ("pwd", False),
+        ("git\u00a0status", False),  # sh does not split on a no-break space
+        ("ls\x01", False),
     ],
 )
 def test_a_shell_is_used_only_where_it_means_something(tmp_path, command, direct):
@@ -56,3 +60,19 @@ def test_with_and_without_a_shell_the_result_is_the_same(tmp_path):
     assert direct == shelled and direct.exit_code == 4 and direct.output == "args: one two\nfrom stdin: hi\n"
     assert plain.exit_code == 0 and plain.output == "without a shebang\n"
     assert missing.exit_code == 127 and "not found" in missing.output
+
+
+def test_a_command_without_a_shell_sees_what_sh_would_show_it(tmp_path):
+    """$PWD is the directory it runs in, and a death by signal is 128+N, as `sh -c` reports them."""
+    (tmp_path / "where.sh").write_text('#!/bin/sh\necho "$PWD"\n')
+    (tmp_path / "crash.sh").write_text("#!/bin/sh\nkill -SEGV $$\n")
+    for script in ("where.sh", "crash.sh"):
+        (tmp_path / script).chmod(0o755)
+
+    async def both():
+        env = {**os.environ, "PWD": "/somewhere/else"}
+        return [await run_shell(cmd, tmp_path, env=env, timeout=10) for cmd in ("./where.sh", "./where.sh;", "./crash.sh", "./crash.sh;")]
+
+    where, where_sh, crash, crash_sh = asyncio.run(both())
+    assert where.output == where_sh.output == f"{tmp_path}\n"
+    assert crash.exit_code == crash_sh.exit_code == 128 + 11

@@ -36,7 +36,7 @@ from aistack.config import ConfigError, Settings
 from aistack.files import atomic_file, file_lock
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu, usable_cpus
-from aistack.llama_cpp.models import MODELS, ensure_model, is_verified, models_dir, sha256_file
+from aistack.llama_cpp.models import MODELS, check_model_file, ensure_model, is_verified, models_dir, sha256_file
 from aistack.llama_cpp.selftest import Verdict, proof_path, record, recorded, run_self_test
 from aistack.procgroup import output_of
 
@@ -55,7 +55,9 @@ CMAKE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # offline: do not try to fetch the web UI during the build
 )
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+_NATIVE = re.compile(r"GGML_NATIVE(:BOOL)?=(ON|TRUE|YES|Y|1)$|-march=native", re.IGNORECASE)
 Say = Callable[[str], None]
+RETEST = "`aistack engine --check` tests it again"
 
 
 def build_flags(settings: Settings, cpu: Cpu, profile: Profile) -> tuple[str, ...]:
@@ -64,12 +66,13 @@ def build_flags(settings: Settings, cpu: Cpu, profile: Profile) -> tuple[str, ..
 
 
 def cached_bin_path(settings: Settings, cpu: Cpu, profile: Profile) -> Path:
-    """`<cache>/llama-server/<sdist>/<profile>-<key>/llama-server`; the key covers the flags, and
-    the CPU itself when the flags leave the choice to the compiler (a native build)."""
+    """`<cache>/llama-server/<sdist>/<key>/llama-server`. The key covers every flag, so two
+    profiles with the same flags share one binary; and the CPU itself too, unless our flags alone
+    name each instruction set (a native build, or the user's own flags, may pick them from the CPU)."""
     flags = build_flags(settings, cpu, profile)
-    native = "-DGGML_NATIVE=ON" in flags
-    key = hashlib.sha256("\n".join([SDIST_SHA256, *flags, cpu.fingerprint() if native else ""]).encode()).hexdigest()
-    return settings.aistack_cache_dir / BINARY / SDIST_SHA256[:16] / f"{profile.value}-{key[:12]}" / BINARY
+    cpu_specific = bool(settings.llama_cpp_cmake_args.strip()) or any(_NATIVE.search(flag) for flag in flags)
+    key = hashlib.sha256("\n".join([SDIST_SHA256, *flags, cpu.fingerprint() if cpu_specific else ""]).encode()).hexdigest()
+    return settings.aistack_cache_dir / BINARY / SDIST_SHA256[:16] / key[:16] / BINARY
 
 
 def profiles(settings: Settings) -> list[Profile]:
@@ -92,12 +95,11 @@ def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool =
     self-test is replaced by the next profile's build; a user's binary that fails raises."""
     if (user := user_server_bin(settings)) is not None:
         return _proven_user_binary(settings, user, progress, recheck)
-    cpu, tried = read_cpu(), set()
+    cpu = read_cpu()
+    builds: dict[Path, Profile] = {}
     for profile in profiles(settings):
-        dest = cached_bin_path(settings, cpu, profile)
-        if dest in tried:  # this CPU has nothing beyond the portable set: same flags, same binary
-            continue
-        tried.add(dest)
+        builds.setdefault(cached_bin_path(settings, cpu, profile), profile)  # one per distinct flag set
+    for n, (dest, profile) in enumerate(builds.items(), start=1):
         dest.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(dest):  # another process may be building or testing it
             if not _is_executable(dest):
@@ -107,11 +109,11 @@ def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool =
         if verdict.ok:
             return dest
         if not verdict.crashed:  # not the CPU's fault: another build would fail the same way
-            raise SetupError(f"llama-server {verdict.detail} in its self-test (log: {verdict.log})")
-        if first_test:  # said once, when it happens; later starts go straight to the build that works
+            raise SetupError(f"llama-server {verdict.detail} in its self-test (log: {verdict.log}); {RETEST}")
+        if first_test and n < len(builds):  # said once, when it happens; later starts take the build that works
             (say or _say)(f"⚠ llama-server built for this CPU ({enabled_extensions(cmake_flags(cpu, profile))}) "
                           f"{verdict.detail} in its self-test; building it with the portable flag set instead")  # fmt: skip
-    raise SetupError(f"llama-server {verdict.detail} in its self-test with every flag set (log: {verdict.log})")
+    raise SetupError(f"llama-server {verdict.detail} in its self-test with every flag set (log: {verdict.log}); {RETEST}")
 
 
 def _proven_user_binary(settings: Settings, binary: Path, progress: bool, recheck: bool) -> Path:
@@ -121,13 +123,15 @@ def _proven_user_binary(settings: Settings, binary: Path, progress: bool, rechec
         where = "LLAMA_CPP_SERVER_BIN" if settings.llama_cpp_server_bin else "PATH"
         raise SetupError(
             f"{binary} (from {where}) {verdict.detail} in its self-test; it is left as it is: fix it, or remove it "
-            f"from {where} to have aistack build one (log: {verdict.log})"
+            f"from {where} to have aistack build one (log: {verdict.log}); {RETEST}"
         )
     return binary
 
 
 def prove(settings: Settings, binary: Path, progress: bool = True, recheck: bool = False) -> Verdict:
-    """The binary's verdict on this machine: recorded, or from a self-test run now (and recorded)."""
+    """The binary's verdict on this machine: recorded, or from a self-test run now. Only what
+    says something about the binary on this CPU is recorded (it worked, or it crashed); any other
+    failure (a slow start on a busy box, a port taken meanwhile) is tested again next time."""
     if not recheck and (known := recorded(settings.aistack_cache_dir, binary)) is not None:
         return known
     model = self_test_model(settings)
@@ -135,16 +139,20 @@ def prove(settings: Settings, binary: Path, progress: bool = True, recheck: bool
     status = Console(stderr=True).status(f"self-test: {binary.name} loads {model.name} and generates a token…")
     with status if progress else nullcontext():
         verdict = run_self_test(binary, model, log, threads=min(2, usable_cpus()))
-    record(settings.aistack_cache_dir, binary, verdict)
+    if verdict.ok or verdict.crashed:
+        record(settings.aistack_cache_dir, binary, verdict)
     return verdict
 
 
 def self_test_model(settings: Settings) -> Path:
-    """The smallest bundled model already in the cache, else the smallest one, assembled now."""
+    """The smallest bundled model already in the cache, else the user's LLAMA_CPP_MODEL_FILE
+    (nothing to fetch offline), else the smallest bundled one, assembled now."""
     smallest_first = sorted(MODELS.values(), key=lambda m: m.size)
     for model in smallest_first:
         if is_verified(model, path := models_dir(settings) / model.file_name):
             return path
+    if settings.llama_cpp_model_file:
+        return check_model_file(settings.llama_cpp_model_file)
     return ensure_model(settings, smallest_first[0].name)
 
 

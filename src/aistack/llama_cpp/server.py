@@ -125,11 +125,16 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
 
 def _relay(stream, loaded: threading.Event) -> None:
     """Copy llama-server's output to ours line by line, noting when the model has loaded."""
+    writable = True
     for line in iter(stream.readline, b""):
         if not loaded.is_set() and LOADED_MARKER in line:
             loaded.set()
-        sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
+        if writable:
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+            except OSError:  # a full disk, a closed terminal: keep draining, or llama-server blocks on its pipe
+                writable = False
     stream.close()
 
 

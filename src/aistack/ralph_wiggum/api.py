@@ -184,7 +184,7 @@ async def stats(request: Request) -> Stats:
 
 
 @router.get("/metrics", tags=["service"])
-async def metrics(request: Request) -> Response:
+def metrics(request: Request) -> Response:  # sync: the collector scans the database in this worker thread
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -117,7 +117,12 @@ class TaskRunner:
             completion_tokens=result.tokens.completion, transient_retries=retries,
         )  # fmt: skip
         outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
-        return it, outcome, await self.store.record_iteration(it, outcome.update, outcome.events)
+        step = rules.transition(outcome.decision.action)
+        after = await self.store.record_iteration(it, outcome.update, outcome.events, step.sources)
+        if after is None:  # the task was ended meanwhile (a stop sent to another process)
+            await self.tasks.release(task)
+            raise StopRequested
+        return it, outcome, after
 
     async def _run_with_retries(self, task_id: str, backend: Backend, request: IterationRequest) -> tuple[IterationResult, int]:
         """Run the iteration; transient failures (service down, 503, timeout) are retried with

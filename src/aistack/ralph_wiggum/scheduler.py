@@ -25,6 +25,7 @@ class Scheduler:
         self.tasks = tasks
         self._active: dict[str, asyncio.Task] = {}
         self._stopping: set[str] = set()  # interrupted because a person stopped them
+        self._finishing: set[asyncio.Task] = set()  # stops recorded for drives cancelled before they began
         self._wake = asyncio.Event()
         self._loop: asyncio.Task | None = None
 
@@ -52,10 +53,13 @@ class Scheduler:
         """Stop scheduling; interrupted tasks stay `running` and resume on the next start."""
         if self._loop:
             self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
         drives = list(self._active.values())
         for drive in drives:
             drive.cancel()
         await asyncio.gather(*drives, return_exceptions=True)
+        await asyncio.sleep(0)  # the drives' done-callbacks run
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _schedule(self) -> None:
         while True:
@@ -63,7 +67,7 @@ class Scheduler:
                 free = self.settings.ralph_max_concurrent_tasks - len(self._active)
                 if self.settings.ralph_loop_enabled and free > 0:
                     for task in await self.store.ready_tasks(set(self._active), free):
-                        self._active[task.id] = asyncio.get_running_loop().create_task(self._drive(task.id))
+                        self._launch(task.id)
             except Exception:  # keep scheduling whatever one pass hit (e.g. a locked database)
                 log.exception("scheduler pass failed")
             try:
@@ -71,6 +75,20 @@ class Scheduler:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def _launch(self, task_id: str) -> None:
+        drive = asyncio.get_running_loop().create_task(self._drive(task_id))
+        self._active[task_id] = drive
+        drive.add_done_callback(lambda done: self._ended(task_id, done))  # runs however the drive ended
+
+    def _ended(self, task_id: str, drive: asyncio.Task) -> None:
+        self._active.pop(task_id, None)
+        if task_id in self._stopping and drive.cancelled():  # stopped before `_drive` could begin to record it
+            finish = asyncio.get_running_loop().create_task(self.tasks.finish(task_id, Action.stop, Reason.stopped))
+            self._finishing.add(finish)
+            finish.add_done_callback(self._finishing.discard)
+        self._stopping.discard(task_id)
+        self.wake()
 
     async def _drive(self, task_id: str) -> None:
         try:
@@ -84,7 +102,3 @@ class Scheduler:
         except Exception as exc:
             log.exception("task %s crashed", task_id)
             await self.tasks.finish(task_id, Action.fail, Reason.error, f"internal error: {exc}")
-        finally:
-            self._active.pop(task_id, None)
-            self._stopping.discard(task_id)
-            self.wake()

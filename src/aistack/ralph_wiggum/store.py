@@ -5,14 +5,18 @@ replace it. Everything that belongs together (an iteration, the task's new state
 events) is one transaction: a crash leaves all or none of it.
 
 The store is async-facing, so callers read as a story and a networked database can slot in
-later. With SQLite the work runs on the event loop itself, on one connection: a read by key
-takes ~0.05 ms and a write transaction ~1 ms (WAL, no sync per commit), while handing either to a
-worker thread cost ~0.3 ms more and, under 50 concurrent clients, made the API's p99 twice as long
-(measured; docs/benchmarks.md). Nothing here waits on the network.
+later. With SQLite the short work runs on the event loop itself, on one connection: a read by key
+takes ~0.05 ms and a write transaction ~1 ms (WAL, no sync per commit; the checkpoint that syncs
+runs in a thread of its own), while handing either to a worker thread cost ~0.3 ms more and,
+under 50 concurrent clients, made the API's p99 twice as long (docs/benchmarks.md). The scans
+(statistics, metrics) run in worker threads on connections of their own. This process is the
+database's only writer; another one holding the write lock would make a write wait (busy_timeout).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -129,6 +133,7 @@ events = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )  # fmt: skip
 
+log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
 
@@ -189,13 +194,16 @@ class Store:
         self._on_event(task_id)
         return task
 
-    async def record_iteration(self, it: IterationRecord, change: TaskUpdate, extra: Sequence[Event]) -> TaskRecord:
-        """Store a finished iteration together with the task's new state and the events."""
+    async def record_iteration(
+        self, it: IterationRecord, change: TaskUpdate, extra: Sequence[Event], allowed_from: Iterable[TaskStatus]
+    ) -> TaskRecord | None:
+        """Store a finished iteration together with the task's new state and the events, only
+        while the task's status is in `allowed_from` (compare-and-set). None when it did not apply."""
         now = utcnow()
         with self._tx() as db:
             before = self._task(db, it.task_id)
-            if before is None:
-                raise KeyError(f"no task {it.task_id!r} to record an iteration of")
+            if before is None or before.status not in allowed_from:
+                return None
             db.execute(insert(iterations), {**_fields(it), "finished_at": now})
             counters = {
                 "iteration": it.number,
@@ -245,7 +253,11 @@ class Store:
     # --- statistics --------------------------------------------------------------------------------
 
     async def stats(self) -> Stats:
-        with self._tx() as db:
+        """Totals over every task: a scan, so in a worker thread on a connection of its own."""
+        return await asyncio.to_thread(self._stats)
+
+    def _stats(self) -> Stats:
+        with self.engine.connect() as db:
             by_status: dict[str, int] = {s: n for s, n in db.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))}
             mean = db.scalar(select(func.avg(tasks.c.iteration)).where(tasks.c.status.in_(_TERMINAL)))
 
@@ -266,9 +278,9 @@ class Store:
             )
 
     def metric_rows(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str | None, int, float, int, int]]]:
-        """For the Prometheus collector, which prometheus-client calls synchronously (from the async
-        /metrics route, so on the event loop): tasks by status and backend; iterations, seconds
-        and tokens by backend and iteration status."""
+        """For the Prometheus collector (prometheus-client calls it synchronously, from the sync
+        /metrics route's worker thread; a scan of every iteration, on a connection of its own):
+        tasks by status and backend; iterations, seconds and tokens by backend and status."""
         per_iteration = (
             select(tasks.c.backend, iterations.c.status, func.count(),
                    func.coalesce(func.sum(iterations.c.duration_seconds), 0.0),
@@ -277,7 +289,7 @@ class Store:
             .join(tasks, tasks.c.id == iterations.c.task_id)
             .group_by(tasks.c.backend, iterations.c.status)
         )  # fmt: skip
-        with self._tx() as db:
+        with self.engine.connect() as db:
             by_task = db.execute(select(tasks.c.status, tasks.c.backend, func.count()).group_by(tasks.c.status, tasks.c.backend))
             return [tuple(r) for r in by_task], [tuple(r) for r in db.execute(per_iteration)]
 
@@ -355,10 +367,13 @@ class _WalCheckpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        with self._engine.connect() as db:
-            while not self._stopped.wait(self.INTERVAL_SECONDS):
-                db.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")  # waits on no reader or writer
-                db.commit()
+        while not self._stopped.wait(self.INTERVAL_SECONDS):
+            try:
+                with self._engine.connect() as db:
+                    db.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")  # waits on no reader or writer
+                    db.commit()
+            except Exception:  # a missed checkpoint is made up by the next; the thread must live on
+                log.warning("WAL checkpoint failed", exc_info=True)
 
     def stop(self) -> None:
         self._stopped.set()

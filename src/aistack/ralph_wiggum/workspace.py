@@ -65,6 +65,8 @@ class Workspace(Protocol):
         ...
 
 
+# What git commit says (LC_ALL=C) when status showed something it does not take.
+_NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes added to commit")
 # git's summary line names the new commit: `[aistack/abc 0d29…] message` (whole with core.abbrev=no).
 _COMMITTED = re.compile(r"^\[[^\]\n]*? ([0-9a-f]{40}(?:[0-9a-f]{24})?)\] ")
 
@@ -132,8 +134,8 @@ class GitWorktrees:
         args = (*IDENTITY, "-c", "core.abbrev=no", "commit", "--no-verify", *(() if untracked else ("--all",)), "-m", message)
         result = await run_git(tree.path, *args)
         if result.code != 0:
-            if "nothing to commit" in result.out or "nothing added to commit" in result.out:
-                return Checkpoint((), None, None)  # status saw what commit does not take (a nested repository)
+            if any(words in result.out for words in _NOTHING_TO_COMMIT):
+                return Checkpoint((), None, None)  # status saw what commit does not take (a submodule's own changes)
             raise GitError(failure(tree.path, args, result))
         # The id is read from the commit's own summary line: a `rev-parse` fewer per iteration.
         match = _COMMITTED.match(result.out)
@@ -148,9 +150,11 @@ class GitWorktrees:
         return result
 
     async def remove(self, task: TaskRecord) -> None:
-        if task.worktree:
+        # A task stopped while its first `worktree add` ran has a tree but no record of it yet.
+        path = Path(task.worktree) if task.worktree else self.root / task.id
+        if path.exists():
             workspace = Path(task.workspace)
-            await git(workspace, "worktree", "remove", "--force", task.worktree, check=False)
+            await git(workspace, "worktree", "remove", "--force", str(path), check=False)
             await git(workspace, "worktree", "prune", check=False)
 
     async def diff(self, task: TaskRecord, base: str, commit: str) -> str:

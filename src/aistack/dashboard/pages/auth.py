@@ -22,9 +22,9 @@ ORCHESTRATOR_PROBE_SECONDS = 3.0
 async def health(site: SiteDep) -> dict[str, Any]:
     orchestrator = await acheck(site.probes, site.settings.health_url("ralph-wiggum"), ORCHESTRATOR_PROBE_SECONDS)
     return {
-        # Degraded only when the dashboard cannot reach the orchestrator; the orchestrator's own
-        # state is shown on the Overview.
-        "status": "degraded" if not orchestrator.reachable else "healthy",
+        # Degraded when the orchestrator does not serve (down, hung, loading); its own state, and
+        # the rest of the stack's, is shown on the Overview.
+        "status": "healthy" if orchestrator.ready else "degraded",
         "version": __version__,
         "uptime_seconds": round(time.time() - site.started, 1),
         "ralph_wiggum": orchestrator.state,

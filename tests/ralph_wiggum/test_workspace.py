@@ -1,0 +1,108 @@
+"""Git worktrees as the loop's workspace, against real git (no service process needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aistack.contracts import TaskStatus
+from aistack.ralph_wiggum.records import TaskRecord
+from aistack.ralph_wiggum.workspace import GitWorktrees
+from support import git, make_git_repo
+
+
+def task_in(repo: Path, **fields) -> TaskRecord:
+    now = datetime.now(UTC)
+    values = {"id": "t1", "prompt": "p", "backend": "command", "workspace": str(repo), "status": TaskStatus.queued,
+              "max_iterations": 5, "limit_source": "request", "created_at": now, "updated_at": now, **fields}  # fmt: skip
+    return TaskRecord(**values)
+
+
+def test_checkpoints_name_what_changed_and_commit_it(tmp_path):
+    repo = make_git_repo(tmp_path / "repo", {"a.txt": "one\n"})
+    trees = GitWorktrees(tmp_path / "worktrees")
+
+    async def scenario():
+        tree = await trees.prepare(task_in(repo), None)
+        nothing = await trees.checkpoint(tree, "none")
+        (tree.path / "a.txt").write_text("one\ntwo\n")  # a tracked file only: `commit --all`
+        tracked = await trees.checkpoint(tree, "tracked")
+        (tree.path / "b.txt").write_text("new\n")  # an untracked one: `add` first
+        (tree.path / "a.txt").unlink()
+        both = await trees.checkpoint(tree, "both")
+        return tree, nothing, tracked, both
+
+    tree, nothing, tracked, both = asyncio.run(scenario())
+    assert nothing.commit is None and nothing.files == ()
+    assert tracked.files == ("a.txt",) and tracked.diff_stat == "1 file changed, 1 insertion(+), 0 deletions(-)"
+    assert both.files == ("a.txt", "b.txt") and both.diff_stat == "2 files changed, 1 insertion(+), 2 deletions(-)"
+    assert git(tree.path, "rev-parse", "HEAD") == both.commit
+    assert git(tree.path, "log", "--format=%s").splitlines()[:2] == ["both", "tracked"]
+    assert git(repo, "status", "--porcelain") == "" and (repo / "a.txt").read_text() == "one\n"  # the user's checkout
+
+
+def test_a_submodules_own_changes_are_no_checkpoint_and_no_error(tmp_path):
+    inner = make_git_repo(tmp_path / "inner", {"x.txt": "x\n"})
+    repo = make_git_repo(tmp_path / "repo")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner), "sub")
+    git(repo, "commit", "-q", "-m", "sub")
+    trees = GitWorktrees(tmp_path / "worktrees")
+
+    async def scenario():
+        tree = await trees.prepare(task_in(repo), None)
+        git(tree.path, "-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init")
+        (tree.path / "sub" / "x.txt").write_text("changed inside the submodule\n")
+        return await trees.checkpoint(tree, "sub")
+
+    saved = asyncio.run(scenario())
+    assert saved.commit is None and saved.files == ()
+
+
+def test_the_check_leaves_nothing_behind(tmp_path):
+    repo = make_git_repo(tmp_path / "repo")
+    trees = GitWorktrees(tmp_path / "worktrees")
+
+    async def scenario():
+        tree = await trees.prepare(task_in(repo), None)
+        result = await trees.check(tree, "echo built > artefact.txt; mkdir -p cache && touch cache/x; exit 3", {}, 30)
+        return tree, result
+
+    tree, result = asyncio.run(scenario())
+    assert result.exit_code == 3
+    assert git(tree.path, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_tree_is_removed_even_before_its_task_recorded_it(tmp_path):
+    """A stop during a task's first `worktree add`: the record has no worktree yet, the disk has one."""
+    repo = make_git_repo(tmp_path / "repo")
+    trees = GitWorktrees(tmp_path / "worktrees")
+
+    async def scenario():
+        tree = await trees.prepare(task_in(repo), None)
+        await trees.remove(task_in(repo))  # worktree=None, as in the store at that moment
+        return tree
+
+    tree = asyncio.run(scenario())
+    assert not tree.path.exists() and str(tree.path) not in git(repo, "worktree", "list")
+    assert git(repo, "rev-parse", "--verify", "-q", "aistack/t1")  # the branch stays
+
+
+def test_a_valid_workspace_is_learnt_once_and_a_new_repository_is_checked_again(tmp_path):
+    repo = make_git_repo(tmp_path / "repo")
+    trees = GitWorktrees(tmp_path / "worktrees")
+    asked: list[tuple[str, ...]] = []
+    real = trees._problem  # noqa: SLF001
+
+    async def counting(path):
+        asked.append((str(path),))
+        return await real(path)
+
+    trees._problem = counting  # noqa: SLF001
+    assert asyncio.run(trees.problem(repo)) is None and asyncio.run(trees.problem(repo)) is None
+    assert len(asked) == 1
+    import shutil
+
+    shutil.rmtree(repo / ".git")
+    assert "is not a git repository" in asyncio.run(trees.problem(repo))
+    assert len(asked) == 2
