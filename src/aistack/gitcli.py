@@ -48,7 +48,8 @@ async def run_git(cwd: Path, *args: str, locks: bool = True, timeout: float = GI
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
     except TimeoutError:
         await end_group(proc, 1.0)
         raise GitError(f"git {args[0]} took longer than {timeout:.0f} s in {cwd}") from None

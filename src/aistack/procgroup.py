@@ -59,7 +59,8 @@ async def end_group(proc: GroupProcess, grace: float) -> None:
     """SIGTERM to the whole process group, SIGKILL after `grace` seconds if the leader still lives."""
     kill_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.exited(), grace)
+        async with asyncio.timeout(grace):
+            await proc.exited()
     except TimeoutError:
         kill_group(proc.pid, signal.SIGKILL)
         await proc.exited()

@@ -13,6 +13,8 @@ from aistack.ralph_wiggum.records import TaskUpdate
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
 from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
 
+pytestmark = pytest.mark.timeout(120)  # in process, seconds each: a hang is a failure, soon
+
 
 def run(coro):
     return asyncio.run(coro)

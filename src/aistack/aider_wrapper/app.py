@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise http_error(404, f"no run {run_id!r} is in progress", "run_id")
         run.cancel.set()
         try:
-            await asyncio.wait_for(run.finished.wait(), CANCEL_WAIT_SECONDS)
+            async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+                await run.finished.wait()
         except TimeoutError:
             return {"run_id": run_id, "cancelled": True, "ended": False}
         return {"run_id": run_id, "cancelled": True, "ended": True}

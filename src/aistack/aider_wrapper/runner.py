@@ -108,7 +108,8 @@ async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: f
             await end_group(proc, CANCEL_GRACE_SECONDS)
         kill_group(proc.pid, signal.SIGKILL)  # helpers aider started must not outlive it
         try:
-            await asyncio.wait_for(reader, 5)
+            async with asyncio.timeout(5):
+                await reader
         except (TimeoutError, asyncio.CancelledError):
             reader.cancel()
     return ProcessOutcome(

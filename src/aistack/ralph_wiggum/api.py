@@ -137,8 +137,9 @@ async def stream_events(
                 if task.status.terminal:
                     yield ServerSentEvent(event="end", data=json.dumps({"task_id": task_id, "status": task.status.value}))
                     return
-                try:
-                    await asyncio.wait_for(wake.wait(), SSE_KEEPALIVE_SECONDS)
+                try:  # asyncio.timeout: a client's disconnect (a cancel) is never lost to a wake-up
+                    async with asyncio.timeout(SSE_KEEPALIVE_SECONDS):
+                        await wake.wait()
                 except TimeoutError:
                     pass
 

@@ -70,8 +70,9 @@ class Scheduler:
                         self._launch(task.id)
             except Exception:  # keep scheduling whatever one pass hit (e.g. a locked database)
                 log.exception("scheduler pass failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_SECONDS)
+            try:  # asyncio.timeout, not wait_for: in 3.11 a wake-up racing a cancel made wait_for lose the cancel
+                async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -77,8 +77,9 @@ async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: d
     if stdin is not None and proc.stdin is not None:
         io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
-    try:
-        await asyncio.wait_for(proc.exited(), timeout)
+    try:  # asyncio.timeout, not wait_for: in Python 3.11 wait_for could lose a cancel (a stop) to the exit
+        async with asyncio.timeout(timeout):
+            await proc.exited()
     except TimeoutError:
         timed_out = True
         await end_group(proc, GRACE_SECONDS)
