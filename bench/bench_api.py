@@ -1,6 +1,6 @@
 """The orchestrator's API under 50 concurrent clients, against a bare FastAPI app (not a test).
 
-    .venv/bin/python bench/bench_api.py [--clients 50] [--seconds 8]   (needs `wrk`)
+    .venv/bin/python bench/bench_api.py [--clients 50] [--seconds 6] [--rounds 3]   (needs `wrk`)
 
 A real `aistack serve ralph-wiggum` (its own SQLite file, the loop disabled so only the API is
 measured) and, as the anchor in the same run, a bare FastAPI app on the same uvicorn whose
@@ -11,6 +11,7 @@ answers. Targets: GET ≥ 0.6× the anchor's requests/s with p99 ≤ 2× the anc
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from benchlib import commit_line, hammer, new_repo, start_bare, start_ralph, sto
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3, help="ralph and bare alternate; each figure is the median")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -31,23 +33,22 @@ def main() -> None:
         body = {"prompt": "Add a docstring to every function", "backend": "command", "workspace": "api", "max_iterations": 1}
         task_id = httpx.post(rurl + "/tasks", json=body).json()["task_id"]
         bare, burl = start_bare(tmp, httpx.get(f"{rurl}/tasks/{task_id}").json())
+        runs: dict[tuple[str, str], list[dict]] = {}
         try:
-            runs = {
-                "GET /tasks/{id}": (hammer(rurl, f"/tasks/{task_id}", args.clients, args.seconds),
-                                    hammer(burl, f"/tasks/{task_id}", args.clients, args.seconds)),
-                "POST /tasks": (hammer(rurl, "/tasks", args.clients, args.seconds, body),
-                                hammer(burl, "/tasks", args.clients, args.seconds, body)),
-            }  # fmt: skip
+            for _ in range(args.rounds):  # alternating, so a drift of the machine's load hits both alike
+                for name, path, posted in (("GET /tasks/{id}", f"/tasks/{task_id}", None), ("POST /tasks", "/tasks", body)):
+                    for who, url in (("ralph", rurl), ("bare ", burl)):
+                        runs.setdefault((name, who), []).append(hammer(url, path, args.clients, args.seconds, posted))
         finally:
             stop(ralph, bare)
-    print(f"API benchmark, {args.clients} connections, {args.seconds} s each, {commit_line()}")
-    for name, (ours, anchor) in runs.items():
-        for who, r in (("ralph", ours), ("bare ", anchor)):
-            print(
-                f"  {who} {name:16s} {r['per_second']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
-                f"  ({r['errors']} non-2xx)"
-            )
-    get, post = runs["GET /tasks/{id}"], runs["POST /tasks"]
+    median = {key: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for key, rs in runs.items()}
+    print(f"API benchmark, {args.clients} connections, {args.rounds} rounds of {args.seconds} s, medians, {commit_line()}")
+    for (name, who), r in median.items():
+        spread = ", ".join(f"{x['p99_ms']:.0f}" for x in runs[(name, who)])
+        print(f"  {who} {name:16s} {r['per_second']:7.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
+              f"  (p99s {spread}; {sum(x['errors'] for x in runs[(name, who)])} non-2xx)")  # fmt: skip
+    get = (median[("GET /tasks/{id}", "ralph")], median[("GET /tasks/{id}", "bare ")])
+    post = (median[("POST /tasks", "ralph")], median[("POST /tasks", "bare ")])
     rate = get[0]["per_second"] / get[1]["per_second"]
     p99 = get[0]["p99_ms"] / get[1]["p99_ms"]
     post_rate = post[0]["per_second"] / post[1]["per_second"]
