@@ -1,4 +1,4 @@
-"""HTTP routes of the orchestrator: parse, call the store or the engine, answer."""
+"""HTTP routes of the orchestrator: parse, call the task service (or the store, for reads), answer."""
 
 from __future__ import annotations
 
