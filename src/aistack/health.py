@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,10 +58,10 @@ def check(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Health:
     """One GET of a /health URL; never raises. Proxy variables are ignored: these are our own services."""
     started = time.monotonic()
     try:
-        response = httpx.get(url, timeout=timeout, trust_env=False)
+        response = _client().get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return _unanswered(exc)
-    return classify(response.status_code, _json(response), (time.monotonic() - started) * 1000)
+    return _answered(response, started)
 
 
 async def acheck(client: httpx.AsyncClient, url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Health:
@@ -69,19 +71,37 @@ async def acheck(client: httpx.AsyncClient, url: str, timeout: float = PROBE_TIM
         response = await client.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return _unanswered(exc)
-    return classify(response.status_code, _json(response), (time.monotonic() - started) * 1000)
+    return _answered(response, started)
 
 
-def wait_ready(url: str, deadline: float, interval: float = RETRY_SECONDS) -> Health:
-    """Check until ready or `deadline` (a `time.monotonic()` value); each probe is cut short at
-    the deadline, so the wait never overruns it by more than a moment."""
+def wait_ready(url: str, deadline: float, interval: float = RETRY_SECONDS, ended: Callable[[], Health | None] = lambda: None) -> Health:
+    """Check until ready, until `ended()` says why it never will be (the process behind it
+    exited), or until `deadline` (a `time.monotonic()` value): then the last answer. Each probe
+    is cut short at the deadline, so the wait never overruns it by more than a moment."""
     while True:
+        if (gone := ended()) is not None:
+            return gone
         remaining = deadline - time.monotonic()
         result = check(url, timeout=max(0.1, min(PROBE_TIMEOUT_SECONDS, remaining)))
         remaining = deadline - time.monotonic()
         if result.ready or remaining <= 0:
             return result
         time.sleep(min(interval, remaining))
+
+
+@functools.cache
+def _client() -> httpx.Client:
+    """One client for every probe (making one costs ~20 ms); no kept-alive connections, so each
+    probe connects afresh, as the question "does it accept connections now?" needs."""
+    return httpx.Client(trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def _answered(response: httpx.Response, started: float) -> Health:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    return classify(response.status_code, body, (time.monotonic() - started) * 1000)
 
 
 def _unanswered(exc: httpx.HTTPError) -> Health:
@@ -112,10 +132,3 @@ def _why_degraded(body: dict[str, Any]) -> str:
         if isinstance(b, dict) and (b.get("reachable") is False or not b.get("available"))
     ]  # fmt: skip
     return f": backend unreachable: {', '.join(troubled)}" if troubled else ""
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {}

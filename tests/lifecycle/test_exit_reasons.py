@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aistack.lifecycle.exits import exit_reason
+from aistack.lifecycle.runtimes import exit_reason
 from aistack.procgroup import describe_exit
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from aistack import health
 from aistack.files import atomic_write
+from aistack.health import Health
 from aistack.llama_cpp.cpu import read_cpu
 from aistack.procgroup import describe_exit, die_with_parent
 
@@ -86,9 +88,13 @@ def run_self_test(binary: Path, model: Path, log_path: Path, threads: int) -> Ve
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent(),
         )  # fmt: skip
+
+        def exited() -> Health | None:  # its exit status is read by `_ended`
+            return Health("exited", "") if proc.poll() is not None else None
+
         try:
             phase = "while loading the model"
-            if not _wait_ready(proc, client):
+            if not health.wait_ready(f"{url}/health", time.monotonic() + READY_TIMEOUT_SECONDS, 0.1, exited).ready:
                 return _ended(proc, phase, log_path, f"not ready {READY_TIMEOUT_SECONDS:.0f} s after it started")
             phase = "while generating a token"
             try:
@@ -101,19 +107,6 @@ def run_self_test(binary: Path, model: Path, log_path: Path, threads: int) -> Ve
             return Verdict(True, f"loaded {model.name} and generated a token in {time.monotonic() - t0:.1f} s", log=str(log_path))
         finally:
             _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen, client: httpx.Client) -> bool:
-    """Until /health answers 200 (True), or the process ends or the time is up (False)."""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if client.get("/health", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def _generated(reply: httpx.Response) -> bool:

@@ -24,12 +24,11 @@ import time
 import tomllib
 from pathlib import Path
 
-from aistack import health, services
+from aistack import services
 from aistack.config import Settings, resolve_env_file
 from aistack.health import Health
-from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import Releases
-from aistack.lifecycle.runtimes import BuildError, Say, Swap
+from aistack.lifecycle.runtimes import BuildError, Say, Swap, exit_reason, wait_healthy
 from aistack.services import get, installed_source_root
 from aistack.web import is_loopback
 
@@ -222,17 +221,14 @@ class PodmanRuntime:
 
     def wait_healthy(self, service: str, timeout: float) -> Health:
         name = container_name(service)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def ended() -> Health | None:
             state = inspect(name)["State"]
-            if not state.get("Running"):
-                return Health("exited", exit_reason(state.get("ExitCode"), self.logs(name, 40), "the container"))
-            result = health.check(self.health_url(name, service))
-            if result.ready:
-                return result
-            if time.monotonic() >= deadline:
-                return Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
-            time.sleep(0.3)
+            if state.get("Running"):
+                return None
+            return Health("exited", exit_reason(state.get("ExitCode"), self.logs(name, 40), "the container"))
+
+        return wait_healthy(self.health_url(name, service), timeout, ended, interval=0.3)
 
     def logs(self, name: str, lines: int = 20) -> str:
         proc = podman("logs", "--tail", str(lines), name, check=False)

@@ -24,9 +24,8 @@ from pathlib import Path
 from aistack import health
 from aistack.config import Settings
 from aistack.files import atomic_write
-from aistack.lifecycle.exits import exit_reason
 from aistack.lifecycle.releases import INSTALLED, Releases
-from aistack.lifecycle.runtimes import Say, Swap
+from aistack.lifecycle.runtimes import Say, Swap, exit_reason, wait_healthy
 from aistack.procgroup import group_exists, kill_group
 from aistack.services import get
 
@@ -182,17 +181,14 @@ class ProcessRuntime:
 
     def wait_healthy(self, record: ProcessRecord, timeout: float) -> health.Health:
         """Poll /health until it answers 200, the process exits, or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = health.check(self.settings.health_url(record.service))
-            if result.ready:
-                return result
-            if not self.is_alive(record):
-                tail = self.log_tail(record.service, 40, since=record.log_offset)
-                return health.Health("exited", exit_reason(self.exit_code(record), tail))
-            if time.monotonic() >= deadline:
-                return health.Health(result.state, f"/health not ready after {timeout:.0f} s (last: {result.detail})")
-            time.sleep(0.2)
+
+        def ended() -> health.Health | None:
+            if self.is_alive(record):
+                return None
+            tail = self.log_tail(record.service, 40, since=record.log_offset)
+            return health.Health("exited", exit_reason(self.exit_code(record), tail))
+
+        return wait_healthy(self.settings.health_url(record.service), timeout, ended, interval=0.2)
 
     def log_tail(self, service: str, lines: int = 20, since: int = 0) -> str:
         path = self.log_file(service)
