@@ -2,8 +2,9 @@
 
 Each child runs in its own session (process group), and the group is signalled as a whole, so
 nothing a command started outlives it. Async children (the orchestrator's shell commands, the
-wrapper's aider runs, git) learn of their exit from asyncio's child watcher; sync ones (the
-engine build, the lifecycle's services) die with their parent where the OS allows."""
+wrapper's aider runs, git) learn of their exit from asyncio's child watcher. Sync ones that
+belong to one command (the engine build, llama-server under its service) die with their parent
+where the OS allows; the lifecycle's services, meant to outlive `aistack up`, do not."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ STREAM_LIMIT = 2**16  # asyncio's default line limit for the child's output stre
 
 class _ExitProtocol(SubprocessStreamProtocol):
     """asyncio's own subprocess protocol, plus a future that is done the moment the child exits.
-    (`Process.wait()` also waits for the output pipes to close, which a helper the child left
-    running in the background would hold open.)"""
+    (In CPython 3.11, `Process.wait()` also waits for the output pipes to close, which a helper
+    the child left running in the background would hold open.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=STREAM_LIMIT, loop=loop)

@@ -14,7 +14,7 @@ from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError, engine
 from aistack.llama_cpp.cpu import Profile, read_cpu
 from aistack.llama_cpp.engine import SDIST_SHA256, cached_bin_path, unpack_source, user_server_bin
-from aistack.llama_cpp.selftest import Verdict, record
+from aistack.llama_cpp.selftest import Verdict, proof_path, record
 from aistack.llama_cpp.server import server_command, supervise
 
 
@@ -40,7 +40,7 @@ def test_cached_binary_is_found_without_building_once_proven(tmp_path, monkeypat
     cached.parent.mkdir(parents=True)
     cached.write_text("#!/bin/sh\n")
     cached.chmod(0o755)
-    record(settings.aistack_cache_dir, cached, Verdict(True, "generated a token"))
+    record(proof_path(settings.aistack_cache_dir, cached), cached, Verdict(True, "generated a token"))
     monkeypatch.setattr(engine, "build_from_source", lambda *a, **k: pytest.fail("must not build"))
     monkeypatch.setattr(engine, "run_self_test", lambda *a, **k: pytest.fail("proven already: no second self-test"))
     assert engine.ensure_server_bin(settings, progress=False) == cached

@@ -16,7 +16,7 @@ import pytest
 from aistack.config import Settings
 from aistack.llama_cpp import SetupError, engine
 from aistack.llama_cpp.cpu import Cpu, Profile
-from aistack.llama_cpp.selftest import recorded, run_self_test
+from aistack.llama_cpp.selftest import proof_path, recorded, run_self_test
 from aistack.llama_cpp.server import supervise
 
 # A stand-in llama-server: /health answers 200, /completion answers one token, unless told to crash.
@@ -108,7 +108,7 @@ def test_a_users_binary_that_crashes_is_reported_and_left_alone(tmp_path, settin
     assert engine.ensure_server_bin(user, progress=False) == binary
 
 
-def test_a_cached_build_that_crashes_is_rebuilt_with_portable_flags(settings, monkeypatch):
+def test_a_cached_build_that_crashes_is_rebuilt_with_portable_flags(settings, monkeypatch, capfd):
     monkeypatch.setattr(engine, "read_cpu", lambda: AMX_CPU)
     built: list[tuple[str, ...]] = []
 
@@ -116,22 +116,22 @@ def test_a_cached_build_that_crashes_is_rebuilt_with_portable_flags(settings, mo
         built.append(flags)
         return fake_server(dest, "load" if "-DGGML_AVX512=ON" in flags else None)  # the AVX-512 build crashes
 
-    notes: list[str] = []
     monkeypatch.setattr(engine, "build_from_source", build)
-    chosen = engine.ensure_server_bin(settings, progress=False, say=notes.append)
+    chosen = engine.ensure_server_bin(settings, progress=False)
+    notes = capfd.readouterr().err.splitlines()
     assert chosen == engine.cached_bin_path(settings, AMX_CPU, Profile.portable)
     assert len(built) == 2 and "-DGGML_AVX512=ON" in built[0] and "-DGGML_AVX512=OFF" in built[1]
     assert all("-DGGML_AMX_INT8=OFF" in flags for flags in built)
     assert len(notes) == 1 and "AVX512" in notes[0] and "was killed by SIGSEGV (signal 11) while loading the model" in notes[0]
     assert "portable" in notes[0]
-    crashed = recorded(settings.aistack_cache_dir, engine.cached_bin_path(settings, AMX_CPU, Profile.cpu))
+    crashed = recorded(proof_path(settings.aistack_cache_dir, engine.cached_bin_path(settings, AMX_CPU, Profile.cpu)))
     assert crashed is not None and crashed.crashed and not crashed.ok
 
     # Next time: both verdicts are known, nothing is built or tested again.
     monkeypatch.setattr(engine, "build_from_source", lambda *a, **k: pytest.fail("must not build again"))
     monkeypatch.setattr(engine, "run_self_test", lambda *a, **k: pytest.fail("must not test again"))
-    assert engine.ensure_server_bin(settings, progress=False, say=notes.append) == chosen
-    assert len(notes) == 1
+    assert engine.ensure_server_bin(settings, progress=False) == chosen
+    assert capfd.readouterr().err == ""
 
 
 def test_a_build_that_fails_without_crashing_is_not_rebuilt(settings, monkeypatch):
@@ -167,11 +167,11 @@ def test_a_failure_that_is_not_a_crash_is_tested_again_next_time(tmp_path, setti
     assert len(runs) == 2
 
 
-def test_a_cpu_with_nothing_beyond_avx2_builds_once(settings, monkeypatch):
+def test_a_cpu_with_nothing_beyond_avx2_builds_once(settings, monkeypatch, capfd):
     haswell = Cpu("x86_64", "Intel(R) Xeon(R) CPU E5-2680 v3", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}))
     monkeypatch.setattr(engine, "read_cpu", lambda: haswell)
-    built, notes = [], []
+    built = []
     monkeypatch.setattr(engine, "build_from_source", lambda dest, flags, progress=True: built.append(flags) or fake_server(dest, "load"))
     with pytest.raises(SetupError, match="with every flag set"):
-        engine.ensure_server_bin(settings, progress=False, say=notes.append)
-    assert len(built) == 1 and notes == []  # its cpu and portable builds are the same binary: no second build, no "instead"
+        engine.ensure_server_bin(settings, progress=False)
+    assert len(built) == 1 and capfd.readouterr().err == ""  # cpu and portable builds are one binary: no second build, no "instead"

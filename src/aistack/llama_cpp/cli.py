@@ -11,7 +11,7 @@ from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import enabled_extensions
 from aistack.llama_cpp.engine import build_info, ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model, sha256_file, verified_sha256
-from aistack.llama_cpp.selftest import recorded
+from aistack.llama_cpp.selftest import proof_path, recorded
 from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
@@ -52,5 +52,5 @@ def engine(
     console.print(f"  version    {version}", highlight=False)
     if (build := build_info(binary)) is not None:
         console.print(f"  built for  {enabled_extensions(tuple(build['flags']))}", highlight=False, soft_wrap=True)
-    if (verdict := recorded(settings.aistack_cache_dir, binary)) is not None:
+    if (verdict := recorded(proof_path(settings.aistack_cache_dir, binary))) is not None:
         console.print(f"  self-test  {verdict.detail} on this machine", highlight=False, soft_wrap=True)

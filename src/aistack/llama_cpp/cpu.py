@@ -58,10 +58,6 @@ class Cpu:
     def is_x86(self) -> bool:
         return self.machine.lower() in X86_MACHINES
 
-    @property
-    def has_amx(self) -> bool:
-        return any(flag.startswith("amx") for flag in self.flags)
-
     def fingerprint(self) -> str:
         """Names this CPU as a build target and as a place a binary was proven on."""
         text = "\n".join([self.machine, self.model, *sorted(self.flags)])

@@ -25,20 +25,19 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aistack.config import ConfigError, Settings
-from aistack.files import atomic_file, file_lock
+from aistack.files import atomic_file, atomic_write, file_lock
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import Cpu, Profile, cmake_flags, enabled_extensions, read_cpu, usable_cpus
 from aistack.llama_cpp.models import MODELS, check_model_file, ensure_model, is_verified, models_dir, sha256_file
 from aistack.llama_cpp.selftest import Verdict, proof_path, record, recorded, run_self_test
 from aistack.procgroup import output_of
+from aistack.terminal import err_console
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python==0.3.36"
@@ -55,8 +54,6 @@ CMAKE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # offline: do not try to fetch the web UI during the build
 )
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
-_NATIVE = re.compile(r"GGML_NATIVE(:BOOL)?=(ON|TRUE|YES|Y|1)$|-march=native", re.IGNORECASE)
-Say = Callable[[str], None]
 RETEST = "`aistack engine --check` tests it again"
 
 
@@ -70,7 +67,7 @@ def cached_bin_path(settings: Settings, cpu: Cpu, profile: Profile) -> Path:
     profiles with the same flags share one binary; and the CPU itself too, unless our flags alone
     name each instruction set (a native build, or the user's own flags, may pick them from the CPU)."""
     flags = build_flags(settings, cpu, profile)
-    cpu_specific = bool(settings.llama_cpp_cmake_args.strip()) or any(_NATIVE.search(flag) for flag in flags)
+    cpu_specific = bool(settings.llama_cpp_cmake_args.strip()) or "-DGGML_NATIVE=ON" in flags
     key = hashlib.sha256("\n".join([SDIST_SHA256, *flags, cpu.fingerprint() if cpu_specific else ""]).encode()).hexdigest()
     return settings.aistack_cache_dir / BINARY / SDIST_SHA256[:16] / key[:16] / BINARY
 
@@ -90,7 +87,7 @@ def user_server_bin(settings: Settings) -> Path | None:
     return Path(on_path) if on_path else None
 
 
-def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool = False, say: Say | None = None) -> Path:
+def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool = False) -> Path:
     """The `llama-server` to run, proven on this machine. A cached build that crashes in its
     self-test is replaced by the next profile's build; a user's binary that fails raises."""
     if (user := user_server_bin(settings)) is not None:
@@ -104,21 +101,20 @@ def ensure_server_bin(settings: Settings, progress: bool = True, recheck: bool =
         with file_lock(dest):  # another process may be building or testing it
             if not _is_executable(dest):
                 build_from_source(dest, build_flags(settings, cpu, profile), progress=progress)
-            first_test = recheck or recorded(settings.aistack_cache_dir, dest) is None
-            verdict = prove(settings, dest, progress, recheck)
+            verdict, tested_now = prove(settings, dest, progress, recheck)
         if verdict.ok:
             return dest
         if not verdict.crashed:  # not the CPU's fault: another build would fail the same way
             raise SetupError(f"llama-server {verdict.detail} in its self-test (log: {verdict.log}); {RETEST}")
-        if first_test and n < len(builds):  # said once, when it happens; later starts take the build that works
-            (say or _say)(f"⚠ llama-server built for this CPU ({enabled_extensions(cmake_flags(cpu, profile))}) "
+        if tested_now and n < len(builds):  # said once, when it happens; later starts take the build that works
+            _say(f"⚠ llama-server built for this CPU ({enabled_extensions(cmake_flags(cpu, profile))}) "
                           f"{verdict.detail} in its self-test; building it with the portable flag set instead")  # fmt: skip
     raise SetupError(f"llama-server {verdict.detail} in its self-test with every flag set (log: {verdict.log}); {RETEST}")
 
 
 def _proven_user_binary(settings: Settings, binary: Path, progress: bool, recheck: bool) -> Path:
     """A binary the user named is proven like ours, but never replaced: a failure is reported."""
-    verdict = prove(settings, binary, progress, recheck)
+    verdict, _ = prove(settings, binary, progress, recheck)
     if not verdict.ok:
         where = "LLAMA_CPP_SERVER_BIN" if settings.llama_cpp_server_bin else "PATH"
         raise SetupError(
@@ -128,20 +124,20 @@ def _proven_user_binary(settings: Settings, binary: Path, progress: bool, rechec
     return binary
 
 
-def prove(settings: Settings, binary: Path, progress: bool = True, recheck: bool = False) -> Verdict:
-    """The binary's verdict on this machine: recorded, or from a self-test run now. Only what
-    says something about the binary on this CPU is recorded (it worked, or it crashed); any other
-    failure (a slow start on a busy box, a port taken meanwhile) is tested again next time."""
-    if not recheck and (known := recorded(settings.aistack_cache_dir, binary)) is not None:
-        return known
+def prove(settings: Settings, binary: Path, progress: bool = True, recheck: bool = False) -> tuple[Verdict, bool]:
+    """The binary's verdict on this machine, and whether it was tested now (else it was recorded).
+    Only what says something about the binary on this CPU is recorded (it worked, or it crashed);
+    any other failure (a slow start on a busy box, a port taken meanwhile) is tested again next time."""
+    proof = proof_path(settings.aistack_cache_dir, binary)
+    if not recheck and (known := recorded(proof)) is not None:
+        return known, False
     model = self_test_model(settings)
-    log = proof_path(settings.aistack_cache_dir, binary).with_suffix(".log")
-    status = Console(stderr=True).status(f"self-test: {binary.name} loads {model.name} and generates a token…")
+    status = err_console.status(f"self-test: {binary.name} loads {model.name} and generates a token…")
     with status if progress else nullcontext():
-        verdict = run_self_test(binary, model, log, threads=min(2, usable_cpus()))
+        verdict = run_self_test(binary, model, proof.with_suffix(".log"), threads=min(2, usable_cpus()))
     if verdict.ok or verdict.crashed:
-        record(settings.aistack_cache_dir, binary, verdict)
-    return verdict
+        record(proof, binary, verdict)
+    return verdict, True
 
 
 def self_test_model(settings: Settings) -> Path:
@@ -181,7 +177,7 @@ def build_from_source(dest: Path, flags: tuple[str, ...], progress: bool = True,
             raise SetupError(f"the build finished without {built.name}; see {log_path}")
         cpu = read_cpu()
         info = {"sdist": SDIST, "flags": list(flags), "cpu": cpu.model, "cpu_flags": sorted(cpu.flags)}
-        (dest.parent / "build.json").write_text(json.dumps(info, indent=1))
+        atomic_write(dest.parent / "build.json", json.dumps(info, indent=1), mode=0o644)
         with built.open("rb") as binary, atomic_file(dest, mode=0o755) as target:
             shutil.copyfileobj(binary, target)
     return dest
@@ -254,7 +250,7 @@ def _is_executable(path: Path) -> bool:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    err_console.print(line, highlight=False, soft_wrap=True)
 
 
 def _build_progress(enabled: bool) -> Progress:

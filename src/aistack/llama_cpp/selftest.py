@@ -10,6 +10,7 @@ tested again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -44,6 +45,7 @@ class Verdict:
     log: str = ""  # the test's llama-server log
 
 
+@functools.cache  # a process runs on one machine
 def machine_fingerprint() -> str:
     """This machine as far as a native binary can tell: the CPU, the kernel (it enables AMX
     state per process), and the machine id where there is one."""
@@ -63,16 +65,17 @@ def proof_path(cache_dir: Path, binary: Path) -> Path:
     return cache_dir / "llama-server" / "proofs" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def recorded(cache_dir: Path, binary: Path) -> Verdict | None:
+def recorded(proof: Path) -> Verdict | None:
+    """The verdict kept at `proof` (a `proof_path`), if any."""
     try:
-        data = json.loads(proof_path(cache_dir, binary).read_text())
+        data = json.loads(proof.read_text())
         return Verdict(**{name: data[name] for name in Verdict.__dataclass_fields__})
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
-def record(cache_dir: Path, binary: Path, verdict: Verdict) -> None:
-    atomic_write(proof_path(cache_dir, binary), json.dumps({**asdict(verdict), "binary": str(binary.resolve()), "tested_at": time.time()}))
+def record(proof: Path, binary: Path, verdict: Verdict) -> None:
+    atomic_write(proof, json.dumps({**asdict(verdict), "binary": str(binary.resolve()), "tested_at": time.time()}))
 
 
 def run_self_test(binary: Path, model: Path, log_path: Path, threads: int) -> Verdict:

@@ -21,8 +21,9 @@ from pathlib import Path
 from aistack.config import ConfigError, Settings
 from aistack.llama_cpp import SetupError
 from aistack.llama_cpp.cpu import usable_cpus
-from aistack.llama_cpp.engine import ensure_server_bin
+from aistack.llama_cpp.engine import RETEST, ensure_server_bin
 from aistack.llama_cpp.models import ensure_model
+from aistack.llama_cpp.selftest import CRASH_SIGNALS
 from aistack.procgroup import describe_exit, die_with_parent
 from aistack.web import check_bind
 
@@ -118,8 +119,8 @@ def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
         relay.join(timeout=5)
     if code < 0 and not stop_requested:
         phase = "while serving" if loaded.is_set() else "while loading the model"
-        print(f"✗ llama-server {describe_exit(code)} {phase}; `aistack engine --check` tests it on this "
-              f"machine again (a cached build that crashes there is rebuilt with portable flags)", flush=True)  # fmt: skip
+        hint = f"; {RETEST} on this machine" if -code in CRASH_SIGNALS else ""  # a kill from outside says nothing of the build
+        print(f"✗ llama-server {describe_exit(code)} {phase}{hint}", flush=True)
     return code if code >= 0 else 128 - code  # killed by signal N → 128+N, as a shell reports it
 
 
