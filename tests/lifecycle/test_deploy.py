@@ -92,6 +92,16 @@ def test_syntax_error_is_rejected_at_validation(stack, base_release, tmp_path):
     assert last_history(stack)["stage"] == "validate"
 
 
+def test_a_rejected_deploy_of_a_service_that_is_not_running_says_nothing_serves(tmp_path):
+    idle = new_stack_env(tmp_path / "idle")
+    source = copy_source(tmp_path / "source")
+    append(source / "src/aistack/ralph_wiggum/api.py", "def broken(:")
+    result = deploy(idle, source)
+    assert result.returncode == 1 and "rejected" in result.stderr and f"{SERVICE} is not running" in result.stderr
+    entry = last_history(idle)
+    assert entry["outcome"] == "rejected" and entry["serving"] is None and entry["previous"] == "installed"
+
+
 def test_crash_at_import_is_rejected_at_validation(stack, base_release, tmp_path):
     before = running(stack)
     source = copy_source(tmp_path)

@@ -112,8 +112,8 @@ def _up_one(cfg: Settings, rt: ProcessRuntime, name: str, started: list[str], ti
     if not _in_build(rt, name):
         return "[dim]skipped: not in this build[/dim]", "-", "-", "-"
     record = rt.running(name)
-    if record is None and rt.port_taken_by_other(name):
-        _fail_up(rt, name, started, f"port {cfg.port(name)} is in use by another program", "")
+    if record is None and (why := rt.problem(name)):
+        _fail_up(rt, name, started, why, "")
     release = rt.releases.state(name).current
     if not rt.releases.exists(name, release):
         err_console.print(f"⚠ release {release} of {name} is gone from disk; starting the installed package")

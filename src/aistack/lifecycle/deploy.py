@@ -104,14 +104,16 @@ class Deployer:
 
     def deploy(self, service: str, source: Path | None = None, health_timeout: float | None = None) -> DeployResult:
         started, rt = time.monotonic(), self.runtime
-        previous = rt.current(service) if rt.unavailable() is None else None
+        unavailable = rt.unavailable()
+        serving = None if unavailable else rt.current(service)
+        previous = serving or rt.releases.state(service).current  # nothing runs: the release that ran last
 
         def rejected(stage: str, why: str) -> DeployResult:
-            return self._done(started, DeployResult(service, "deploy", False, "rejected", None, previous, previous, stage, why))
+            return self._done(started, DeployResult(service, "deploy", False, "rejected", None, previous, serving, stage, why))
 
         # 1. validate: nothing running is touched before this passes
-        if (why := rt.unavailable()) is not None:
-            return rejected("validate", why)
+        if unavailable is not None:
+            return rejected("validate", unavailable)
         self.say(f"validating {service}")
         try:
             root = source_root(source)
@@ -128,10 +130,11 @@ class Deployer:
         # 3. back up, 4. start, 5. verify over HTTP — or restore what ran
         swap = rt.swap(service, version, health_timeout or self.settings.health_timeout(service))
         if swap.health.ready:  # 6a. promote
-            rt.forget(service, rt.releases.promote(service, version, previous or "none"))
+            rt.forget(service, rt.releases.promote(service, version, previous))
             return self._done(started, DeployResult(service, "deploy", True, "deployed", version, previous, version, "done",
                                                     f"{service} {version} is healthy ({swap.health.detail})"))  # fmt: skip
-        rt.discard(service, version)  # 6b. the failed release goes
+        rt.releases.remove(service, version)  # 6b. the failed release goes
+        rt.forget(service, [version])
         hint = " — its port is taken" if "address already in use" in swap.log_tail.lower() else ""
         return self._done(started, DeployResult(
             service, "deploy", False, "rolled back" if swap.serving else "failed", version, previous, swap.serving,
@@ -142,14 +145,15 @@ class Deployer:
     def rollback(self, service: str) -> DeployResult:
         """Return `service` to the release it ran before its current one."""
         started, rt = time.monotonic(), self.runtime
-        current = rt.current(service)
-        target = rt.releases.state(service).previous
+        state = rt.releases.state(service)
+        serving = rt.current(service)
+        current, target = serving or state.current, state.previous
         if target is None or not rt.can_return_to(service, target):
-            return self._done(started, DeployResult(service, "rollback", False, "rejected", target, current, current, "validate",
+            return self._done(started, DeployResult(service, "rollback", False, "rejected", target, current, serving, "validate",
                                                     f"{service} has no previous release to return to"))  # fmt: skip
         swap = rt.swap(service, target, self.settings.health_timeout(service))
         if swap.health.ready:
-            rt.releases.step_back(service)
+            rt.forget(service, [rt.releases.step_back(service)])
             return self._done(started, DeployResult(service, "rollback", True, "rolled back", target, current, target, "done",
                                                     f"{service} is back on release {target} ({swap.health.detail})"))  # fmt: skip
         return self._done(started, DeployResult(service, "rollback", False, "failed", target, current, swap.serving, "verify",

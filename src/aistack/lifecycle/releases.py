@@ -95,13 +95,14 @@ class Releases:
             self.remove(service, old)
         return dropped
 
-    def step_back(self, service: str) -> None:
-        """After a rollback: the previous release is current again."""
+    def step_back(self, service: str) -> str:
+        """After a rollback: the previous release is current again. Returns the one left behind."""
         state = self.state(service)
         gone = state.stack.pop()
         state.current = state.stack[-1]
         self.save(service, state)
         self.remove(service, gone)
+        return gone
 
     def remove(self, service: str, version: str) -> None:
         path = self.dir(service, version)

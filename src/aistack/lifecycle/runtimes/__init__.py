@@ -57,12 +57,8 @@ class Runtime(Protocol):
         """Back up what runs, start `version` and check its health; on failure bring back what ran."""
         ...
 
-    def discard(self, service: str, version: str) -> None:
-        """Remove a release that failed."""
-        ...
-
     def forget(self, service: str, versions: list[str]) -> None:
-        """Remove what is left of releases the history no longer keeps (images)."""
+        """Remove what is left of releases gone from `releases` (their images)."""
         ...
 
     def can_return_to(self, service: str, version: str) -> bool:

@@ -116,17 +116,12 @@ class PodmanRuntime:
         except (PodmanError, subprocess.TimeoutExpired) as exc:
             raise BuildError(str(exc)) from None
 
-    def discard(self, service: str, version: str) -> None:
-        self.releases.remove(service, version)
-        podman("rmi", image_name(service, version), check=False)
-
     def forget(self, service: str, versions: list[str]) -> None:
         for version in versions:
             podman("rmi", image_name(service, version), check=False)
 
     def can_return_to(self, service: str, version: str) -> bool:
-        if version in ("none", "unlabelled"):  # nothing ran, or a container made elsewhere (compose)
-            return False
+        # "installed" (nothing of ours ran) and "unlabelled" (compose's container) have no image here
         return podman("image", "exists", image_name(service, version), check=False).returncode == 0
 
     def _build(self, service: str, root: Path) -> str:

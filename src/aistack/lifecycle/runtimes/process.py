@@ -207,10 +207,10 @@ class ProcessRuntime:
 
     def current(self, service: str) -> str | None:
         record = self.running(service)
-        return record.release if record else self.releases.state(service).current
+        return record.release if record else None
 
     def problem(self, service: str) -> str | None:
-        if self.port_taken_by_other(service):
+        if self.running(service) is None and port_in_use(self.settings.aistack_bind_address, self.settings.port(service)):
             return f"port {self.settings.port(service)} is in use by another program; free it or change {get(service).setting_prefix}_PORT"
         return None
 
@@ -241,20 +241,11 @@ class ProcessRuntime:
         self.stop(service)
         return Swap(result, tail, None, restore_s, f"; restoring release {running.release} FAILED too: {again.detail}")
 
-    def discard(self, service: str, version: str) -> None:
-        self.releases.remove(service, version)
-
     def forget(self, service: str, versions: list[str]) -> None:
         return None  # pruned snapshots are removed by Releases itself
 
     def can_return_to(self, service: str, version: str) -> bool:
         return self.releases.exists(service, version)
-
-    # --- ports --------------------------------------------------------------------------------------
-
-    def port_taken_by_other(self, service: str) -> bool:
-        """The service's port is in use but not by its recorded process."""
-        return self.running(service) is None and port_in_use(self.settings.aistack_bind_address, self.settings.port(service))
 
 
 @contextmanager
