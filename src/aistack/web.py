@@ -49,21 +49,21 @@ def install_error_handlers(app: FastAPI) -> None:
         field = _field_of(tuple(first.get("loc", ())))
         msg = first.get("msg", "invalid value")
         if first.get("type") == "json_invalid":
-            return JSONResponse({"detail": "request body is not valid JSON", "field": "body"}, status_code=422)
+            return JSONResponse(error_body("request body is not valid JSON", "body"), status_code=422)
         got = first.get("input")
         shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-        return JSONResponse({"detail": f"{field}: {msg}{shown}", "field": field}, status_code=422)
+        return JSONResponse(error_body(f"{field}: {msg}{shown}", field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict):
             return JSONResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), status_code=500)
 
 
 def error_body(message: str, field: str | None = None) -> dict[str, str]:
@@ -99,7 +99,7 @@ class ApiKeyMiddleware:
             given = auth[7:]
         if hmac.compare_digest(given.encode(), self.expected):
             return await self.app(scope, receive, send)
-        refusal = JSONResponse({"detail": f"missing or wrong API key: send it in the {API_KEY_HEADER} header"}, status_code=401)
+        refusal = JSONResponse(error_body(f"missing or wrong API key: send it in the {API_KEY_HEADER} header"), status_code=401)
         await refusal(scope, receive, send)
 
 

@@ -21,7 +21,7 @@ from aistack.config import Settings
 from aistack.dashboard.pages import auth, config, controls, deploy, overview, tasks
 from aistack.dashboard.security import CsrfFailed, LoginRequired, session_secret
 from aistack.dashboard.site import HERE, Site
-from aistack.web import check_bind, serve
+from aistack.web import check_bind, error_body, serve
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -34,7 +34,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="aistack dashboard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.site = site
-    app.state.auth_required = site.auth_required
     app.add_middleware(
         SessionMiddleware,
         secret_key=session_secret(settings),
@@ -55,7 +54,7 @@ def _install_error_pages(app: FastAPI, site: Site) -> None:
     async def _login_required(request: Request, _: LoginRequired) -> Response:
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(f"/login?next={urlquote(request.url.path)}", status_code=303)
-        return JSONResponse({"detail": "log in first: open /login"}, status_code=401)
+        return JSONResponse(error_body("log in first: open /login"), status_code=401)
 
     @app.exception_handler(CsrfFailed)
     async def _csrf_failed(request: Request, _: CsrfFailed) -> Response:
@@ -65,7 +64,7 @@ def _install_error_pages(app: FastAPI, site: Site) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if "text/html" not in request.headers.get("accept", ""):
-            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+            return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
         message = "No such page." if exc.status_code == 404 else str(exc.detail)
         return site.render(request, "error.html", exc.status_code, title=f"Error {exc.status_code}", message=message)
 

@@ -36,7 +36,7 @@ def key_matches(settings: Settings, given: str) -> bool:
 
 
 def logged_in(request: Request) -> bool:
-    return not request.app.state.auth_required or request.session.get("auth") is True
+    return not request.app.state.site.auth_required or request.session.get("auth") is True
 
 
 def require_login(request: Request) -> None:

@@ -14,16 +14,18 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from aistack import __version__, services
+from aistack import __version__
 from aistack.client import RalphClient, RalphError
 from aistack.config import Settings
 from aistack.contracts import TaskStatus
 from aistack.dashboard.deploy import DeployRunner
 from aistack.dashboard.history import ServiceFacts, service_facts
 from aistack.dashboard.security import CSRF_FIELD, csrf_token
+from aistack.health import Health, acheck
 
 HERE = Path(__file__).parent
 STATUSES = [s.value for s in TaskStatus]
+PROBE_SECONDS = 3.0  # a hung service is cut here; one that is down fails at once on loopback
 T = TypeVar("T")
 
 
@@ -55,9 +57,13 @@ class Site:
             request.session["flash"] = {"kind": kind, "text": message}
         return RedirectResponse(url, status_code=303)
 
+    async def probe(self, service: str) -> Health:
+        """One `/health` probe of a service of the stack."""
+        return await acheck(self.probes, self.settings.health_url(service), PROBE_SECONDS)
+
     async def facts(self) -> dict[str, ServiceFacts]:
         """What the lifecycle's files say of each service (pid files, deploy history)."""
-        return await asyncio.to_thread(lambda: {name: service_facts(self.settings, name) for name in services.NAMES})
+        return await asyncio.to_thread(service_facts, self.settings)
 
 
 def site_of(request: Request) -> Site:

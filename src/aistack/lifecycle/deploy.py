@@ -180,7 +180,8 @@ def record_history(settings: Settings, result: DeployResult) -> None:
         f.write(json.dumps(result.to_json()) + "\n")
 
 
-def read_history(settings: Settings, service: str | None = None, limit: int = 50) -> list[dict]:
+def read_history(settings: Settings, service: str | None = None, limit: int | None = 50) -> list[dict]:
+    """The last `limit` entries (all with None), oldest first."""
     try:
         lines = history_file(settings).read_text().splitlines()
     except OSError:
@@ -193,4 +194,4 @@ def read_history(settings: Settings, service: str | None = None, limit: int = 50
             continue  # a line cut short by a crash is skipped, not fatal
         if service is None or entry.get("service") == service:
             entries.append(entry)
-    return entries[-limit:]
+    return entries[-limit:] if limit else entries

@@ -12,15 +12,13 @@ from aistack import __version__
 from aistack.dashboard.forms import safe_next
 from aistack.dashboard.security import checked_form, key_matches, logged_in
 from aistack.dashboard.site import SiteDep
-from aistack.health import acheck
 
 router = APIRouter()
-ORCHESTRATOR_PROBE_SECONDS = 3.0
 
 
 @router.get("/health")
 async def health(site: SiteDep) -> dict[str, Any]:
-    orchestrator = await acheck(site.probes, site.settings.health_url("ralph-wiggum"), ORCHESTRATOR_PROBE_SECONDS)
+    orchestrator = await site.probe("ralph-wiggum")
     return {
         # Degraded when the orchestrator does not serve (down, hung, loading); its own state, and
         # the rest of the stack's, is shown on the Overview.

@@ -16,21 +16,23 @@ from aistack.dashboard.site import Site, SiteDep
 router = APIRouter(dependencies=[Depends(require_login)])
 
 
-async def deploys(site: Site) -> dict[str, Any]:
-    facts, earlier = await asyncio.gather(site.facts(), asyncio.to_thread(site.deploys.earlier_log))
-    rows = [{"name": name, "facts": facts[name]} for name in services.NAMES]
-    return {"actions": ACTIONS, "services": rows, "job": site.deploys.last, "earlier": earlier,
-            "job_log": await asyncio.to_thread(site.deploys.last.log) if site.deploys.last else ""}  # fmt: skip
+async def deploy_log(site: Site) -> dict[str, Any]:
+    """What the log fragment shows (polled while a deploy runs): the job's log, or an earlier one's."""
+    job = site.deploys.last
+    earlier, job_log = await asyncio.to_thread(lambda: (site.deploys.earlier_log(), job.log() if job else ""))
+    return {"job": job, "job_log": job_log, "earlier": earlier}
 
 
 @router.get("/deploy", response_class=HTMLResponse)
 async def deploy_page(request: Request, site: SiteDep):
-    return site.render(request, "deploy.html", page="deploy", **await deploys(site))
+    facts, log = await asyncio.gather(site.facts(), deploy_log(site))
+    rows = [{"name": name, "facts": facts[name]} for name in services.NAMES]
+    return site.render(request, "deploy.html", page="deploy", actions=ACTIONS, services=rows, **log)
 
 
 @router.get("/fragments/deploy", response_class=HTMLResponse)
 async def deploy_fragment(request: Request, site: SiteDep):
-    return site.render(request, "_deploy_log.html", **await deploys(site))
+    return site.render(request, "_deploy_log.html", **await deploy_log(site))
 
 
 @router.post("/deploy/{service}/{action}")
