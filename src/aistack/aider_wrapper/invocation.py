@@ -106,14 +106,10 @@ def write_model_files(settings: Settings) -> AiderFiles:
             "mode": "chat",
         }
     }
-    _write(files.model_settings, json.dumps(model_settings, indent=2) + "\n")
-    _write(files.model_metadata, json.dumps(metadata, indent=2) + "\n")
-    _write(files.env_file, "# intentionally empty: aider must not read a .env from the workspace\n")
+    atomic_write(files.model_settings, json.dumps(model_settings, indent=2) + "\n")
+    atomic_write(files.model_metadata, json.dumps(metadata, indent=2) + "\n")
+    atomic_write(files.env_file, "# intentionally empty: aider must not read a .env from the workspace\n")
     return files
-
-
-def _write(path: Path, text: str) -> None:
-    atomic_write(path, text)
 
 
 def find_aider(settings: Settings) -> Path | None:
