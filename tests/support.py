@@ -26,6 +26,16 @@ AISTACK = [sys.executable, "-m", "aistack"]
 REQUIRE_ALL_SUITES = os.environ.get("AISTACK_TESTS_REQUIRE_ALL") == "1"
 
 
+def wait_until(condition, timeout: float = 15, interval: float = 0.05) -> bool:
+    """Whether `condition()` came true within `timeout` seconds (it is asked once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
 def missing(why: str) -> NoReturn:
     """A suite's dependency is missing: skipped on a developer's machine, a failure under `make test`."""
     if REQUIRE_ALL_SUITES:

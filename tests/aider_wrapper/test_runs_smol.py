@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wrapper_support import check_result, llm_busy, point_at, processes_in, wait_for
+from wrapper_support import check_result, llm_busy, point_at, processes_in
 
-from support import git, make_git_repo
+from support import git, make_git_repo, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,8 @@ def test_one_run_per_workspace_and_cancel_ends_the_group(stack_env, wrapper, smo
     other = make_git_repo(stack_env.workspace_root / "other")
     with ThreadPoolExecutor(2) as pool:
         running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo", "run_id": "task-1-1"})
-        assert wait_for(lambda: processes_in(repo), 60), wrapper.log()[-2000:]
-        assert wait_for(lambda: llm_busy(smol_llama), 60)  # aider is in its request to the LLM
+        assert wait_until(lambda: processes_in(repo), 60), wrapper.log()[-2000:]
+        assert wait_until(lambda: llm_busy(smol_llama), 60)  # aider is in its request to the LLM
 
         second = httpx.post(wrapper.url + "/api/execute", json={"prompt": "x", "workspace": "repo"}, timeout=30)
         assert second.status_code == 409 and second.json()["field"] == "workspace"
@@ -79,11 +79,11 @@ def test_a_client_that_goes_away_cancels_its_run(stack_env, wrapper) -> None:
     repo = make_git_repo(stack_env.workspace_root / "repo")
     with ThreadPoolExecutor(1) as pool:
         gone = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo", "run_id": "r-gone"}, read_timeout=4)
-        assert wait_for(lambda: processes_in(repo), 60)
+        assert wait_until(lambda: processes_in(repo), 60)
         with pytest.raises(httpx.ReadTimeout):
             gone.result()
-    assert wait_for(lambda: not processes_in(repo), 5)
-    assert wait_for(lambda: httpx.post(wrapper.url + "/api/runs/r-gone/cancel", timeout=5).status_code == 404, 5)
+    assert wait_until(lambda: not processes_in(repo), 5)
+    assert wait_until(lambda: httpx.post(wrapper.url + "/api/runs/r-gone/cancel", timeout=5).status_code == 404, 5)
 
 
 def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smol_llama) -> None:
@@ -92,11 +92,11 @@ def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smo
     second = make_git_repo(stack_env.workspace_root / "second")
     with ThreadPoolExecutor(2) as pool:
         a = start(pool, wrapper.url, {"prompt": LONG, "workspace": "first", "run_id": "a"})
-        assert wait_for(lambda: processes_in(first), 60)
+        assert wait_until(lambda: processes_in(first), 60)
         b = start(pool, wrapper.url, {"prompt": LONG, "workspace": "second", "run_id": "b"})
-        assert not wait_for(lambda: processes_in(second), 3)  # queued: it does not start while `a` runs
+        assert not wait_until(lambda: processes_in(second), 3)  # queued: it does not start while `a` runs
         assert httpx.post(wrapper.url + "/api/runs/a/cancel", timeout=10).json()["ended"] is True
-        assert wait_for(lambda: processes_in(second), 60)  # its turn now
+        assert wait_until(lambda: processes_in(second), 60)  # its turn now
         assert httpx.post(wrapper.url + "/api/runs/b/cancel", timeout=10).json()["ended"] is True
         results = [check_result(f.result().json()) for f in (a, b)]
     assert [r.error for r in results] == ["cancelled", "cancelled"]
@@ -113,8 +113,8 @@ def test_llm_going_away_mid_run_is_a_transient_error_at_once(stack_env, services
     repo = make_git_repo(stack_env.workspace_root / "repo")
     with ThreadPoolExecutor(1) as pool:
         running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo"})
-        assert wait_for(lambda: processes_in(repo), 60)
-        assert wait_for(lambda: llm_busy(llama_env), 60)  # aider is in its request to the LLM
+        assert wait_until(lambda: processes_in(repo), 60)
+        assert wait_until(lambda: llm_busy(llama_env), 60)  # aider is in its request to the LLM
         llama.stop()
         stopped = time.monotonic()
         result = check_result(running.result().json())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
@@ -62,15 +61,6 @@ def llm_busy(llama: StackEnv) -> bool:
     except (httpx.HTTPError, ValueError):
         return False
     return any(isinstance(slot, dict) and slot.get("is_processing") for slot in slots)
-
-
-def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
 
 
 # SmolLM2-135M: quick to load and fast enough on two cores to exercise real runs of aider.

@@ -17,7 +17,7 @@ from lifecycle_support import aistack, pid_files, table_rows
 
 from aistack.lifecycle.runtimes.process import proc_starttime
 from aistack.services import SERVICES, installed_source_root
-from support import AISTACK, StackEnv, child_env
+from support import AISTACK, StackEnv, child_env, wait_until
 
 
 def healthy(env: StackEnv, service: str) -> bool:
@@ -35,15 +35,6 @@ def port_free(env: StackEnv, service: str) -> bool:
 def llama_server_pids(env: StackEnv) -> list[str]:
     pattern = f"llama-server .*--port {env.values['LLAMA_CPP_PORT']}"
     return subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def open_files(pid: int) -> set[Path]:

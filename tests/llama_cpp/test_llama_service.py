@@ -6,14 +6,13 @@ import json
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from aistack.llama_cpp.cpu import read_cpu
-from support import AISTACK, child_env
+from support import AISTACK, child_env, wait_until
 
 SMOL = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "2048", "LLAMA_CPP_PARALLEL": "2"}
 
@@ -49,15 +48,6 @@ def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(condition, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def llama_child(supervisor_pid: int) -> int:
