@@ -9,12 +9,13 @@ a table.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from aistack.contracts import Complexity, Evidence, IterationLimits, TaskStatus
 from aistack.ralph_wiggum.records import Event, IterationRecord, TaskRecord, TaskUpdate
@@ -36,12 +37,11 @@ class Action(str, Enum):
     fail = "fail"  # stuck, or an error the task cannot go on after
 
 
-_OPEN = (TaskStatus.queued, TaskStatus.running, TaskStatus.awaiting_approval)
+_OPEN = [status for status in TaskStatus if not status.terminal]
 TRANSITIONS: dict[tuple[TaskStatus, Action], TaskStatus] = {
     (TaskStatus.queued, Action.start): TaskStatus.running,
     (TaskStatus.running, Action.start): TaskStatus.running,  # taken up again (after a restart or an approval)
-    (TaskStatus.queued, Action.ask_approval): TaskStatus.awaiting_approval,
-    (TaskStatus.running, Action.ask_approval): TaskStatus.awaiting_approval,
+    (TaskStatus.running, Action.ask_approval): TaskStatus.awaiting_approval,  # before each iteration that needs it
     (TaskStatus.awaiting_approval, Action.approve): TaskStatus.running,
     (TaskStatus.awaiting_approval, Action.reject): TaskStatus.rejected,
     (TaskStatus.running, Action.proceed): TaskStatus.running,
@@ -59,15 +59,14 @@ class Transition:
     target: TaskStatus
 
 
-def transition(action: Action, target: TaskStatus | None = None) -> Transition:
-    """The statuses `action` applies in, and where it leads (one target per action, except
-    that `target` may narrow an action with none given)."""
-    pairs = {(source, to) for (source, act), to in TRANSITIONS.items() if act is action}
-    targets = {to for _, to in pairs} if target is None else {target}
-    if len(targets) != 1:
-        raise ValueError(f"{action.value} leads to {sorted(t.value for t in targets)}: name one")
-    (to,) = targets
-    return Transition(action, frozenset(source for source, t in pairs if t == to), to)
+@functools.cache
+def transition(action: Action) -> Transition:
+    """The statuses `action` applies in, and the one status it leads to."""
+    pairs = [(source, to) for (source, act), to in TRANSITIONS.items() if act is action]
+    targets = {to for _, to in pairs}
+    if len(targets) != 1:  # the table must keep this: a compare-and-set has one target
+        raise ValueError(f"{action.value} leads to {sorted(t.value for t in targets)}")
+    return Transition(action, frozenset(source for source, _ in pairs), targets.pop())
 
 
 class Reason(str, Enum):
@@ -172,75 +171,43 @@ def promise_line(output: str, promise: str) -> str | None:
     return f"<promise>{_norm(promise)}</promise>"
 
 
-class Facts(Protocol):
-    """What the rules read of a finished iteration (an `IterationRecord` has all of it)."""
-
-    @property
-    def number(self) -> int: ...
-    @property
-    def succeeded(self) -> bool: ...
-    @property
-    def output(self) -> str: ...
-    @property
-    def files_modified(self) -> Sequence[str]: ...
-    @property
-    def diff_stat(self) -> str | None: ...
-    @property
-    def check_exit_code(self) -> int | None: ...
-    @property
-    def check_output(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class IterationFacts:
-    """Facts written by hand (tests, examples)."""
-
-    number: int
-    succeeded: bool
-    output: str
-    files_modified: tuple[str, ...] = ()
-    diff_stat: str | None = None
-    check_exit_code: int | None = None
-    check_output: str | None = None
-
-
-def evidence_for(facts: Facts, check_command: str | None, completion_promise: str | None) -> Evidence | None:
+def evidence_for(it: IterationRecord, check_command: str | None, completion_promise: str | None) -> Evidence | None:
     """Evidence that the task is done after this iteration, or None.
 
     Every configured rule must hold (a check command and a promise both given → both needed);
     with neither configured, a successful iteration that changed files is the evidence."""
-    promise = promise_line(facts.output, completion_promise) if completion_promise else None
+    promise = promise_line(it.output, completion_promise) if completion_promise else None
     if completion_promise and promise is None:
         return None
     if check_command:
-        if facts.check_exit_code != 0:
+        if it.check_exit_code != 0:
             return None
         return Evidence(
             rule="check_command",
-            iteration=facts.number,
-            detail=f"check command exited 0 after iteration {facts.number}",
+            iteration=it.number,
+            detail=f"check command exited 0 after iteration {it.number}",
             check_exit_code=0,
-            check_output=facts.check_output,
+            check_output=it.check_output,
             promise_line=promise,
-            diff_stat=facts.diff_stat,
-            files_modified=list(facts.files_modified),
+            diff_stat=it.diff_stat,
+            files_modified=list(it.files_modified),
         )
     if completion_promise:
         return Evidence(
             rule="completion_promise",
-            iteration=facts.number,
-            detail=f"the reply of iteration {facts.number} ended with the promise",
+            iteration=it.number,
+            detail=f"the reply of iteration {it.number} ended with the promise",
             promise_line=promise,
-            diff_stat=facts.diff_stat,
-            files_modified=list(facts.files_modified),
+            diff_stat=it.diff_stat,
+            files_modified=list(it.files_modified),
         )
-    if facts.succeeded and facts.files_modified:
+    if it.succeeded and it.files_modified:
         return Evidence(
             rule="diff",
-            iteration=facts.number,
-            detail=f"iteration {facts.number} succeeded and changed {len(facts.files_modified)} file(s)",
-            diff_stat=facts.diff_stat,
-            files_modified=list(facts.files_modified),
+            iteration=it.number,
+            detail=f"iteration {it.number} succeeded and changed {len(it.files_modified)} file(s)",
+            diff_stat=it.diff_stat,
+            files_modified=list(it.files_modified),
         )
     return None
 
@@ -254,7 +221,7 @@ def output_fingerprint(output: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def is_stuck(recent: Sequence[Facts], threshold: int) -> bool:
+def is_stuck(recent: Sequence[IterationRecord], threshold: int) -> bool:
     """`threshold` consecutive iterations (the newest last) without a file change and with the same reply."""
     if threshold <= 0 or len(recent) < threshold:
         return False
@@ -275,26 +242,24 @@ class Decision:
             TaskStatus.completed: Action.complete,
             TaskStatus.failed: Action.fail,
             TaskStatus.exhausted: Action.exhaust,
-            TaskStatus.awaiting_approval: Action.ask_approval,
         }.get(self.status, Action.proceed)
 
 
 def after_iteration(
-    facts: Facts,
+    it: IterationRecord,
     evidence: Evidence | None,
-    recent: Sequence[Facts],
+    recent: Sequence[IterationRecord],
     max_iterations: int,
     stuck_threshold: int,
-    require_approval: bool,
 ) -> Decision:
-    """The task's status once iteration `facts.number` is recorded. `recent` ends with `facts`."""
+    """The task's status once iteration `it.number` is recorded. `recent` ends with `it`."""
     if evidence is not None:
         return Decision(TaskStatus.completed, Reason(evidence.rule))
     if is_stuck(recent, stuck_threshold):
         return Decision(TaskStatus.failed, Reason.stuck)
-    if facts.number >= max_iterations:
+    if it.number >= max_iterations:
         return Decision(TaskStatus.exhausted, Reason.max_iterations)
-    return Decision(TaskStatus.awaiting_approval if require_approval else TaskStatus.running)
+    return Decision(TaskStatus.running)  # the runner asks for approval before the next one, if needed
 
 
 @dataclass(frozen=True)
@@ -306,11 +271,11 @@ class Outcome:
     events: tuple[Event, ...]
 
 
-def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[Facts], stuck_threshold: int) -> Outcome:
+def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[IterationRecord], stuck_threshold: int) -> Outcome:
     """What iteration `it` of `task` means: the decision, the task's new fields and the events.
     `history` holds the iterations before it."""
     evidence = evidence_for(it, task.check_command, task.completion_promise)
-    decision = after_iteration(it, evidence, [*history, it], task.max_iterations, stuck_threshold, task.require_approval)
+    decision = after_iteration(it, evidence, [*history, it], task.max_iterations, stuck_threshold)
     final = decision.status.terminal
     update = TaskUpdate(
         status=decision.status if decision.status is not task.status else None,
@@ -333,8 +298,6 @@ def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[Facts], stu
         "duration_seconds": round(it.duration_seconds or 0.0, 3),
         "tokens": {"prompt": it.prompt_tokens, "completion": it.completion_tokens},
     }))  # fmt: skip
-    if decision.status is TaskStatus.awaiting_approval:
-        events.append(("approval_needed", approval_summary(it.number + 1, it)))
     return Outcome(decision, update, tuple(events))
 
 
@@ -388,7 +351,7 @@ def check_output(output: str, timed_out_after: float | None) -> str:
     return text
 
 
-def compose_prompt(prompt: str, check_command: str | None, last: Facts | None) -> str:
+def compose_prompt(prompt: str, check_command: str | None, last: IterationRecord | None) -> str:
     """The unchanged task prompt, followed by the last failed check's output when there is one.
     The prompt comes first and never changes, so the LLM server's prefix cache can reuse it."""
     if not check_command or last is None or last.check_exit_code in (None, 0):
