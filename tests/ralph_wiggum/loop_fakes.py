@@ -34,6 +34,7 @@ class Step:
     status: str = "success"
     transient: bool = False
     wait: float = 0.0  # seconds the agent takes (a stop can arrive meanwhile)
+    until: asyncio.Event | None = None  # or: the agent replies only once the test sets this
 
 
 class ScriptedAgent:
@@ -45,16 +46,17 @@ class ScriptedAgent:
         self.workspace, self.steps = workspace, steps
         self.requests: list[IterationRequest] = []
         self.cancelled = 0
-        self.started = self.closed = False
 
     def start(self) -> None:
-        self.started = True
+        return None
 
     async def run(self, request: IterationRequest) -> IterationResult:
         step = self.steps[min(len(self.requests), len(self.steps) - 1)]
         self.requests.append(request)
         try:
             await asyncio.sleep(step.wait)
+            if step.until is not None:
+                await step.until.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -68,7 +70,7 @@ class ScriptedAgent:
         return BackendHealth(name=self.name, available=True)
 
     async def close(self) -> None:
-        self.closed = True
+        return None
 
 
 @dataclass
@@ -128,7 +130,6 @@ class FakeWorkspace:
 class Loop:
     """Everything the orchestrator wires together, in process."""
 
-    settings: Settings
     store: Store
     workspace: FakeWorkspace
     agent: ScriptedAgent
@@ -143,12 +144,9 @@ def make_loop(tmp_path: Path, steps: list[Step], **settings) -> Loop:
     config = Settings(_env_file=None, aistack_data_dir=tmp_path / "data", workspace_root=tmp_path / "ws", **values)
     store, workspace = Store.memory(), FakeWorkspace()
     agent = ScriptedAgent(workspace, steps)
-    backends = {"scripted": agent}
-    tasks = TaskService(config, store, workspace, backends)
-    runner = TaskRunner(config, store, workspace, backends, tasks)
-    scheduler = Scheduler(config, store, runner, tasks)
-    tasks.driver = scheduler
-    return Loop(config, store, workspace, agent, tasks, runner, scheduler)
+    tasks = TaskService(config, store, workspace, {"scripted": agent})
+    scheduler = Scheduler(tasks)
+    return Loop(store, workspace, agent, tasks, scheduler.runner, scheduler)
 
 
 async def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:

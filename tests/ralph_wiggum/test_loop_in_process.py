@@ -9,6 +9,7 @@ import pytest
 from loop_fakes import Loop, Step, make_loop, wait_until
 
 from aistack.contracts import TaskCreate, TaskStatus
+from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.records import TaskUpdate
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
 from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
@@ -23,6 +24,14 @@ def run(coro):
 async def submit(loop: Loop, **body) -> str:
     body = {"prompt": "make it pass", "backend": "scripted", "workspace": "repo", **body}
     return (await loop.tasks.accept(TaskCreate(**body))).id
+
+
+async def mid_iteration(loop: Loop) -> str:
+    """A task submitted and scheduled, its agent inside iteration 1."""
+    task_id = await submit(loop)
+    loop.scheduler.start()
+    await wait_until(lambda: loop.agent.requests)
+    return task_id
 
 
 async def drive(loop: Loop, **body):
@@ -103,21 +112,11 @@ def test_approval_gates_every_iteration_and_a_rejection_ends_the_task(tmp_path):
     run(scenario())
 
 
-def test_transient_failures_are_retried_without_spending_iterations(tmp_path):
+def test_transient_failures_are_retried_without_spending_iterations(tmp_path, monkeypatch):
     steps = [Step(transient=True), Step(transient=True), Step(writes=("a",), check_exit=0)]
     loop = make_loop(tmp_path, steps, ralph_transient_retry_seconds=60)
-
-    async def scenario():
-        import aistack.ralph_wiggum.runner as runner_module
-
-        original = runner_module.rules.retry_delay
-        runner_module.rules.retry_delay = lambda attempt, elapsed, budget: 0.0  # no real backoff in a test
-        try:
-            return await drive(loop, check_command="true")
-        finally:
-            runner_module.rules.retry_delay = original
-
-    task, its, events = run(scenario())
+    monkeypatch.setattr(rules, "retry_delay", lambda attempt, elapsed, budget: 0.0)  # no real backoff in a test
+    task, its, events = run(drive(loop, check_command="true"))
     assert task.status is TaskStatus.completed and len(its) == 1 and its[0].transient_retries == 2
     assert [e.data["attempt"] for e in events if e.type == "transient_retry"] == [1, 2]
 
@@ -214,9 +213,7 @@ def test_a_stop_ends_the_running_iteration_at_once(tmp_path):
     loop = make_loop(tmp_path, [Step(wait=30)])
 
     async def scenario():
-        task_id = await submit(loop)
-        loop.scheduler.start()
-        await wait_until(lambda: loop.agent.requests)
+        task_id = await mid_iteration(loop)
         await loop.tasks.stop(task_id)
         await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
         task = await loop.store.get(task_id)
@@ -245,9 +242,7 @@ def test_shutdown_leaves_a_running_task_running_to_resume(tmp_path):
     loop = make_loop(tmp_path, [Step(wait=30)])
 
     async def scenario():
-        task_id = await submit(loop)
-        loop.scheduler.start()
-        await wait_until(lambda: loop.agent.requests)
+        task_id = await mid_iteration(loop)
         await loop.scheduler.shutdown()
         task = await loop.store.get(task_id)
         assert task.status is TaskStatus.running and task.iteration == 0 and loop.workspace.removed == []
@@ -277,13 +272,15 @@ def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_pat
 def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_recorded(tmp_path):
     """A stop written by another process (the task is `stopped` in the store) while an iteration
     runs here: the iteration's result must not bring the task back to life."""
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1, wait=0.3)])
+    reply = asyncio.Event()
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1, until=reply)])
 
     async def scenario():
         task_id = await submit(loop, check_command="false")
         run_here = asyncio.create_task(loop.runner.run(task_id))
         await wait_until(lambda: loop.agent.requests)
         await loop.store.apply(task_id, TaskUpdate(status=TaskStatus.stopped, completion_reason="stopped by user"))
+        reply.set()  # the iteration ends only after the stop is in the store
         with pytest.raises(StopRequested):
             await run_here
         task = await loop.store.get(task_id)

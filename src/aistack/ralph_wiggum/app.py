@@ -16,7 +16,6 @@ from aistack.ralph_wiggum.api import router, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
 from aistack.ralph_wiggum.metrics import registry_for
-from aistack.ralph_wiggum.runner import TaskRunner
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
@@ -36,8 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         backends = configured_backends(settings)
         workspace = GitWorktrees(settings.worktrees_dir)
         tasks = TaskService(settings, store, workspace, backends)
-        scheduler = Scheduler(settings, store, TaskRunner(settings, store, workspace, backends, tasks), tasks)
-        tasks.driver = scheduler
+        scheduler = Scheduler(tasks)
         app.state.tasks, app.state.scheduler = tasks, scheduler
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():

@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 
-from aistack.config import Settings
 from aistack.contracts import TaskStatus
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
-from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
-from aistack.ralph_wiggum.workspace import Tree, Workspace
+from aistack.ralph_wiggum.workspace import Tree
 
 OUTPUT_KEEP = 16_000  # characters of each reply kept in the database (its end)
 
@@ -35,12 +32,9 @@ class StopRequested(Exception):
 
 
 class TaskRunner:
-    def __init__(self, settings: Settings, store: Store, workspace: Workspace, backends: Mapping[str, Backend], tasks: TaskService):
-        self.settings = settings
-        self.store = store
-        self.workspace = workspace
-        self.backends = backends
-        self.tasks = tasks
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks  # its configuration, store, workspace and backends are the runner's too
+        self.settings, self.store, self.workspace, self.backends = tasks.settings, tasks.store, tasks.workspace, tasks.backends
 
     async def run(self, task_id: str) -> None:
         """Iterate until the task ends or waits for a person. Raises StopRequested or TaskFailed."""

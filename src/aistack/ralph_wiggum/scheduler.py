@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aistack.config import Settings
+from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed, TaskRunner
-from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 
 log = logging.getLogger("aistack.ralph")
@@ -18,14 +17,15 @@ IDLE_POLL_SECONDS = 1.0  # a look for ready tasks even without a wake-up (anothe
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, store: Store, runner: TaskRunner, tasks: TaskService):
-        self.settings = settings
-        self.store = store
-        self.runner = runner
-        self.tasks = tasks
+    """Drives the tasks of `tasks` with its own runner, and is the service's driver."""
+
+    def __init__(self, tasks: TaskService):
+        self.settings, self.store, self.tasks = tasks.settings, tasks.store, tasks
+        self.runner = TaskRunner(tasks)
+        tasks.driver = self
         self._active: dict[str, asyncio.Task] = {}
         self._stopping: set[str] = set()  # interrupted because a person stopped them
-        self._finishing: set[asyncio.Task] = set()  # stops recorded for drives cancelled before they began
+        self._finishing: set[asyncio.Task] = set()  # the stops of interrupted drives, being recorded
         self._wake = asyncio.Event()
         self._loop: asyncio.Task | None = None
 
@@ -66,7 +66,8 @@ class Scheduler:
             try:
                 free = self.settings.ralph_max_concurrent_tasks - len(self._active)
                 if self.settings.ralph_loop_enabled and free > 0:
-                    for task in await self.store.ready_tasks(set(self._active), free):
+                    ready = rules.transition(Action.start).sources
+                    for task in await self.store.ready_tasks(ready, set(self._active), free):
                         self._launch(task.id)
             except Exception:  # keep scheduling whatever one pass hit (e.g. a locked database)
                 log.exception("scheduler pass failed")
@@ -84,7 +85,7 @@ class Scheduler:
 
     def _ended(self, task_id: str, drive: asyncio.Task) -> None:
         self._active.pop(task_id, None)
-        if task_id in self._stopping and drive.cancelled():  # stopped before `_drive` could begin to record it
+        if task_id in self._stopping:  # interrupted by a person (maybe before the drive even began): record it
             finish = asyncio.get_running_loop().create_task(self.tasks.finish(task_id, Action.stop, Reason.stopped))
             self._finishing.add(finish)
             finish.add_done_callback(self._finishing.discard)
@@ -92,12 +93,12 @@ class Scheduler:
         self.wake()
 
     async def _drive(self, task_id: str) -> None:
+        """Run the task; a cancel (a person's stop, or shutdown, when it stays `running` to resume
+        later) ends here and is recorded by `_ended`."""
         try:
             await self.runner.run(task_id)
-        except (asyncio.CancelledError, StopRequested) as why:
-            if task_id in self._stopping or isinstance(why, StopRequested):
-                await self.tasks.finish(task_id, Action.stop, Reason.stopped)
-            # else: the service is shutting down; the task stays `running` and resumes later
+        except StopRequested:  # seen in the store: sent through another process
+            await self.tasks.finish(task_id, Action.stop, Reason.stopped)
         except TaskFailed as exc:
             await self.tasks.finish(task_id, Action.fail, Reason.error, str(exc))
         except Exception as exc:

@@ -224,12 +224,13 @@ class Store:
             rows = db.execute(query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
             return [_task_record(r) for r in rows], db.scalar(count) or 0
 
-    async def ready_tasks(self, exclude: set[str], limit: int) -> list[TaskRecord]:
-        """Tasks a worker may pick up: interrupted/approved running ones first, then queued, FIFO."""
-        query = select(tasks).where(tasks.c.status.in_([TaskStatus.running.value, TaskStatus.queued.value]))
+    async def ready_tasks(self, statuses: Iterable[TaskStatus], exclude: set[str], limit: int) -> list[TaskRecord]:
+        """Tasks in `statuses` a worker may pick up: running ones first (interrupted, approved),
+        then the others, each oldest first."""
+        query = select(tasks).where(tasks.c.status.in_([status.value for status in statuses]))
         if exclude:
             query = query.where(tasks.c.id.not_in(exclude))
-        query = query.order_by((tasks.c.status == TaskStatus.queued.value).asc(), tasks.c.created_at.asc()).limit(limit)
+        query = query.order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc()).limit(limit)
         with self._tx() as db:
             return [_task_record(r) for r in db.execute(query)]
 
@@ -239,6 +240,12 @@ class Store:
         query = select(iterations).where(iterations.c.task_id == task_id).order_by(iterations.c.number)
         with self._tx() as db:
             return [_iteration_record(r) for r in db.execute(query)]
+
+    async def checkpoints(self, task_id: str) -> dict[int, str | None]:
+        """Each iteration's checkpoint commit, by number (None: it changed nothing)."""
+        query = select(iterations.c.number, iterations.c.checkpoint_commit).where(iterations.c.task_id == task_id)
+        with self._tx() as db:
+            return dict(db.execute(query.order_by(iterations.c.number)).tuples().all())
 
     async def events_after(self, task_id: str, after_id: int, limit: int = 500) -> list[EventRecord]:
         query = select(events).where(events.c.task_id == task_id, events.c.id > after_id).order_by(events.c.id).limit(limit)

@@ -146,7 +146,7 @@ class TaskService:
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
         """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""
         task = await self.get(task_id)
-        commits = {it.number: it.checkpoint_commit for it in await self.store.iterations(task_id)}
+        commits = await self.store.checkpoints(task_id)
         if iteration is not None:
             if iteration not in commits:
                 raise TaskNotFound(f"task {task_id} has no iteration {iteration}", "iteration")
