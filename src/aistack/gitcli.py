@@ -1,8 +1,9 @@
 """One way to run git, for every service: a clean environment, a time limit, one-line errors.
 
-git is the source of truth for what changed in a workspace; this is the only place that starts
-it. Our own GIT_DIR (or any GIT_* variable) never redirects it, it never prompts for credentials,
-and its messages are in English so they can be read.
+git is the source of truth for what changed in a workspace; the services start it only through
+here (the demo's one-off sample repository uses `git_environ` and `IDENTITY` too). Our own GIT_DIR
+(or any GIT_* variable) never redirects it, it never prompts for credentials, and its messages are
+in English so they can be read.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ async def git(cwd: Path, *args: str, check: bool = True, locks: bool = True, tim
     if check and result.code != 0:
         raise GitError(failure(cwd, args, result))
     return result.out
+
+
+async def changes(cwd: Path, errors: str = "replace", timeout: float = GIT_TIMEOUT_SECONDS) -> list[tuple[str, str]]:
+    """(status code, path) of every path git sees as not clean: modified, staged, deleted,
+    untracked (each file in an untracked folder); a rename is a deletion and an addition.
+    Takes no optional lock: looking must leave no trace."""
+    args = ("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+    out = await git(cwd, *args, locks=False, timeout=timeout, errors=errors)
+    return [(entry[:2], entry[3:]) for entry in out.split("\0") if len(entry) > 3]
 
 
 def failure(cwd: Path, args: tuple[str, ...], result: GitResult) -> str:

@@ -34,11 +34,7 @@ async def toplevel(path: Path) -> Path:
 async def snapshot(repo: Path) -> Snapshot:
     """Every path git reports as not clean (modified, staged, deleted, untracked), with a hash
     of what is on disk now."""
-    raw = await git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
-    statuses: dict[str, str] = {}
-    for entry in raw.split("\0"):
-        if len(entry) > 3:
-            statuses[entry[3:]] = entry[:2]
+    statuses = {path: code for code, path in await gitcli.changes(repo, "surrogateescape", GIT_TIMEOUT_SECONDS)}
     digests = await asyncio.to_thread(_digests, repo, list(statuses))
     return {path: (code, digests[path]) for path, code in statuses.items()}
 

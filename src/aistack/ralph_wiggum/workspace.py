@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aistack.gitcli import IDENTITY, GitError, failure, git, run_git
+from aistack.gitcli import IDENTITY, GitError, changes, failure, git, run_git
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.shell import ProcResult, run_shell
 
@@ -124,8 +124,7 @@ class GitWorktrees:
     async def checkpoint(self, tree: Tree, message: str) -> Checkpoint:
         # git status names the changes; when all of them are to tracked files, `commit --all`
         # stages them itself, so a usual iteration costs two git processes.
-        status = await git(tree.path, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", locks=False)
-        entries = [(entry[:2], entry[3:]) for entry in status.split("\0") if len(entry) > 3]
+        entries = await changes(tree.path)
         if not entries:
             return Checkpoint((), None, None)
         untracked = any(code == "??" for code, _ in entries)
