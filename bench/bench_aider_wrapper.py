@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from benchlib import free_port
+import benchlib  # noqa: F401  (puts tests/ on the path: the services start as the tests start them)
+from support import ServiceProcess, make_git_repo, new_stack_env
 
 TASKS = {
     "hello": ("Create hello.py with a function hello() that returns 'hello'", {}, [], "import hello; assert hello.hello() == 'hello'"),
@@ -38,36 +39,6 @@ TASKS = {
 }
 
 
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def repo_with(path: Path, files: dict[str, str]) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for name, text in (files or {"README.md": "# bench\n"}).items():
-        (path / name).write_text(text)
-    git(path, "add", "-A")
-    git(path, "-c", "user.email=b@example.com", "-c", "user.name=b", "commit", "-q", "-m", "init")
-    return path
-
-
-def serve(name: str, env: dict[str, str], log: Path, url: str, timeout: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "aistack", "serve", name], env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{name} not healthy after {timeout} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
@@ -77,27 +48,19 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="bench-aider-") as tmp_name:
         tmp = Path(tmp_name)
-        (tmp / "ws").mkdir()
-        llama_port, wrapper_port = free_port(), free_port()
-        values = {
-            "AISTACK_DATA_DIR": str(tmp / "data"), "WORKSPACE_ROOT": str(tmp / "ws"), "LLAMA_CPP_HOST": "127.0.0.1",
-            "LLAMA_CPP_PORT": str(llama_port), "AIDER_WRAPPER_PORT": str(wrapper_port), "LLAMA_CPP_MODEL": args.model,
-            "LLAMA_CPP_PARALLEL": "1", "STARTUP_DEPENDENCY_CHECK": "false",
-        }  # fmt: skip
-        (tmp / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIDER_", "LLAMA_CPP_", "AISTACK_", "RALPH_", "WORKSPACE_"))}
-        env["AISTACK_ENV_FILE"] = str(tmp / ".env")
+        env = new_stack_env(tmp).set(LLAMA_CPP_MODEL=args.model, LLAMA_CPP_PARALLEL=1)
+        wrapper = env.url("aider-wrapper")
         procs = []
         try:
-            procs.append(serve("llama-cpp", env, tmp / "llama.log", f"http://127.0.0.1:{llama_port}", 600))
-            wrapper = f"http://127.0.0.1:{wrapper_port}"
-            procs.append(serve("aider-wrapper", env, tmp / "wrapper.log", wrapper, 120))
+            for name, timeout in (("llama-cpp", 600), ("aider-wrapper", 120)):
+                procs.append(ServiceProcess(name, env))
+                procs[-1].wait_healthy(timeout)
             print(f"model {args.model}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             print("| task | passed | seconds (wrapper) | seconds (client) | prompt tokens | completion tokens |")
             print("|---|---|---|---|---|---|")
             for run in range(args.runs):
                 for name, (prompt, files, edit, check) in TASKS.items():
-                    repo = repo_with(tmp / "ws" / f"{name}-{run}", files)
+                    repo = make_git_repo(env.workspace_root / f"{name}-{run}", files)
                     started = time.monotonic()
                     body = {"prompt": prompt, "workspace": repo.name, "files": edit}
                     result = httpx.post(wrapper + "/api/execute", json=body, timeout=900).json()
@@ -109,9 +72,8 @@ def main() -> None:
                     print(f"| {name} | {'yes' if ok else 'no'} | {result['duration_seconds']:.1f} | {wall:.1f} | "
                           f"{result['tokens']['prompt']} | {result['tokens']['completion']} |", flush=True)  # fmt: skip
         finally:
-            for proc in reversed(procs):
-                os.killpg(proc.pid, 15)
-                proc.wait(30)
+            for service in reversed(procs):
+                service.stop(30)
 
 
 if __name__ == "__main__":

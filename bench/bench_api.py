@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from benchlib import commit_line, hammer, new_repo, start_bare, start_ralph, stop, verdict
+from benchlib import commit_line, hammer, start_bare, start_ralph, verdict
+from support import make_git_repo
 
 
 def main() -> None:
@@ -28,8 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        new_repo(tmp / "ws" / "api")
-        ralph, rurl = start_ralph(tmp, RALPH_LOOP_ENABLED="false", RALPH_COMMAND_BACKEND="true")
+        ralph = start_ralph(tmp / "ralph", RALPH_LOOP_ENABLED="false", RALPH_COMMAND_BACKEND="true")
+        rurl = ralph.url
+        make_git_repo(ralph.env.workspace_root / "api")
         body = {"prompt": "Add a docstring to every function", "backend": "command", "workspace": "api", "max_iterations": 1}
         task_id = httpx.post(rurl + "/tasks", json=body).json()["task_id"]
         bare, burl = start_bare(tmp, httpx.get(f"{rurl}/tasks/{task_id}").json())
@@ -40,7 +42,9 @@ def main() -> None:
                     for who, url in (("ralph", rurl), ("bare ", burl)):
                         runs.setdefault((name, who), []).append(hammer(url, path, args.clients, args.seconds, posted))
         finally:
-            stop(ralph, bare)
+            ralph.stop()
+            bare.terminate()
+            bare.wait(10)
     median = {key: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for key, rs in runs.items()}
     print(f"API benchmark, {args.clients} connections, {args.rounds} rounds of {args.seconds} s, medians, {commit_line()}")
     for (name, who), r in median.items():

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import clean_environ, free_port
+from benchlib import ROOT
+from support import StackEnv, child_env, new_stack_env
 
-ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 
 SICK_HEALTH = """
@@ -43,25 +43,9 @@ def serve(app, host, port, log_level="info"):
 """
 
 
-def write_env(root: Path, model: str) -> Path:
-    values = {
-        "AISTACK_DATA_DIR": root / "data",
-        "WORKSPACE_ROOT": root / "workspaces",
-        "LLAMA_CPP_MODEL": model,
-        **{f"{s}_HOST": "127.0.0.1" for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM", "DASHBOARD")},
-        **{f"{s}_PORT": free_port() for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM", "DASHBOARD")},
-    }
-    (root / "workspaces").mkdir(parents=True, exist_ok=True)
-    env_file = root / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    return env_file
-
-
-def run(env_file: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-    env = clean_environ()
-    env["AISTACK_ENV_FILE"] = str(env_file)
+def run(env: StackEnv, *args: str) -> tuple[float, subprocess.CompletedProcess]:
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "aistack", *args], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "aistack", *args], env=child_env(env), capture_output=True, text=True, timeout=900)
     return time.monotonic() - started, proc
 
 
@@ -80,9 +64,8 @@ def source_copy(dest: Path, inject: str = "") -> Path:
     return dest
 
 
-def last_deploy(env_file: Path) -> dict:
-    data_dir = Path(next(line.split("=", 1)[1] for line in env_file.read_text().splitlines() if line.startswith("AISTACK_DATA_DIR")))
-    return json.loads((data_dir / "deploys.jsonl").read_text().splitlines()[-1])
+def last_deploy(env: StackEnv) -> dict:
+    return json.loads((env.data_dir / "deploys.jsonl").read_text().splitlines()[-1])
 
 
 def fmt(values: list[float]) -> str:
@@ -101,32 +84,32 @@ def main() -> None:
     ups, deploys, rollbacks, restores, failed_total = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as tmp:
         root = Path(tmp)
-        env_file = write_env(root, args.model)
+        env = new_stack_env(root).set(LLAMA_CPP_MODEL=args.model, STARTUP_DEPENDENCY_CHECK=True)  # as a user's stack
         try:
             for _ in range(args.runs):
-                took, proc = run(env_file, "up")
+                took, proc = run(env, "up")
                 ups.append(must("up", (took, proc)))
                 up_table = proc.stdout  # per service: how long until its /health said 200
-                must("down", run(env_file, "down"))
-            must("up", run(env_file, "up"))
+                must("down", run(env, "down"))
+            must("up", run(env, "up"))
             for i in range(args.runs):
-                must("deploy", run(env_file, "deploy", "ralph-wiggum", "--source", str(source_copy(root / f"good{i}"))))
-                deploys.append(last_deploy(env_file)["duration_s"])
-                must("rollback", run(env_file, "rollback", "ralph-wiggum"))
-                rollbacks.append(last_deploy(env_file)["duration_s"])
+                must("deploy", run(env, "deploy", "ralph-wiggum", "--source", str(source_copy(root / f"good{i}"))))
+                deploys.append(last_deploy(env)["duration_s"])
+                must("rollback", run(env, "rollback", "ralph-wiggum"))
+                rollbacks.append(last_deploy(env)["duration_s"])
                 sick = source_copy(root / f"sick{i}", SICK_HEALTH)
                 must(
                     "failing deploy",
-                    run(env_file, "deploy", "ralph-wiggum", "--source", str(sick), "--health-timeout", args.health_timeout),
+                    run(env, "deploy", "ralph-wiggum", "--source", str(sick), "--health-timeout", args.health_timeout),
                     ok=False,
                 )
-                entry = last_deploy(env_file)
+                entry = last_deploy(env)
                 restores.append(entry["restore_s"])
                 failed_total.append(entry["duration_s"])
             if args.podman:
-                podman_rows = bench_podman(env_file, root, args)
+                podman_rows = bench_podman(env, root, args)
         finally:
-            run(env_file, "down")
+            run(env, "down")
 
     print(up_table)
     print(f"| `aistack up`, whole stack until all healthy ({args.model} cached) | {fmt(ups)} | ≤ 10 s |")
@@ -138,31 +121,30 @@ def main() -> None:
         print(*podman_rows, sep="\n")
 
 
-def bench_podman(env_file: Path, root: Path, args) -> list[str]:
+def bench_podman(env: StackEnv, root: Path, args) -> list[str]:
     """ralph-wiggum as the container local-ai-ralph-wiggum: deploys (image build with cached
     dependency layer), rollback, and the restore after a failed health check."""
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "deploy" / "podman" / "containers.conf"))
-    with env_file.open("a") as f:
-        # the other services run as processes on the host, not on the container network
-        f.write("RALPH_WIGGUM_API_KEY=bench-key\nSTARTUP_DEPENDENCY_CHECK=false\n")
+    # the other services run as processes on the host, not on the container network
+    env.set(RALPH_WIGGUM_API_KEY="bench-key", STARTUP_DEPENDENCY_CHECK=False)
     podman = ["--runtime", "podman"]
     base = ["--base-image", args.base_image]
-    run(env_file, "down", "ralph-wiggum")  # the process runtime's instance would hold the port
+    run(env, "down", "ralph-wiggum")  # the process runtime's instance would hold the port
     deploys, rollbacks, restores = [], [], []
     try:
         for i in range(args.runs):
-            must("podman deploy", run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(source_copy(root / f"pgood{i}"))))
-            deploys.append(last_deploy(env_file)["duration_s"])
+            must("podman deploy", run(env, "deploy", "ralph-wiggum", *podman, *base, "--source", str(source_copy(root / f"pgood{i}"))))
+            deploys.append(last_deploy(env)["duration_s"])
             if i:
-                must("podman rollback", run(env_file, "rollback", "ralph-wiggum", *podman))
-                rollbacks.append(last_deploy(env_file)["duration_s"])
+                must("podman rollback", run(env, "rollback", "ralph-wiggum", *podman))
+                rollbacks.append(last_deploy(env)["duration_s"])
             sick = source_copy(root / f"psick{i}", SICK_HEALTH)
             must(
                 "podman failing deploy",
-                run(env_file, "deploy", "ralph-wiggum", *podman, *base, "--source", str(sick), "--health-timeout", args.health_timeout),
+                run(env, "deploy", "ralph-wiggum", *podman, *base, "--source", str(sick), "--health-timeout", args.health_timeout),
                 ok=False,
             )
-            restores.append(last_deploy(env_file)["restore_s"])
+            restores.append(last_deploy(env)["restore_s"])
     finally:
         for name in ("local-ai-ralph-wiggum", "local-ai-ralph-wiggum-backup"):  # one at a time: a missing one fails the call
             subprocess.run(["podman", "rm", "-f", name], capture_output=True)

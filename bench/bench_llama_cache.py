@@ -34,12 +34,13 @@ from pathlib import Path
 
 import httpx
 
+import benchlib  # noqa: F401  (puts tests/ on the path)
 from aistack.config import Settings
 from aistack.llama_cpp.engine import ensure_server_bin, server_version
 from aistack.llama_cpp.models import ensure_model
 from aistack.llama_cpp.server import server_command
 from aistack.procgroup import die_with_parent
-from benchlib import free_port
+from support import free_port
 
 SYSTEM = (
     "Act as an expert software developer. Always use best practices when coding. Respect and use existing "

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from benchlib import commit_line, new_repo, start_ralph, stop, verdict
+from benchlib import commit_line, start_ralph, verdict
+from support import make_git_repo
 
 AGENT = "#!/bin/sh\necho x >> log.txt\n"
 
@@ -38,13 +39,13 @@ def check_command(iterations: int) -> str:
 
 
 def aistack_loop(tmp: Path, iterations: int) -> dict:
-    new_repo(tmp / "ws" / "repo")
     agent = tmp / "agent.sh"
     agent.write_text(AGENT)
     agent.chmod(0o755)
-    proc, url = start_ralph(tmp, RALPH_COMMAND_BACKEND=str(agent), RALPH_MAX_ITERATIONS_CAP=str(iterations))
+    ralph = start_ralph(tmp / "loop", RALPH_COMMAND_BACKEND=str(agent), RALPH_MAX_ITERATIONS_CAP=str(iterations))
+    make_git_repo(ralph.env.workspace_root / "repo")
     try:
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with httpx.Client(base_url=ralph.url, timeout=30) as c:
             body = {"prompt": "append", "backend": "command", "workspace": "repo",
                     "check_command": check_command(iterations), "max_iterations": iterations}  # fmt: skip
             task_id = c.post("/tasks", json=body).json()["task_id"]
@@ -52,7 +53,7 @@ def aistack_loop(tmp: Path, iterations: int) -> dict:
                 time.sleep(0.2)
             its = c.get(f"/tasks/{task_id}/iterations").json()
     finally:
-        stop(proc)
+        ralph.stop()
     wall = datetime.fromisoformat(task["finished_at"]) - datetime.fromisoformat(task["started_at"])
     durations = sorted(it["duration_seconds"] * 1000 for it in its)
     return {
@@ -72,11 +73,11 @@ def stop_latency(tmp: Path, runs: int = 3) -> list[float]:
     agent = tmp / "sleeper.sh"
     agent.write_text(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n')
     agent.chmod(0o755)
-    new_repo(tmp / "ws" / "stop")
-    proc, url = start_ralph(tmp, RALPH_COMMAND_BACKEND=str(agent))
+    ralph = start_ralph(tmp / "ralph", RALPH_COMMAND_BACKEND=str(agent))
+    make_git_repo(ralph.env.workspace_root / "stop")
     took = []
     try:
-        with httpx.Client(base_url=url, timeout=30) as c:
+        with httpx.Client(base_url=ralph.url, timeout=30) as c:
             for _ in range(runs):
                 pidfile.unlink(missing_ok=True)
                 task_id = c.post("/tasks", json={"prompt": "sleep", "backend": "command", "workspace": "stop"}).json()["task_id"]
@@ -89,7 +90,7 @@ def stop_latency(tmp: Path, runs: int = 3) -> list[float]:
                     time.sleep(0.005)
                 took.append(time.monotonic() - t0)
     finally:
-        stop(proc)
+        ralph.stop()
     return took
 
 
@@ -103,7 +104,7 @@ def _alive(pid: int) -> bool:
 
 def shell_loop(tmp: Path, iterations: int) -> float:
     """Milliseconds per iteration of the same work done by a plain shell loop."""
-    repo = new_repo(tmp / "plain")
+    repo = make_git_repo(tmp / "plain")
     (tmp / "plain-agent.sh").write_text(AGENT)
     script = (
         f'i=0; while [ "$i" -lt {iterations} ]; do\n'

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchlib import clean_environ, free_port, new_repo, wait_ready
+import benchlib  # noqa: F401  (puts tests/ on the path: the services start as the tests start them)
+from support import ServiceProcess, make_git_repo, new_stack_env
 
 COUNTERS = ("prompt_tokens_total", "prompt_seconds_total", "tokens_predicted_total", "tokens_predicted_seconds_total")
 
@@ -43,12 +42,6 @@ def metrics(url: str) -> dict[str, float]:
 
 def delta(after: dict, before: dict) -> dict:
     return {k: after[k] - before[k] for k in COUNTERS}
-
-
-def start(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "aistack", "serve", name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
 
 
 def direct_generation(llm: str, prompt_tokens: int) -> float:
@@ -73,31 +66,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ports = {s: free_port() for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM")}
-        values = {
-            "AISTACK_DATA_DIR": tmp / "data",
-            "WORKSPACE_ROOT": tmp / "ws",
-            "LLAMA_CPP_MODEL": args.model,
-            "LLAMA_CPP_HOST": "127.0.0.1",
-            "AIDER_WRAPPER_HOST": "127.0.0.1",
-            "RALPH_WIGGUM_HOST": "127.0.0.1",
-            "STARTUP_DEPENDENCY_CHECK": "false",
-            "LOG_LEVEL": "warning",
-            **{f"{s}_PORT": p for s, p in ports.items()},
-        }
-        (tmp / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        env = clean_environ()
-        env["AISTACK_ENV_FILE"] = str(tmp / ".env")
-        repo = tmp / "ws" / "demo"
-        new_repo(repo)
-        llm, wrapper, ralph = (f"http://127.0.0.1:{ports[s]}" for s in ("LLAMA_CPP", "AIDER_WRAPPER", "RALPH_WIGGUM"))
-        procs = [start("llama-cpp", env, tmp / "llama.log")]
+        env = new_stack_env(tmp).set(LLAMA_CPP_MODEL=args.model, LOG_LEVEL="warning")
+        make_git_repo(env.workspace_root / "demo")
+        llm, ralph = env.url("llama-cpp"), env.url("ralph-wiggum")
+        procs: list[ServiceProcess] = []
         try:
-            wait_ready(llm, 600)
-            procs.append(start("aider-wrapper", env, tmp / "wrapper.log"))
-            procs.append(start("ralph-wiggum", env, tmp / "ralph.log"))
-            wait_ready(wrapper, 60)
-            wait_ready(ralph, 60)
+            for name, timeout in (("llama-cpp", 600), ("aider-wrapper", 60), ("ralph-wiggum", 60)):
+                procs.append(ServiceProcess(name, env))
+                procs[-1].wait_healthy(timeout)
             marker = tmp / "first-check-done"
             check = (
                 f"if [ -f {marker} ]; then python3 -c \"import hello; assert hello.hello() == 'hello'\"; "
@@ -149,12 +125,8 @@ def main() -> None:
                 f"(ratio {stack_tps / direct_tps:.2f}, target ≥ 0.97)"
             )
         finally:
-            for p in reversed(procs):
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            for service in reversed(procs):
+                service.stop(20)
 
 
 if __name__ == "__main__":

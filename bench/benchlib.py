@@ -1,4 +1,5 @@
-"""What the benchmarks share: free ports, a real orchestrator process, `wrk`, and the report line.
+"""What the benchmarks share: a real orchestrator process (started as the tests start services),
+the bare anchor app, `wrk`, and the report line.
 
 Every figure is printed beside an anchor measured in the same run on the same machine (a plain
 shell loop, a bare FastAPI app), because on a shared 2-core box only the ratio is comparable
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,53 +20,20 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK_PREFIXES = ("RALPH_", "AIDER_", "LLAMA_CPP_", "AISTACK_", "WORKSPACE_", "DASHBOARD_", "STARTUP_")
+sys.path.insert(0, str(ROOT / "tests"))  # the benchmarks start services as the tests do: `support`
+
+from support import ServiceProcess, free_port, new_stack_env, wait_until  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True).stdout  # fmt: skip
-
-
-def new_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "commit", "-q", "--allow-empty", "-m", "init")
-    return path
-
-
-def clean_environ(**extra: str) -> dict[str, str]:
-    """The caller's environment without stack settings: only the benchmark's .env configures a service."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(STACK_PREFIXES) or k == "AISTACK_CACHE_DIR"}
-    return {**env, **extra}
-
-
-def start_ralph(tmp: Path, **settings: str) -> tuple[subprocess.Popen, str]:
-    """A real `aistack serve ralph-wiggum` with its own data dir, on a free port."""
-    port = free_port()
-    values = {
-        "AISTACK_DATA_DIR": str(tmp / f"data-{port}"),
-        "WORKSPACE_ROOT": str(tmp / "ws"),
-        "RALPH_WIGGUM_PORT": str(port),
-        "AIDER_WRAPPER_PORT": str(free_port()),
-        "STARTUP_DEPENDENCY_CHECK": "false",
-        "LOG_LEVEL": "warning",
-        **settings,
-    }
-    env_file = tmp / f"{port}.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    proc = subprocess.Popen([sys.executable, "-m", "aistack", "serve", "ralph-wiggum"],
-                            env=clean_environ(AISTACK_ENV_FILE=str(env_file)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    return proc, url
+def start_ralph(root: Path, **settings: str) -> ServiceProcess:
+    """A real `aistack serve ralph-wiggum` with its own data dir and workspace root under `root`,
+    on free ports, configured only by its .env (its log is kept: a crash at start says why)."""
+    ralph = ServiceProcess("ralph-wiggum", new_stack_env(root).set(LOG_LEVEL="warning", **settings))
+    try:
+        return ralph.wait_healthy()
+    except BaseException:
+        ralph.stop()
+        raise
 
 
 def start_bare(tmp: Path, task: dict) -> tuple[subprocess.Popen, str]:
@@ -87,37 +54,28 @@ def start_bare(tmp: Path, task: dict) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--log-level", "warning"],
                             cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
+    if not wait_until(lambda: _answers(url), 60):
+        raise SystemExit(f"the bare app at {url} did not come up (exit {proc.poll()})")
     return proc, url
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
-def stop(*procs: subprocess.Popen) -> None:
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def hammer(url: str, path: str, clients: int, seconds: int, body: dict | None = None) -> dict:
     """`wrk` (C, Debian's package) with `clients` connections for `seconds`: latency percentiles
     and throughput. A load generator in Python would eat the cores it measures."""
     cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", url + path]
-    if body is not None:
-        script = Path(tempfile.mkdtemp()) / "post.lua"
-        script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{json.dumps(body)}]]\n')
-        cmd[1:1] = ["-s", str(script)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        if body is not None:
+            script = Path(tmp) / "post.lua"
+            script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{json.dumps(body)}]]\n')
+            cmd[1:1] = ["-s", str(script)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}\s+([0-9.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
