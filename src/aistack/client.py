@@ -30,10 +30,12 @@ class RalphError(Exception):
 
 
 class RalphClient:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0):
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None):
+        """`transport`: how requests reach the orchestrator; the network unless given (the MCP
+        endpoint inside ralph-wiggum hands them to its own app with `httpx.ASGITransport`)."""
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.base_url = base_url
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -51,6 +53,10 @@ class RalphClient:
                 detail, field = response.text[:500] or response.reason_phrase, None
             raise RalphError(response.status_code, detail, field)
         return response.json()
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any route, as given: its JSON answer, or a RalphError with the API's own message."""
+        return await self._request(method, path, **kwargs)
 
     # --- reading ---------------------------------------------------------------------------------
     async def health(self) -> RalphHealth:

@@ -8,6 +8,7 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from aistack import __version__
 from aistack.config import Settings
@@ -15,6 +16,7 @@ from aistack.preflight import before_serve
 from aistack.ralph_wiggum.api import router, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
+from aistack.ralph_wiggum.mcp_server import HttpEndpoint
 from aistack.ralph_wiggum.metrics import registry_for
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
@@ -28,6 +30,7 @@ log = logging.getLogger("aistack.ralph")
 def create_app(settings: Settings) -> FastAPI:
     notifier = Notifier()
     store = Store.sqlite(settings.db_path, on_event=notifier.notify)
+    mcp = HttpEndpoint(settings.api_key, settings.aistack_bind_address)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,7 +46,8 @@ def create_app(settings: Settings) -> FastAPI:
         scheduler.start()
         log.info("ralph-wiggum %s ready: backends %s, data in %s", __version__, ", ".join(backends), settings.aistack_data_dir)
         try:
-            yield
+            async with mcp.serving(app):
+                yield
         finally:
             await scheduler.shutdown()
             for backend in backends.values():
@@ -64,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(TaskError, task_error)
     require_api_key(app, settings.api_key, open_paths=("/health",))
     app.include_router(router)
+    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # inside the API-key middleware, like every route
     return app
 
 
@@ -71,6 +76,8 @@ def run(settings: Settings) -> int:
     key = settings.api_key
     check_bind(settings.aistack_bind_address, key)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "mcp.server.streamable_http"):  # not a line per MCP call (each is an in-process API request)
+        logging.getLogger(name).setLevel(logging.WARNING)
     before_serve(settings, "ralph-wiggum")
     serve(create_app(settings), settings.aistack_bind_address, settings.ralph_wiggum_port, settings.log_level)
     return 0

@@ -208,3 +208,15 @@ def logs(task_id: str, iteration: Annotated[int | None, typer.Option(help="Only 
         if it.check_exit_code is not None or it.check_output:
             console.print(f"check exit {it.check_exit_code}:", highlight=False)
             console.print(it.check_output or "", highlight=False, markup=False)
+
+
+@commands.command("mcp")
+def mcp() -> None:
+    """Serve the task API as an MCP server on stdin/stdout, for an agent's MCP configuration.
+
+    It talks to the running ralph-wiggum with the .env's URL and API key; stdout carries only MCP.
+    """
+    settings = settings_or_exit()
+    from aistack.ralph_wiggum.mcp_server import serve_stdio  # the MCP SDK loads only for this command
+
+    asyncio.run(serve_stdio(settings.url("ralph-wiggum"), settings.api_key))
