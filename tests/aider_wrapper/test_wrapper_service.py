@@ -81,6 +81,11 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         assert answer["field"] == field, (body, answer)
         assert words in answer["detail"], (body, answer)
     assert git(repo, "status", "--porcelain", "--ignored") == ""
+    # Where a symlink leads is told to the server's log, never to the client.
+    for body in ({"workspace": "escape"}, {"workspace": "repo", "files": ["link"]}):
+        detail = httpx.post(wrapper.url + "/api/execute", json={"prompt": "x"} | body, timeout=30).json()["detail"]
+        assert "outside the allowed root" in detail and str(outside) not in detail, detail
+    assert str(outside / "README.md") in wrapper.log()
 
     resp = httpx.post(wrapper.url + "/api/execute", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["field"] == "body"

@@ -73,7 +73,9 @@ def test_login_required_with_a_key_and_the_key_never_rendered(client_for) -> Non
         response = client.get(path, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"].startswith("/login")
     assert client.get("/tasks/abc/events", headers={"accept": "text/event-stream"}).status_code == 401
-    assert client.get("/health").status_code == 200  # open, like the orchestrator's
+    health = client.get("/health")  # open, like the orchestrator's, but only its status
+    assert health.status_code == 200 and health.json() == {"status": "degraded"}  # no orchestrator runs
+    assert "uptime_seconds" in client.get("/health", headers={"X-API-Key": "page-test-secret-91"}).json()
     login = client.get("/login")
     bad = client.post("/login", data={"csrf_token": csrf_of(login.text), "api_key": "nope", "next": "/config"})
     assert bad.status_code == 401
@@ -84,6 +86,7 @@ def test_login_required_with_a_key_and_the_key_never_rendered(client_for) -> Non
     for path in PAGES:
         response = client.get(path)
         assert response.status_code == 200 and "page-test-secret-91" not in response.text
+    assert client.get("/health").json()["ralph_wiggum"] == "down"  # logged in: the details
     assert "page-test-secret-91" not in client.cookies.get("aistack_dashboard", "")
 
 

@@ -318,7 +318,7 @@ def test_unreachable_backend_does_not_consume_iterations_then_fails_naming_it(ra
 
 
 def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
-    client, _ = ralph()
+    client, proc = ralph()
     repo(stack_env)
     (stack_env.workspace_root / "plain").mkdir()
     make_git_repo(tmp_path / "outside")
@@ -352,6 +352,10 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     assert client.get("/tasks", params={"status": "bogus"}).status_code == 422
     assert client.get("/tasks", params={"limit": 0}).status_code == 422
     assert client.get("/tasks").json()["total"] == 0  # nothing was stored
+    # Where a symlink leads is told to the server's log, never to the client.
+    escape = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "escape"}).json()["detail"]
+    assert "outside the allowed root" in escape and str(tmp_path / "outside") not in escape
+    assert str(tmp_path / "outside") in proc.log()
 
 
 def test_bad_env_value_stops_the_service_with_one_line(stack_env):
@@ -368,9 +372,14 @@ def test_non_loopback_bind_without_key_is_refused(stack_env):
     assert proc.returncode == 2 and "RALPH_WIGGUM_API_KEY" in proc.stderr
 
 
-def test_api_key_guards_everything_but_health(ralph, stack_env):
+def test_api_key_guards_everything_but_health_and_healths_details(ralph, stack_env):
     client, proc = ralph(RALPH_WIGGUM_API_KEY="s3cret-key")
-    assert client.get("/health").status_code == 200
+    # Without the key /health says only what a readiness probe needs, not the agent's command.
+    bare = client.get("/health")
+    assert bare.status_code == 200 and set(bare.json()) == {"status"} and bare.json()["status"] in ("healthy", "degraded")
+    full = client.get("/health", headers={"X-API-Key": "s3cret-key"}).json()
+    assert {b["name"]: b["detail"] for b in full["backends"]}["command"] == stack_env.values["RALPH_COMMAND_BACKEND"]
+    assert full["status"] == bare.json()["status"]
     for path in ("/tasks", "/stats", "/metrics", "/config/limits"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401

@@ -22,6 +22,7 @@ from aistack.dashboard.deploy import DeployRunner
 from aistack.dashboard.history import ServiceFacts, service_facts
 from aistack.dashboard.security import CSRF_FIELD, csrf_token
 from aistack.health import Health, acheck
+from aistack.web import API_KEY_HEADER
 
 HERE = Path(__file__).parent
 STATUSES = [s.value for s in TaskStatus]
@@ -35,7 +36,9 @@ class Site:
         self.auth_required = settings.api_key is not None
         self.started = time.time()
         self.ralph = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
-        self.probes = httpx.AsyncClient(trust_env=False)  # our own services: never through a proxy
+        # Our own services: never through a proxy; with the key, their /health tells the details.
+        key_header = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
+        self.probes = httpx.AsyncClient(trust_env=False, headers=key_header)
         self.deploys = DeployRunner(settings)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals.update(version=__version__, csrf_field=CSRF_FIELD, statuses=STATUSES)

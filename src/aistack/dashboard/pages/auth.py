@@ -12,17 +12,21 @@ from aistack import __version__
 from aistack.dashboard.forms import safe_next
 from aistack.dashboard.security import checked_form, key_matches, logged_in
 from aistack.dashboard.site import SiteDep
+from aistack.web import sends_key
 
 router = APIRouter()
 
 
 @router.get("/health")
-async def health(site: SiteDep) -> dict[str, Any]:
+async def health(request: Request, site: SiteDep) -> dict[str, Any]:
     orchestrator = await site.probe("ralph-wiggum")
+    # Degraded when the orchestrator does not serve (down, hung, loading); its own state, and
+    # the rest of the stack's, is shown on the Overview.
+    status = "healthy" if orchestrator.ready else "degraded"
+    if not (logged_in(request) or sends_key(request.headers, site.settings.api_key)):
+        return {"status": status}  # the details need the key, as on the other services
     return {
-        # Degraded when the orchestrator does not serve (down, hung, loading); its own state, and
-        # the rest of the stack's, is shown on the Overview.
-        "status": "healthy" if orchestrator.ready else "degraded",
+        "status": status,
         "version": __version__,
         "uptime_seconds": round(time.time() - site.started, 1),
         "ralph_wiggum": orchestrator.state,
