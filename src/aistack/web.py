@@ -110,4 +110,6 @@ class ApiKeyMiddleware:
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Run `app` with uvicorn until SIGTERM/SIGINT (graceful shutdown included)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+    # No proxy stands in front of these services: a client may not name its own address
+    # (X-Forwarded-For), which the dashboard's login throttle goes by.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug", proxy_headers=False)

@@ -20,7 +20,7 @@ from aistack.config import Settings
 from aistack.contracts import TaskStatus
 from aistack.dashboard.deploy import DeployRunner
 from aistack.dashboard.history import ServiceFacts, service_facts
-from aistack.dashboard.security import CSRF_FIELD, csrf_token
+from aistack.dashboard.security import CSRF_FIELD, LoginThrottle, Sessions, csrf_token
 from aistack.health import Health, acheck
 from aistack.web import API_KEY_HEADER
 
@@ -34,6 +34,8 @@ class Site:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.auth_required = settings.api_key is not None
+        self.sessions = Sessions(settings.dashboard_session_idle_minutes * 60, settings.dashboard_session_max_hours * 3600)
+        self.throttle = LoginThrottle()
         self.started = time.time()
         self.ralph = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
         # Our own services: never through a proxy; with the key, their /health tells the details.
