@@ -3,6 +3,7 @@ file, real git repositories and the `command` backend running real shell scripts
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import AISTACK, StackEnv, child_env, git, make_git_repo
+from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so
@@ -239,6 +240,41 @@ def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, s
     while _alive(int(pidfile.read_text())) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(int(pidfile.read_text())), "the agent's background helper outlived its iteration"
+
+
+def test_hung_agent_and_hung_check_are_ended_at_their_timeouts_with_their_groups(ralph, stack_env):
+    """RALPH_ITERATION_TIMEOUT_SECONDS ends an agent that never returns, RALPH_CHECK_TIMEOUT_SECONDS a
+    check that never returns: each is recorded as timed out, and nothing of its process group is left."""
+    groups = stack_env.root / "groups"
+    groups.mkdir()
+    # `$$` is the group leader: each command runs in a session of its own.
+    hang = f'echo $$ > "{groups}/$1"; sleep 600 & wait'
+    client, _ = ralph(
+        f'#!/bin/sh\ncase "$AISTACK_PROMPT" in hang*) {hang.replace("$1", "agent")};; esac\necho x >> f.txt\n',
+        RALPH_ITERATION_TIMEOUT_SECONDS=2,
+        RALPH_CHECK_TIMEOUT_SECONDS=2,
+    )
+    repo(stack_env)
+    agent_task = submit(client, workspace="repo", prompt="hang, agent", max_iterations=1)
+    check_task = submit(client, workspace="repo", prompt="write", max_iterations=1, check_command=hang.replace("$1", "check"))
+    for task_id in (agent_task, check_task):
+        assert wait_for(client, task_id, {"exhausted", "failed"}, timeout=30)["iteration"] == 1
+    [agent_run] = client.get(f"/tasks/{agent_task}/iterations").json()
+    assert agent_run["status"] == "error" and agent_run["error"] == "command timed out after 2 s"
+    [checked] = client.get(f"/tasks/{check_task}/iterations").json()
+    assert checked["status"] == "success" and checked["check_exit_code"] is None
+    assert checked["check_output"].endswith("[check timed out after 2 s]")
+    for name in ("agent", "check"):
+        group = int((groups / name).read_text())
+        assert wait_until(lambda group=group: not _group_alive(group), 5), f"the {name}'s process group outlived its timeout"
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:
