@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     # --- dashboard ----------------------------------------------------------------------------
     dashboard_host: str = Field(default="dashboard", min_length=1, description="Host clients use to reach the dashboard.")
     dashboard_port: int = Field(default=8090, ge=1, le=65535, description="Port of the dashboard.")
+    dashboard_session_idle_minutes: int = Field(default=30, ge=1, le=10080, description="A login ends after this long without use.")
+    dashboard_session_max_hours: int = Field(default=12, ge=1, le=720, description="A login ends this long after it began, used or not.")
 
     @field_validator("aistack_data_dir", "aistack_cache_dir", "workspace_root", mode="after")
     @classmethod

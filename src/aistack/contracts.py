@@ -156,6 +156,13 @@ class BackendHealth(BaseModel):
     detail: str | None = None
 
 
+class HealthSummary(BaseModel):
+    """/health to a caller without the API key (where one is set): what a readiness probe needs,
+    none of the details (commands, paths, URLs) that the full answer carries."""
+
+    status: Literal["healthy", "degraded"]
+
+
 class RalphHealth(BaseModel):
     status: Literal["healthy", "degraded"]
     version: str

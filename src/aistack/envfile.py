@@ -12,6 +12,7 @@ import io
 import re
 import shutil
 import threading
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,21 @@ def read(path: Path) -> dict[str, str]:
     return parse(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def refuse_control_characters(key: str, value: str) -> None:
+    """The one rule for a value written to the file: no control character (C0, DEL, C1: `\n`,
+    `\r`, `\x0b`, `\x85`…) and no line or paragraph separator (U+2028, U+2029). Any of them
+    could end the line for some reader and smuggle in a variable of its own."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            raise EnvFileError(
+                f"invalid setting {key.upper()}: line breaks and control characters are not allowed (found U+{ord(char):04X})", key.lower()
+            )
+
+
 def quote(value: str) -> str:
     """`value` written so that the .env parser reads back exactly `value`, except that `${NAME}`
-    stays a reference the reader expands (as it would in a hand-written file)."""
-    if "\n" in value or "\r" in value:
-        raise EnvFileError("a value may not span several lines")
+    stays a reference the reader expands (as it would in a hand-written file). The value has
+    passed `refuse_control_characters`."""
     if _PLAIN_VALUE.match(value):
         return value
     if "'" not in value and "\\" not in value:
@@ -70,9 +81,12 @@ def render(text: str, updates: Mapping[str, str | None]) -> str:
     template line (`# KEY=default`) is written just below that line; any other is appended.
     """
     wanted = {key.upper(): value for key, value in updates.items()}
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += "\n"
+    for name, written in wanted.items():
+        if written is not None:
+            refuse_control_characters(name, written)
+    # Lines end at \n only: str.splitlines() would also break inside a value at \x0b, \x1c, \x85,
+    # U+2028... and write its tail back as a line of its own.
+    lines = [line + "\n" for line in text.removesuffix("\n").split("\n")] if text else []
     out: list[str] = []
     done: set[str] = set()
     for line in lines:

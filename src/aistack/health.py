@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import httpx
 
+from aistack.web import API_KEY_HEADER
+
 State = Literal["healthy", "degraded", "loading", "unhealthy", "down", "exited"]
 PROBE_TIMEOUT_SECONDS = 2.0
 RETRY_SECONDS = 2.0
@@ -54,11 +56,12 @@ def classify(status_code: int, body: Any, latency_ms: float | None = None) -> He
     return Health("unhealthy", f"HTTP {status_code}", latency_ms, body)
 
 
-def check(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Health:
-    """One GET of a /health URL; never raises. Proxy variables are ignored: these are our own services."""
+def check(url: str, timeout: float = PROBE_TIMEOUT_SECONDS, api_key: str | None = None) -> Health:
+    """One GET of a /health URL; never raises. Proxy variables are ignored: these are our own
+    services. With the API key the answer carries the service's details (why it is degraded)."""
     started = time.monotonic()
     try:
-        response = _client().get(url, timeout=timeout)
+        response = _client().get(url, timeout=timeout, headers={API_KEY_HEADER: api_key} if api_key else None)
     except httpx.HTTPError as exc:
         return _unanswered(exc)
     return _answered(response, started)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger("aistack.paths")
 
 
 class PathNotAllowed(ValueError):
@@ -25,4 +28,6 @@ def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Pat
         if real == real_root or real.is_relative_to(real_root):
             return real
     shown = ", ".join(str(r) for r in roots)
-    raise PathNotAllowed(f"{path} resolves to {real}, which is outside the allowed root ({shown})")
+    # Where a symlink leads is for the log, not for the client: it maps the machine's files.
+    log.info("refused path %r: it resolves to %s, outside %s", str(path), real, shown)
+    raise PathNotAllowed(f"{path} resolves outside the allowed root ({shown})")

@@ -54,9 +54,9 @@ class CheckResult:
         return f"unhealthy: see aistack logs {self.service}"
 
 
-def probe(service: str, url: str, timeout: float = health.PROBE_TIMEOUT_SECONDS) -> CheckResult:
+def probe(service: str, url: str, timeout: float = health.PROBE_TIMEOUT_SECONDS, api_key: str | None = None) -> CheckResult:
     """One `GET /health` of `service` at `url`; never raises."""
-    return CheckResult(service, url, health.check(url + services.get(service).health_path, timeout))
+    return CheckResult(service, url, health.check(url + services.get(service).health_path, timeout, api_key))
 
 
 def before_serve(settings: Settings, service: str) -> None:
@@ -86,7 +86,7 @@ def before_serve(settings: Settings, service: str) -> None:
 def check_all(settings: Settings, timeout: float = health.PROBE_TIMEOUT_SECONDS) -> list[CheckResult]:
     """One probe of every service of the stack, in start order (probes run in parallel)."""
     with ThreadPoolExecutor(max_workers=len(services.NAMES)) as pool:
-        return list(pool.map(lambda name: probe(name, settings.url(name), timeout), services.NAMES))
+        return list(pool.map(lambda name: probe(name, settings.url(name), timeout, settings.api_key), services.NAMES))
 
 
 def _say(line: str) -> None:

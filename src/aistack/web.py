@@ -82,22 +82,27 @@ def require_api_key(app: FastAPI, api_key: str | None, open_paths: tuple[str, ..
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=open_paths)
 
 
+def sends_key(headers: Headers, api_key: str | None) -> bool:
+    """Whether a request carries `api_key` (`X-API-Key`, or `Authorization: Bearer`); compared
+    in constant time. Without a configured key there is nothing to hold back: True."""
+    if not api_key:
+        return True
+    given = headers.get(API_KEY_HEADER) or ""
+    auth = headers.get("Authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:]
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
 class ApiKeyMiddleware:
     """Plain ASGI (not BaseHTTPMiddleware): nothing is added to a request that passes, and a
     streamed answer (SSE) streams as it would without it."""
 
     def __init__(self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...]):
-        self.app, self.expected, self.open_paths = app, api_key.encode(), open_paths
+        self.app, self.api_key, self.open_paths = app, api_key, open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        given = headers.get(API_KEY_HEADER) or ""
-        auth = headers.get("Authorization", "")
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if hmac.compare_digest(given.encode(), self.expected):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or sends_key(Headers(scope=scope), self.api_key):
             return await self.app(scope, receive, send)
         refusal = JSONResponse(error_body(f"missing or wrong API key: send it in the {API_KEY_HEADER} header"), status_code=401)
         await refusal(scope, receive, send)
@@ -105,4 +110,6 @@ class ApiKeyMiddleware:
 
 def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Run `app` with uvicorn until SIGTERM/SIGINT (graceful shutdown included)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+    # No proxy stands in front of these services: a client may not name its own address
+    # (X-Forwarded-For), which the dashboard's login throttle goes by.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug", proxy_headers=False)

@@ -63,6 +63,7 @@ def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Pat
         assert Path(cmd[cmd.index(flag) + 1]).parent == run.folder
     assert cmd[cmd.index("--read") + 1] == str(ws / "doc.md")
     assert cmd[-1] == str(ws / "a.py")
+    assert "--openai-api-key" not in cmd  # a key in argv is there for `ps` to show: it goes in the environment
 
 
 def test_environment_hides_our_settings_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,9 +73,12 @@ def test_environment_hides_our_settings_from_aider(tmp_path: Path, monkeypatch: 
     cfg = settings_for(tmp_path)
     files = invocation.write_model_files(cfg)
     env = invocation.aider_env(cfg, files)
-    assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_"))]
+    assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_")) and k != "OPENAI_API_KEY"]
+    assert env["OPENAI_API_KEY"] == invocation.DUMMY_API_KEY  # ours, not the caller's: llama-server has no key
     assert env["HOME"] == str(files.home)
     assert "127.0.0.1" in env["NO_PROXY"]
+    # With the stack's key, llama-server requires it, and aider sends it.
+    assert invocation.aider_env(settings_for(tmp_path, ralph_wiggum_api_key="k-123"), files)["OPENAI_API_KEY"] == "k-123"
 
 
 def test_find_aider_prefers_the_configured_binary(tmp_path: Path) -> None:

@@ -122,3 +122,44 @@ def test_llm_going_away_mid_run_is_a_transient_error_at_once(stack_env, services
     assert result.status == "error" and result.transient is True, result
     assert result.error.startswith("the LLM is"), result.error
     assert processes_in(repo) == []
+
+
+def test_llama_server_off_loopback_requires_the_key_and_the_wrapper_sends_it(stack_env, services, tmp_path_factory) -> None:
+    """llama-server bound to 0.0.0.0 (reached on 127.0.0.1) with the stack's key: /health stays
+    open for probes, everything else needs the key, which appears in no process's argv; aider,
+    run by a wrapper holding the key, gets its answers from the model."""
+    from wrapper_support import SMOL
+
+    from support import new_stack_env
+
+    key = "llama-key-off-loopback-71"
+    llama_env = new_stack_env(tmp_path_factory.mktemp("keyed-llama")).set(**SMOL, AISTACK_BIND_ADDRESS="0.0.0.0", RALPH_WIGGUM_API_KEY=key)
+    llama = services("llama-cpp", llama_env, timeout=300)
+    url = llama_env.url("llama-cpp")
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-Api-Key": key[:-1]}):
+        assert httpx.get(url + "/v1/models", headers=headers, timeout=5).status_code == 401
+        assert httpx.get(url + "/metrics", headers=headers, timeout=5).status_code == 401
+    assert httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code == 200
+    server = next(pid for pid in children(llama.proc.pid) if Path(f"/proc/{pid}/exe").resolve().name == "llama-server")
+    assert key not in Path(f"/proc/{server}/cmdline").read_text() and key not in Path(f"/proc/{server}/environ").read_text()
+
+    wrapper = services("aider-wrapper", point_at(stack_env, llama_env).set(RALPH_WIGGUM_API_KEY=key))
+    make_git_repo(stack_env.workspace_root / "repo")
+    body = {"prompt": "Create hi.txt containing the word hi.", "workspace": "repo", "timeout_seconds": 240}
+    answer = httpx.post(wrapper.url + "/api/execute", json=body, headers={"X-API-Key": key}, timeout=300)
+    result = check_result(answer.json())
+    assert result.tokens.prompt > 0 and result.tokens.completion > 0, result  # the model answered aider
+    assert not (result.error or "").startswith("the LLM refused the API key"), result.error
+    assert key not in wrapper.log() and key not in llama.log()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found

@@ -81,6 +81,11 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         assert answer["field"] == field, (body, answer)
         assert words in answer["detail"], (body, answer)
     assert git(repo, "status", "--porcelain", "--ignored") == ""
+    # Where a symlink leads is told to the server's log, never to the client.
+    for body in ({"workspace": "escape"}, {"workspace": "repo", "files": ["link"]}):
+        detail = httpx.post(wrapper.url + "/api/execute", json={"prompt": "x"} | body, timeout=30).json()["detail"]
+        assert "outside the allowed root" in detail and str(outside) not in detail, detail
+    assert str(outside / "README.md") in wrapper.log()
 
     resp = httpx.post(wrapper.url + "/api/execute", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["field"] == "body"
@@ -101,3 +106,25 @@ def test_aider_missing_is_reported_not_hidden(stack_env, services) -> None:
     resp = httpx.post(wrapper.url + "/api/execute", json={"prompt": "x", "workspace": "repo"}, timeout=30)
     assert resp.status_code == 503
     assert "aider is not available" in resp.json()["detail"] and "/nonexistent/aider" in resp.json()["detail"]
+
+
+def test_api_key_guards_everything_but_health_and_healths_details(stack_env, services) -> None:
+    key = "wrapper-key-5e"
+    wrapper = services("aider-wrapper", stack_env.set(RALPH_WIGGUM_API_KEY=key))
+    make_git_repo(stack_env.workspace_root / "repo")
+    bare = httpx.get(wrapper.url + "/health", timeout=5)
+    assert bare.status_code == 200 and bare.json() == {"status": "degraded"}  # no LLM; no workspace root, no URL
+    assert check_health(httpx.get(wrapper.url + "/health", headers={"X-API-Key": key}, timeout=5).json()).workspace == str(
+        stack_env.workspace_root
+    )
+    calls = [
+        ("POST", "/api/execute", {"prompt": "x", "workspace": "repo"}),
+        ("POST", "/api/runs/r1/cancel", None),
+        ("GET", "/openapi.json", None),
+    ]
+    for method, path, body in calls:
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": f"Bearer {key}x"}):
+            assert httpx.request(method, wrapper.url + path, json=body, headers=headers, timeout=30).status_code == 401, (path, headers)
+    assert httpx.post(wrapper.url + "/api/runs/r1/cancel", headers={"X-API-Key": key}, timeout=5).status_code == 404
+    assert httpx.get(wrapper.url + "/openapi.json", headers={"Authorization": f"Bearer {key}"}, timeout=5).status_code == 200
+    assert key not in wrapper.log()

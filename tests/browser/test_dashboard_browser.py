@@ -181,6 +181,36 @@ def test_invalid_config_value_shows_error_and_leaves_file_unchanged(page, stack,
     assert api(stack, "/config/limits").json()["ralph_max_iterations_cap"] == 60
 
 
+def test_a_line_separator_in_a_value_never_becomes_a_line_of_the_env(page, stack) -> None:
+    """U+2028 typed into the editor is refused; one already in the file stays inside its value
+    when the editor saves another setting (it once became a real RALPH_COMMAND_BACKEND line)."""
+    stack = stack()
+    smuggled = "-DX=1\u2028RALPH_COMMAND_BACKEND=touch pwned"
+    before = stack.env.env_file.read_bytes()
+    page.goto(stack.url + "/config")
+    page.get_by_label("LLAMA_CPP_CMAKE_ARGS").fill(smuggled)
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#form-error")).to_contain_text("LLAMA_CPP_CMAKE_ARGS: line breaks and control characters are not allowed")
+    expect(page.locator("#form-error")).to_contain_text("U+2028")
+    assert stack.env.env_file.read_bytes() == before
+
+    hand_written = f"LLAMA_CPP_CMAKE_ARGS='{smuggled}'\n"
+    stack.env.env_file.write_text(before.decode() + hand_written, encoding="utf-8")
+    page.goto(stack.url + "/config")
+    page.get_by_label("LOG_LEVEL").select_option("debug")
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#flash")).to_contain_text("Saved 1 change(s)")
+    assert hand_written in stack.env.env_file.read_text(encoding="utf-8")  # kept, as it was
+    page.get_by_label("LLAMA_CPP_CMAKE_ARGS").fill("-DX=2")
+    page.get_by_role("button", name="Validate and save").first.click()
+    expect(page.locator("#flash")).to_contain_text("Saved 1 change(s)")
+    text = stack.env.env_file.read_text(encoding="utf-8")
+    assert "LLAMA_CPP_CMAKE_ARGS=-DX=2\n" in text and "LOG_LEVEL=debug\n" in text and "pwned" not in text
+    assert [line for line in text.split("\n") if line.startswith("RALPH_COMMAND_BACKEND=")] == [
+        f"RALPH_COMMAND_BACKEND={stack.env.values['RALPH_COMMAND_BACKEND']}"
+    ]
+
+
 def test_api_key_login_and_secret_never_reaches_the_browser(page, stack, screenshot) -> None:
     key = "browser-test-key-7f3a"
     stack = stack(RALPH_WIGGUM_API_KEY=key)
@@ -216,9 +246,19 @@ def test_api_key_login_and_secret_never_reaches_the_browser(page, stack, screens
     # A form post without the session's CSRF token is refused.
     response = page.request.post(stack.url + f"/tasks/{task_id}/stop", form={"csrf_token": "forged"})
     assert response.status == 403
+    copied = page.context.cookies()
     page.get_by_role("button", name="Log out").click()
     page.goto(stack.url + "/tasks")
     expect(page).to_have_url(f"{stack.url}/login?next=/tasks")
+    # The session cookie copied before the logout opens nothing after it.
+    elsewhere = page.context.browser.new_context()
+    try:
+        elsewhere.add_cookies(copied)
+        other = elsewhere.new_page()
+        other.goto(stack.url + "/config")
+        expect(other).to_have_url(f"{stack.url}/login?next=/config")
+    finally:
+        elsewhere.close()
 
 
 def test_safe_redeploy_and_rollback_from_the_deploy_page(page, stack, screenshot) -> None:

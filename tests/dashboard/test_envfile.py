@@ -127,13 +127,36 @@ def test_template_round_trip(tmp_path: Path) -> None:
     assert len(path.read_text().splitlines()) == len(env_template().splitlines()) + 1
 
 
-def test_multiline_value_is_refused(env_path: Path) -> None:
-    with pytest.raises(envfile.EnvFileError, match="several lines"):
-        envfile.update(env_path, {"RALPH_COMMAND_BACKEND": "echo a\necho b"})
+# Every character some reader takes for the end of a line (str.splitlines breaks at all but \x00,
+# \t and \x7f), and other control characters.
+LINE_ENDERS = ["\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\x00", "\t", "\x7f", "\x9f"]
+
+
+@pytest.mark.parametrize("char", LINE_ENDERS, ids=[f"U+{ord(c):04X}" for c in LINE_ENDERS])
+def test_line_breaks_and_control_characters_are_refused(env_path: Path, char: str) -> None:
+    before = env_path.read_bytes()
+    with pytest.raises(envfile.EnvFileError) as err:
+        envfile.update(env_path, {"LOG_LEVEL": "debug", "LLAMA_CPP_CMAKE_ARGS": f"-DX=1{char}RALPH_COMMAND_BACKEND=touch pwned"})
+    assert err.value.field == "llama_cpp_cmake_args" and f"U+{ord(char):04X}" in str(err.value)
+    assert "LLAMA_CPP_CMAKE_ARGS" in str(err.value) and "control characters" in str(err.value)
+    assert env_path.read_bytes() == before
+
+
+def test_a_line_separator_already_in_the_file_stays_inside_its_value(tmp_path: Path) -> None:
+    """A hand-written value holding U+2028 is one line: editing it, or another variable, never
+    turns its tail into a variable of its own."""
+    path = tmp_path / ".env"
+    hidden = "LLAMA_CPP_CMAKE_ARGS='-DX=1\u2028RALPH_COMMAND_BACKEND=touch pwned'\n"
+    path.write_text(hidden + "LOG_LEVEL=info\n", encoding="utf-8")
+    envfile.update(path, {"LOG_LEVEL": "debug"})
+    assert path.read_text(encoding="utf-8") == hidden + "LOG_LEVEL=debug\n"
+    envfile.update(path, {"LLAMA_CPP_CMAKE_ARGS": "-DX=2"})
+    assert path.read_text(encoding="utf-8") == "LLAMA_CPP_CMAKE_ARGS=-DX=2\nLOG_LEVEL=debug\n"
+    assert "RALPH_COMMAND_BACKEND" not in envfile.read(path) and load_settings(path).ralph_command_backend is None
 
 
 @hsettings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=40))
 @example("\\")  # a trailing backslash would escape a closing single quote
 @example('it\'s \\ "quoted" # not a comment')
 def test_any_single_line_value_reads_back_exactly(value: str) -> None:

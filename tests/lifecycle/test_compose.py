@@ -100,7 +100,7 @@ def wait_healthy(url: str, timeout: float = 180) -> httpx.Response:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            response = httpx.get(url, timeout=3)
+            response = httpx.get(url, timeout=3, headers={"X-API-Key": "compose-test-key"})  # the details need the key
             if response.status_code == 200 or time.monotonic() > deadline:
                 return response
         except httpx.HTTPError:

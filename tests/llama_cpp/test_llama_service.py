@@ -112,6 +112,18 @@ def test_bad_model_file_stops_with_one_line(stack_env, tmp_path):
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("key", ["#starts-like-a-comment", "two\nlines"])
+def test_a_key_llama_server_would_misread_stops_with_one_line(stack_env, key):
+    """llama-server skips key-file lines starting with #, and takes each line for a key of its own:
+    such a key would leave it open, or let a part of the key in."""
+    stack_env.set(LLAMA_CPP_MODEL="smollm2-135m")
+    done = subprocess.run([*AISTACK, "serve", "llama-cpp"], env=child_env(stack_env, {"RALPH_WIGGUM_API_KEY": key}),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("✗ invalid setting RALPH_WIGGUM_API_KEY") and key.split()[0] not in line
+
+
 def test_bad_server_bin_stops_with_one_line(stack_env, tmp_path):
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF\x03\x00\x00\x00")

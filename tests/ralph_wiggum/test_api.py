@@ -3,6 +3,7 @@ file, real git repositories and the `command` backend running real shell scripts
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import AISTACK, StackEnv, child_env, git, make_git_repo
+from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so
@@ -241,6 +242,41 @@ def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, s
     assert not _alive(int(pidfile.read_text())), "the agent's background helper outlived its iteration"
 
 
+def test_hung_agent_and_hung_check_are_ended_at_their_timeouts_with_their_groups(ralph, stack_env):
+    """RALPH_ITERATION_TIMEOUT_SECONDS ends an agent that never returns, RALPH_CHECK_TIMEOUT_SECONDS a
+    check that never returns: each is recorded as timed out, and nothing of its process group is left."""
+    groups = stack_env.root / "groups"
+    groups.mkdir()
+    # `$$` is the group leader: each command runs in a session of its own.
+    hang = f'echo $$ > "{groups}/$1"; sleep 600 & wait'
+    client, _ = ralph(
+        f'#!/bin/sh\ncase "$AISTACK_PROMPT" in hang*) {hang.replace("$1", "agent")};; esac\necho x >> f.txt\n',
+        RALPH_ITERATION_TIMEOUT_SECONDS=2,
+        RALPH_CHECK_TIMEOUT_SECONDS=2,
+    )
+    repo(stack_env)
+    agent_task = submit(client, workspace="repo", prompt="hang, agent", max_iterations=1)
+    check_task = submit(client, workspace="repo", prompt="write", max_iterations=1, check_command=hang.replace("$1", "check"))
+    for task_id in (agent_task, check_task):
+        assert wait_for(client, task_id, {"exhausted", "failed"}, timeout=30)["iteration"] == 1
+    [agent_run] = client.get(f"/tasks/{agent_task}/iterations").json()
+    assert agent_run["status"] == "error" and agent_run["error"] == "command timed out after 2 s"
+    [checked] = client.get(f"/tasks/{check_task}/iterations").json()
+    assert checked["status"] == "success" and checked["check_exit_code"] is None
+    assert checked["check_output"].endswith("[check timed out after 2 s]")
+    for name in ("agent", "check"):
+        group = int((groups / name).read_text())
+        assert wait_until(lambda group=group: not _group_alive(group), 5), f"the {name}'s process group outlived its timeout"
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -318,7 +354,7 @@ def test_unreachable_backend_does_not_consume_iterations_then_fails_naming_it(ra
 
 
 def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
-    client, _ = ralph()
+    client, proc = ralph()
     repo(stack_env)
     (stack_env.workspace_root / "plain").mkdir()
     make_git_repo(tmp_path / "outside")
@@ -352,6 +388,10 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     assert client.get("/tasks", params={"status": "bogus"}).status_code == 422
     assert client.get("/tasks", params={"limit": 0}).status_code == 422
     assert client.get("/tasks").json()["total"] == 0  # nothing was stored
+    # Where a symlink leads is told to the server's log, never to the client.
+    escape = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "escape"}).json()["detail"]
+    assert "outside the allowed root" in escape and str(tmp_path / "outside") not in escape
+    assert str(tmp_path / "outside") in proc.log()
 
 
 def test_bad_env_value_stops_the_service_with_one_line(stack_env):
@@ -368,9 +408,14 @@ def test_non_loopback_bind_without_key_is_refused(stack_env):
     assert proc.returncode == 2 and "RALPH_WIGGUM_API_KEY" in proc.stderr
 
 
-def test_api_key_guards_everything_but_health(ralph, stack_env):
+def test_api_key_guards_everything_but_health_and_healths_details(ralph, stack_env):
     client, proc = ralph(RALPH_WIGGUM_API_KEY="s3cret-key")
-    assert client.get("/health").status_code == 200
+    # Without the key /health says only what a readiness probe needs, not the agent's command.
+    bare = client.get("/health")
+    assert bare.status_code == 200 and set(bare.json()) == {"status"} and bare.json()["status"] in ("healthy", "degraded")
+    full = client.get("/health", headers={"X-API-Key": "s3cret-key"}).json()
+    assert {b["name"]: b["detail"] for b in full["backends"]}["command"] == stack_env.values["RALPH_COMMAND_BACKEND"]
+    assert full["status"] == bare.json()["status"]
     for path in ("/tasks", "/stats", "/metrics", "/config/limits"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401

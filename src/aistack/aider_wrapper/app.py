@@ -24,10 +24,10 @@ from aistack import __version__
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
 from aistack.config import Settings
-from aistack.contracts import ExecuteRequest, ExecuteResult, WrapperHealth
+from aistack.contracts import ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
 from aistack.gitcli import GitError
 from aistack.paths import PathNotAllowed, confine
-from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, serve
+from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, sends_key, serve
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -78,11 +78,15 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     require_api_key(app, settings.api_key)
 
-    @app.get("/health", response_model=WrapperHealth)
-    async def health() -> WrapperHealth:
+    @app.get("/health", response_model=WrapperHealth | HealthSummary)
+    async def health(request: Request) -> WrapperHealth | HealthSummary:
+        """The details (workspace root, LLM URL) only with the API key, where one is set."""
         llm_ok = state.llm_problem is None
+        status = "healthy" if state.aider.available and llm_ok else "degraded"
+        if not sends_key(request.headers, settings.api_key):
+            return HealthSummary(status=status)
         return WrapperHealth(
-            status="healthy" if state.aider.available and llm_ok else "degraded",
+            status=status,
             version=__version__,
             aider_available=state.aider.available,
             workspace=str(settings.workspace_root),

@@ -27,7 +27,7 @@ AUTO_EDIT_FORMAT = "whole"
 REPO_MAP_MIN_CONTEXT = 16384
 REPO_MAP_TOKENS = 1024
 MAX_OUTPUT_TOKENS = 4096
-# llama-server needs no key; litellm insists on one.
+# What aider sends llama-server when the stack has no API key (litellm insists on one).
 DUMMY_API_KEY = "local-no-key"
 
 
@@ -139,6 +139,9 @@ def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
         PYTHONUNBUFFERED="1",  # output arrives as it is printed, so fatal errors are seen at once
         PYTHONIOENCODING="utf-8",
         LITELLM_LOCAL_MODEL_COST_MAP="True",  # litellm's bundled price list, not a download
+        # llama-server requires the stack's key when one is set; in the environment, not in argv
+        # where `ps` would show it
+        OPENAI_API_KEY=settings.api_key or DUMMY_API_KEY,
         NO_PROXY=no_proxy,
         no_proxy=no_proxy,
     )
@@ -175,7 +178,6 @@ def aider_command(
         str(aider),
         "--model", model_name(settings),
         "--openai-api-base", api_base(settings),
-        "--openai-api-key", DUMMY_API_KEY,
         "--model-settings-file", str(files.model_settings),
         "--model-metadata-file", str(files.model_metadata),
         "--edit-format", edit_format(settings),

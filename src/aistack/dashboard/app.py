@@ -7,6 +7,7 @@ Each page is a router in `pages/`; what they share is the `Site` (`site.py`).
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from urllib.parse import quote as urlquote
 
@@ -40,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         session_cookie="aistack_dashboard",
         same_site="strict",
         https_only=False,  # served on plain HTTP on loopback; the cookie is still HttpOnly and signed
-        max_age=7 * 24 * 3600,
+        max_age=settings.dashboard_session_max_hours * 3600,  # no session outlives this (see security.Sessions)
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_error_pages(app, site)
@@ -72,6 +73,8 @@ def _install_error_pages(app: FastAPI, site: Site) -> None:
 def run(settings: Settings) -> int:
     """`aistack serve dashboard`: wait for the orchestrator (pre-flight), then serve until stopped."""
     check_bind(settings.aistack_bind_address, settings.api_key)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per probe
     preflight.before_serve(settings, "dashboard")
     serve(create_app(settings), settings.aistack_bind_address, settings.dashboard_port, settings.log_level)
     return 0

@@ -20,8 +20,9 @@ from aistack.config import Settings
 from aistack.contracts import TaskStatus
 from aistack.dashboard.deploy import DeployRunner
 from aistack.dashboard.history import ServiceFacts, service_facts
-from aistack.dashboard.security import CSRF_FIELD, csrf_token
+from aistack.dashboard.security import CSRF_FIELD, LoginThrottle, Sessions, csrf_token
 from aistack.health import Health, acheck
+from aistack.web import API_KEY_HEADER
 
 HERE = Path(__file__).parent
 STATUSES = [s.value for s in TaskStatus]
@@ -33,9 +34,13 @@ class Site:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.auth_required = settings.api_key is not None
+        self.sessions = Sessions(settings.dashboard_session_idle_minutes * 60, settings.dashboard_session_max_hours * 3600)
+        self.throttle = LoginThrottle()
         self.started = time.time()
         self.ralph = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
-        self.probes = httpx.AsyncClient(trust_env=False)  # our own services: never through a proxy
+        # Our own services: never through a proxy; with the key, their /health tells the details.
+        key_header = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
+        self.probes = httpx.AsyncClient(trust_env=False, headers=key_header)
         self.deploys = DeployRunner(settings)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals.update(version=__version__, csrf_field=CSRF_FIELD, statuses=STATUSES)

@@ -170,7 +170,7 @@ def status() -> None:
             table.add_row(name, cfg.url(name), "[dim]not in this build[/dim]", "-", "-", "-")
             continue
         record = rt.running(name, prune=False)
-        result = health.check(cfg.health_url(name))
+        result = health.check(cfg.health_url(name), api_key=cfg.api_key)
         all_healthy &= result.state == "healthy"
         colour = {"healthy": "green", "degraded": "yellow", "loading": "yellow"}.get(result.state, "red")
         where, uptime, release = "-", "-", rt.releases.state(name).current

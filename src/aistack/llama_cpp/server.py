@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def server_command(settings: Settings, binary: Path, model: Path) -> list[str]:
 def run(settings: Settings) -> int:
     """Prepare model and binary, then run llama-server until it exits; return its exit code."""
     check_bind(settings.aistack_bind_address, settings.api_key)
+    _check_key(settings.api_key)
     _check_port_free(settings.aistack_bind_address, settings.llama_cpp_port)
     # Until the child runs, a SIGTERM ends us through SystemExit, so temp files get cleaned up.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -70,25 +72,36 @@ def run(settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     cmd = server_command(settings, binary, model)
-    print(f"llama-cpp: {shlex.join(cmd)}", flush=True)
-    return supervise(cmd)
+    keyed = " (every path but /health needs RALPH_WIGGUM_API_KEY)" if settings.api_key else ""
+    print(f"llama-cpp: {shlex.join(cmd)}{keyed}", flush=True)
+    return supervise(cmd, api_key=settings.api_key)
 
 
-def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS) -> int:
+def supervise(cmd: list[str], grace: float = STOP_GRACE_SECONDS, api_key: str | None = None) -> int:
     """Run `cmd` as a child whose output we relay to our stdout; forward SIGTERM/SIGINT; return
     its exit code. A child killed by a signal is named, with the phase it died in, in a last
-    `✗` line that `aistack up` shows as the reason."""
+    `✗` line that `aistack up` shows as the reason.
+
+    With `api_key`, llama-server requires it of every request but `/health`. It reads the key
+    from a file without a name that it inherits (`--api-key-file /dev/fd/N`): the key is
+    neither in its argv, which `ps` shows every user, nor in its environment."""
     sys.stdout.flush()
     sys.stderr.flush()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # llama-server logs to stderr; the service's log is its stdout
-        # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
-        start_new_session=True,
-        preexec_fn=die_with_parent(),
-    )
+    with tempfile.TemporaryFile() as key_file:  # the child keeps its copy of the descriptor
+        if api_key:
+            key_file.write(api_key.encode() + b"\n")
+            key_file.flush()
+            cmd = [*cmd, "--api-key-file", f"/dev/fd/{key_file.fileno()}"]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # llama-server logs to stderr; the service's log is its stdout
+            # Own session: a terminal's Ctrl-C reaches only us, and we forward it exactly once.
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+            pass_fds=(key_file.fileno(),) if api_key else (),
+        )
     loaded = threading.Event()
     relay = threading.Thread(target=_relay, args=(proc.stdout, loaded), daemon=True)
     relay.start()
@@ -137,6 +150,13 @@ def _relay(stream, loaded: threading.Event) -> None:
             except OSError:  # a full disk, a closed terminal: keep draining, or llama-server blocks on its pipe
                 writable = False
     stream.close()
+
+
+def _check_key(api_key: str | None) -> None:
+    """llama-server reads its key file a line at a time and skips lines starting with `#`: such
+    a key would leave it open to all, one with a line break would let a part of it in."""
+    if api_key and (api_key.startswith("#") or "\n" in api_key):
+        raise ConfigError("invalid setting RALPH_WIGGUM_API_KEY: llama-server needs a key on one line that does not start with #")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -17,6 +17,7 @@ from aistack.config import ConfigError, load_settings
 from aistack.contracts import (
     ApprovalDecision,
     EventView,
+    HealthSummary,
     IterationLimits,
     IterationView,
     RalphHealth,
@@ -30,7 +31,7 @@ from aistack.contracts import (
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
-from aistack.web import error_body, http_error
+from aistack.web import error_body, http_error, sends_key
 
 router = APIRouter()
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -55,13 +56,16 @@ async def task_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.field), status_code=exc.status)
 
 
-@router.get("/health", response_model=RalphHealth, tags=["service"])
-async def health(request: Request) -> RalphHealth:
-    """Answers at once from cached state; `degraded` when a backend's service is unreachable."""
+@router.get("/health", response_model=RalphHealth | HealthSummary, tags=["service"])
+async def health(request: Request) -> RalphHealth | HealthSummary:
+    """Answers at once from cached state; `degraded` when a backend's service is unreachable.
+    The details (backends, their commands and URLs) only with the API key, where one is set."""
     backends = [b.health() for b in _tasks(request).backends.values()]
-    degraded = any(b.reachable is False or not b.available for b in backends)
+    status = "degraded" if any(b.reachable is False or not b.available for b in backends) else "healthy"
+    if not sends_key(request.headers, request.app.state.settings.api_key):
+        return HealthSummary(status=status)
     return RalphHealth(
-        status="degraded" if degraded else "healthy",
+        status=status,
         version=__version__,
         loop_enabled=request.app.state.settings.ralph_loop_enabled,
         active_tasks=_scheduler(request).active_count,
