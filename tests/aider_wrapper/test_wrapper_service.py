@@ -53,6 +53,10 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
     git(repo, "commit", "-q", "-m", "a link out of the workspace")
     (root / "plain").mkdir()
     (root / "file.txt").write_text("x")
+    (root / "sneaky").mkdir()  # a work tree inside the root whose repository is outside
+    (root / "sneaky" / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    git(outside, "worktree", "add", "-q", str(root / "linked"))
+    refs = git(outside, "for-each-ref")
 
     cases = [
         ({"workspace": "../outside"}, "workspace", "outside the allowed root"),
@@ -72,6 +76,8 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         ({"workspace": "repo", "prompt": ""}, "prompt", ""),
         ({"workspace": "repo", "timeout_seconds": 0}, "timeout_seconds", ""),
         ({"prompt": "x"}, "workspace", ""),
+        ({"workspace": "sneaky"}, "workspace", "git directory of"),
+        ({"workspace": "linked"}, "workspace", "outside the allowed root"),
     ]
     for overrides, field, words in cases:
         body = {"prompt": "Create x.py"} | overrides
@@ -81,6 +87,7 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         assert answer["field"] == field, (body, answer)
         assert words in answer["detail"], (body, answer)
     assert git(repo, "status", "--porcelain", "--ignored") == ""
+    assert git(outside, "for-each-ref") == refs
 
     resp = httpx.post(wrapper.url + "/api/execute", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["field"] == "body"

@@ -3,6 +3,7 @@ file, real git repositories and the `command` backend running real shell scripts
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -352,6 +353,41 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     assert client.get("/tasks", params={"status": "bogus"}).status_code == 422
     assert client.get("/tasks", params={"limit": 0}).status_code == 422
     assert client.get("/tasks").json()["total"] == 0  # nothing was stored
+
+
+def test_a_git_file_pointing_out_of_the_root_is_refused_and_nothing_is_written_there(ralph, stack_env, tmp_path):
+    client, _ = ralph()
+    outside = make_git_repo(tmp_path / "outside")
+    sneaky = stack_env.workspace_root / "sneaky"  # a work tree inside the root, its repository outside
+    sneaky.mkdir()
+    (sneaky / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    git(outside, "worktree", "add", "-q", str(stack_env.workspace_root / "linked"))  # the same, made by git itself
+    refs, trees = git(outside, "for-each-ref"), git(outside, "worktree", "list")
+    for name in ("sneaky", "linked"):
+        resp = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": name, "check_command": "true"})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "workspace" and "outside the allowed root" in resp.json()["detail"]
+    assert client.get("/tasks").json()["total"] == 0
+    assert (git(outside, "for-each-ref"), git(outside, "worktree", "list")) == (refs, trees)
+
+
+def test_a_git_file_pointed_out_of_the_root_after_submission_fails_the_task_untouched(stack_env, services, tmp_path):
+    agent = write_script(stack_env.root / "agent.sh", AGENT)
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent), RALPH_LOOP_ENABLED=False)
+    outside = make_git_repo(tmp_path / "outside")
+    workspace = repo(stack_env)
+    accepting = services("ralph-wiggum", stack_env)
+    client = httpx.Client(base_url=accepting.url, timeout=10)
+    task_id = submit(client, workspace="repo", check_command="true")
+    accepting.stop()
+    shutil.rmtree(workspace / ".git")  # queued meanwhile: its repository is swapped for one outside the root
+    (workspace / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    refs = git(outside, "for-each-ref")
+
+    services("ralph-wiggum", stack_env.set(RALPH_LOOP_ENABLED=True))
+    task = wait_for(client, task_id, {"failed", "completed", "exhausted"})
+    assert task["status"] == "failed" and "outside the allowed root" in task["error"], task
+    assert git(outside, "for-each-ref") == refs and "aistack/" not in git(outside, "branch", "--all")
 
 
 def test_bad_env_value_stops_the_service_with_one_line(stack_env):
