@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aistack.config import ConfigError
 
 API_KEY_HEADER = "X-API-Key"
+PREVIEW_CHARS = 80  # of a refused value, in an error answer
 log = logging.getLogger("aistack")
 
 
@@ -47,11 +48,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = _field_of(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid value")
+        msg = first.get("msg", "invalid value").removeprefix("Value error, ")  # our own validators' words, as they are
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("request body is not valid JSON", "body"), status_code=422)
         got = first.get("input")
-        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        shown = f" (got {preview(got)})" if got is not None and not isinstance(got, dict) else ""
         return JSONResponse(error_body(f"{field}: {msg}{shown}", field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -64,6 +65,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), status_code=500)
+
+
+def preview(value: object, limit: int = PREVIEW_CHARS) -> str:
+    """`repr(value)`, cut short: an error names what it refused without echoing all of it."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def error_body(message: str, field: str | None = None) -> dict[str, str]:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -115,12 +115,12 @@ async def stream_events(
     task_id: str,
     request: Request,
     after: Annotated[int | None, Query(ge=0, le=MAX_INT, description="Resume after this event id (or send Last-Event-ID).")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_INT, description="Sent by a reconnecting EventSource.")] = None,
 ):
     """Server-Sent Events of one task; ends after the task reaches a final status."""
     tasks, store = _tasks(request), _store(request)
     await tasks.get(task_id)
-    header = request.headers.get("last-event-id", "")
-    last_id = after if after is not None else (min(int(header), MAX_INT) if header.isdigit() else 0)
+    last_id = after if after is not None else (last_event_id or 0)
     notifier = request.app.state.notifier
 
     async def events():
