@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     ralph_wiggum_host: str = Field(default="ralph-wiggum", min_length=1, description="Host clients use to reach ralph-wiggum.")
     ralph_wiggum_port: int = Field(default=8098, ge=1, le=65535, description="Port of ralph-wiggum.")
     ralph_wiggum_api_key: SecretStr | None = Field(
-        default=None, description="Required by every endpoint but /health when set; printable ASCII, no spaces (it is sent in a header)."
+        default=None, description="Required by every endpoint but /health when set; printable ASCII (it is sent in a header)."
     )
     ralph_loop_enabled: bool = Field(default=True, description="false: accept tasks but do not run them.")
     ralph_max_iterations_default: int = Field(default=20, ge=1, le=MOST_ITERATIONS, description="Limit for default-class tasks.")
@@ -152,10 +152,11 @@ class Settings(BaseSettings):
     @field_validator("ralph_wiggum_api_key", mode="after")
     @classmethod
     def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
-        # A key travels in an HTTP header, which holds visible ASCII only: refused here, not at
-        # the first request a service makes with it.
-        if value is not None and not all("!" <= ch <= "~" for ch in value.get_secret_value()):
-            raise ValueError("an API key is printable ASCII without spaces")
+        # A key travels in an HTTP header: printable ASCII, where a space at either end is cut
+        # off. Refused here, not at the first request a service makes with it.
+        key = value.get_secret_value() if value is not None else ""
+        if not all(" " <= ch <= "~" for ch in key) or key != key.strip():
+            raise ValueError("an API key is printable ASCII, without spaces at either end")
         return value
 
     # --- derived ------------------------------------------------------------------------------
