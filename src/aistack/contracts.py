@@ -43,6 +43,13 @@ class TokenCounts(BaseModel):
     completion: int = 0
 
 
+class ErrorBody(BaseModel):
+    """Every error answer of the stack's services (the OpenAPI documents each status with it)."""
+
+    detail: str = Field(description="One line for people: what was wrong and what is allowed.")
+    field: str | None = Field(default=None, description="The request field it is about, when there is one.")
+
+
 # --- what a request may carry -------------------------------------------------------------------
 # Refused up front, with the field named, rather than accepted and failing later: text that is not
 # Unicode (a lone surrogate, which JSON's \ud800 escape makes), which no file, process or database

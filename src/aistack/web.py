@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from http import HTTPStatus
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
@@ -15,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.config import ConfigError
+from aistack.contracts import ErrorBody
 
 API_KEY_HEADER = "X-API-Key"
 PREVIEW_CHARS = 80  # of a refused value, in an error answer
@@ -76,6 +79,14 @@ def preview(value: object, limit: int = PREVIEW_CHARS) -> str:
 def error_body(message: str, field: str | None = None) -> dict[str, str]:
     """The one shape of every error answer."""
     return {"detail": message, "field": field} if field else {"detail": message}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of error answers: each status in the one shape, ErrorBody, as JSON
+    (said outright: FastAPI would give a route's own media type, text for /metrics). A 422 given
+    here also replaces FastAPI's own (a list of pydantic errors, which we never send)."""
+    json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {"model": ErrorBody, "description": HTTPStatus(status).phrase, "content": json} for status in statuses}
 
 
 def http_error(status: int, message: str, field: str | None = None) -> HTTPException:

@@ -27,7 +27,7 @@ from aistack.config import Settings
 from aistack.contracts import ExecuteRequest, ExecuteResult, WrapperHealth
 from aistack.gitcli import GitError, confine_repository
 from aistack.paths import PathNotAllowed, confine
-from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, serve
+from aistack.web import check_bind, error_responses, http_error, install_error_handlers, require_api_key, serve
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -91,7 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
             uptime_seconds=round(time.monotonic() - started, 1),
         )
 
-    @app.post("/api/execute", response_model=ExecuteResult)
+    # 400: a body that is not even text; 401: with RALPH_WIGGUM_API_KEY set; 503: aider is not installed
+    @app.post("/api/execute", response_model=ExecuteResult, responses=error_responses(400, 401, 409, 422, 503))
     async def execute_run(body: ExecuteRequest, request: Request) -> ExecuteResult:
         if not state.aider.available:
             raise http_error(503, f"aider is not available: {state.aider.problem}")
@@ -107,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             watcher.cancel()
             state.registry.release(run)
 
-    @app.post("/api/runs/{run_id}/cancel")
+    @app.post("/api/runs/{run_id}/cancel", responses=error_responses(401, 404, 422))
     async def cancel_run(run_id: str) -> dict:
         run = state.registry.get(run_id)
         if run is None:
