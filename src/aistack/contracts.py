@@ -244,6 +244,7 @@ class Stats(BaseModel):
 
 
 MOST_ITERATIONS = 10_000  # the highest iteration limit any setting accepts
+MAX_INT = 2**62  # the highest number a request may give: inside what every database integer column holds
 
 
 class IterationLimits(BaseModel):

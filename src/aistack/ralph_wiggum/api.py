@@ -15,6 +15,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from aistack import __version__
 from aistack.config import ConfigError, load_settings
 from aistack.contracts import (
+    MAX_INT,
     ApprovalDecision,
     EventView,
     IterationLimits,
@@ -36,7 +37,6 @@ router = APIRouter(responses=error_responses(401, 422))  # 401 when RALPH_WIGGUM
 NOT_FOUND = error_responses(404)
 BAD_BODY = error_responses(400)  # a body that is not even text (FastAPI's own answer)
 SSE_KEEPALIVE_SECONDS = 15.0
-MAX_INT = 2**62  # keeps numbers inside what every database integer column holds
 
 
 def _tasks(request: Request) -> TaskService:
