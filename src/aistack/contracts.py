@@ -273,7 +273,7 @@ class ExecuteRequest(BaseModel):
     )
     read_only_files: list[PathText] = Field(default_factory=list, max_length=MAX_FILES, description="Files aider may read only.")
     timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
-    iteration: int | None = Field(default=None, ge=0, le=2**62)
+    iteration: int | None = Field(default=None, ge=0, le=MAX_INT)
     context: Context = Field(default_factory=dict)
     run_id: OsText | None = Field(
         default=None, max_length=200, description="Caller's id for this run, so POST /api/runs/{run_id}/cancel can end it."
