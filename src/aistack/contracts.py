@@ -81,6 +81,9 @@ OsText = Annotated[str, AfterValidator(_unicode), AfterValidator(_no_nul)]  # re
 PathText = Annotated[str, Field(max_length=PATH_MAX_CHARS), AfterValidator(_unicode), AfterValidator(_no_nul)]
 
 
+FileList = Annotated[list[PathText], Field(max_length=MAX_FILES)]  # relative to a workspace
+
+
 def _json_context(value: dict[str, Any]) -> dict[str, Any]:
     """Backend extras: every string in them (keys too) is OS text, and they fit CONTEXT_MAX_BYTES
     as JSON (NaN and Infinity are no JSON: a client could not read the task back)."""
@@ -268,10 +271,8 @@ class ExecuteRequest(BaseModel):
     # appended, so it may be longer than a task's, and may hold a NUL that the check printed.
     prompt: Text = Field(min_length=1, max_length=200_000)
     workspace: PathText = Field(min_length=1, description="Directory inside the allowed roots (a git work tree).")
-    files: list[PathText] = Field(
-        default_factory=list, max_length=MAX_FILES, description="Files aider may edit, relative to the workspace."
-    )
-    read_only_files: list[PathText] = Field(default_factory=list, max_length=MAX_FILES, description="Files aider may read only.")
+    files: FileList = Field(default_factory=list, description="Files aider may edit, relative to the workspace.")
+    read_only_files: FileList = Field(default_factory=list, description="Files aider may read only.")
     timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
     iteration: int | None = Field(default=None, ge=0, le=MAX_INT)
     context: Context = Field(default_factory=dict)

@@ -372,6 +372,8 @@ def test_what_no_agent_could_take_is_refused_up_front_with_a_short_422(ralph, st
         ({"workspace": "x" * 300}, "workspace", "at most 255"),
         ({"workspace": "/".join(["x" * 200] * 25)}, "workspace", "at most 4096"),
         ({"context": {"files": ["a.py\x00"]}}, "context", "NUL"),
+        ({"context": {"files": ["x" * 5_000]}}, "context.files", "at most 4096 characters"),  # what the wrapper refuses
+        ({"context": {"read_only_files": ["a.py"] * 1_001}}, "context.read_only_files", "at most 1000 items"),
         ({"context": {"\ud800": 1}}, "context", "Unicode"),
         ({"context": {"notes": "x" * 10_000_000}}, "context", "at most 65536 bytes"),
     ]
