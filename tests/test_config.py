@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 
 from aistack import config
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, load_settings, resolve_host
 from aistack.paths import PathNotAllowed, confine
+from support import AISTACK, child_env, new_stack_env
 
 
 def test_precedence_environment_over_file_over_defaults(tmp_path, monkeypatch):
@@ -80,4 +82,25 @@ def test_confine(tmp_path):
     for bad in ("../outside", str(tmp_path / "outside"), "link", "repo/../../outside", "/etc"):
         with pytest.raises(PathNotAllowed):
             confine(bad, [root])
+    # what no file system takes is refused before the OS sees it (`~` is expanded after the NUL check)
+    for bad, words in [
+        ("~\x00", "NUL"),
+        ("repo\ud800", "Unicode"),
+        ("x" * 256, "at most 255"),
+        ("/".join(["x" * 250] * 17), "at most 4095"),
+    ]:
+        with pytest.raises(PathNotAllowed, match=words):
+            confine(bad, [root])
+    assert confine("x" * 255 + "/..", [root]) == root.resolve()  # what counts is the path resolved
     assert confine(str(tmp_path / "outside" / "x"), [root, tmp_path / "outside"]) == (tmp_path / "outside" / "x").resolve()
+
+
+@pytest.mark.parametrize("service", ["ralph-wiggum", "aider-wrapper", "dashboard"])
+def test_an_api_key_no_header_can_carry_stops_the_service_with_one_line(tmp_path, service):
+    """A key is sent in a header (visible ASCII): one that is not was accepted, and the service
+    then crashed at start, building its first client. The key itself is never shown."""
+    env = new_stack_env(tmp_path).set(RALPH_WIGGUM_API_KEY="schlüssel-ünd-mehr")
+    proc = subprocess.run([*AISTACK, "serve", service], env=child_env(env), capture_output=True, text=True, timeout=60)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert "RALPH_WIGGUM_API_KEY" in lines[0] and "printable ASCII" in lines[0] and "schl" not in lines[0]

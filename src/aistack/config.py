@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     # --- ralph-wiggum -------------------------------------------------------------------------
     ralph_wiggum_host: str = Field(default="ralph-wiggum", min_length=1, description="Host clients use to reach ralph-wiggum.")
     ralph_wiggum_port: int = Field(default=8098, ge=1, le=65535, description="Port of ralph-wiggum.")
-    ralph_wiggum_api_key: SecretStr | None = Field(default=None, description="Required by every endpoint but /health when set.")
+    ralph_wiggum_api_key: SecretStr | None = Field(
+        default=None, description="Required by every endpoint but /health when set; printable ASCII (it is sent in a header)."
+    )
     ralph_loop_enabled: bool = Field(default=True, description="false: accept tasks but do not run them.")
     ralph_max_iterations_default: int = Field(default=20, ge=1, le=MOST_ITERATIONS, description="Limit for default-class tasks.")
     ralph_max_iterations_simple: int = Field(default=10, ge=1, le=MOST_ITERATIONS, description="Limit for simple tasks.")
@@ -148,6 +150,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ralph_wiggum_api_key", mode="after")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        # A key travels in an HTTP header: printable ASCII, where a space at either end is cut
+        # off. Refused here, not at the first request a service makes with it.
+        key = value.get_secret_value() if value is not None else ""
+        if not all(" " <= ch <= "~" for ch in key) or key != key.strip():
+            raise ValueError("an API key is printable ASCII, without spaces at either end")
+        return value
 
     # --- derived ------------------------------------------------------------------------------
     def url(self, service: str) -> str:
@@ -234,9 +246,9 @@ def describe_validation_error(exc: ValidationError, source: Path | None = None) 
     """One line: the first bad variable, its value, and what is allowed."""
     err = exc.errors()[0]
     name = str(err["loc"][0]) if err["loc"] else "?"
-    value = err.get("input")
+    value = "********" if name in SECRET_FIELDS else repr(err.get("input"))  # a secret is never shown, not even a wrong one
     where = f" (in {source})" if source and source.is_file() else ""
-    return f"invalid setting {name.upper()}={value!r}: {allowed(name)}{where}"
+    return f"invalid setting {name.upper()}={value}: {allowed(name)}{where}"
 
 
 def allowed(name: str) -> str:

@@ -6,11 +6,12 @@ here is renamed on both sides at once.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class TaskStatus(str, Enum):
@@ -42,24 +43,90 @@ class TokenCounts(BaseModel):
     completion: int = 0
 
 
+class ErrorBody(BaseModel):
+    """Every error answer of the stack's services (the OpenAPI documents each status with it)."""
+
+    detail: str = Field(description="One line for people: what was wrong and what is allowed.")
+    field: str | None = Field(default=None, description="The request field it is about, when there is one.")
+
+
+# --- what a request may carry -------------------------------------------------------------------
+# Refused up front, with the field named, rather than accepted and failing later: text that is not
+# Unicode (a lone surrogate, which JSON's \ud800 escape makes), which no file, process or database
+# takes; a NUL in what reaches a command line, an environment or a path, which the OS cannot hold;
+# and sizes beyond what any use needs (everything is stored and sent again on every read).
+
+PROMPT_MAX_CHARS = 65_536  # 64 Ki characters: far beyond any model's context window here
+CONTEXT_MAX_BYTES = 65_536  # the task's `context`, as UTF-8 JSON
+PATH_MAX_CHARS = 4_096  # Linux's PATH_MAX
+MAX_FILES = 1_000  # files named in one request
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text (it holds a lone surrogate, e.g. \\ud800)") from None
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+OsText = Annotated[str, AfterValidator(_unicode), AfterValidator(_no_nul)]  # reaches a process or a path
+PathText = Annotated[str, Field(max_length=PATH_MAX_CHARS), AfterValidator(_unicode), AfterValidator(_no_nul)]
+
+
+FileList = Annotated[list[PathText], Field(max_length=MAX_FILES)]  # relative to a workspace
+
+
+def _json_context(value: dict[str, Any]) -> dict[str, Any]:
+    """Backend extras: every string in them (keys too) is OS text, and they fit CONTEXT_MAX_BYTES
+    as JSON (NaN and Infinity are no JSON: a client could not read the task back)."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            _no_nul(_unicode(item))
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        raise ValueError("must be JSON: NaN and Infinity are not numbers there") from None
+    if size > CONTEXT_MAX_BYTES:
+        raise ValueError(f"is {size} bytes of JSON; at most {CONTEXT_MAX_BYTES} bytes are allowed")
+    return value
+
+
+Context = Annotated[dict[str, Any], AfterValidator(_json_context)]
+
+
 # --- ralph-wiggum ------------------------------------------------------------------------------
 
 
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=200_000, description="What the agent should do; the same every iteration.")
-    backend: str = Field(default="aider", description="Which agent runs the iterations.")
+    prompt: OsText = Field(min_length=1, max_length=PROMPT_MAX_CHARS, description="What the agent should do; the same every iteration.")
+    backend: OsText = Field(default="aider", max_length=100, description="Which agent runs the iterations.")
     max_iterations: int | None = Field(default=None, description="1..RALPH_MAX_ITERATIONS_CAP; omitted = adaptive/default.")
     require_approval: bool = Field(default=False, description="Wait for a person before every iteration.")
-    workspace: str | None = Field(
+    workspace: PathText | None = Field(
         default=None, description="Git repository, relative to WORKSPACE_ROOT or absolute inside it; omitted = the root."
     )
-    check_command: str | None = Field(default=None, max_length=10_000, description="Shell command; exit 0 = done.")
-    completion_promise: str | None = Field(
+    check_command: OsText | None = Field(default=None, max_length=10_000, description="Shell command; exit 0 = done.")
+    completion_promise: Text | None = Field(
         default=None, max_length=1_000, description="Done when the reply ends with <promise>TEXT</promise>."
     )
-    context: dict[str, Any] = Field(default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider.")
+    context: Context = Field(default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider.")
 
 
 class TaskAccepted(BaseModel):
@@ -187,6 +254,7 @@ class Stats(BaseModel):
 
 
 MOST_ITERATIONS = 10_000  # the highest iteration limit any setting accepts
+MAX_INT = 2**62  # the highest number a request may give: inside what every database integer column holds
 
 
 class IterationLimits(BaseModel):
@@ -206,14 +274,16 @@ class IterationLimits(BaseModel):
 
 
 class ExecuteRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=200_000)
-    workspace: str = Field(min_length=1, description="Directory inside the allowed roots (a git work tree).")
-    files: list[str] = Field(default_factory=list, description="Files aider may edit, relative to the workspace.")
-    read_only_files: list[str] = Field(default_factory=list, description="Files aider may read only.")
+    # The prompt goes to aider in a file: it is the task's prompt with the last check's output
+    # appended, so it may be longer than a task's, and may hold a NUL that the check printed.
+    prompt: Text = Field(min_length=1, max_length=200_000)
+    workspace: PathText = Field(min_length=1, description="Directory inside the allowed roots (a git work tree).")
+    files: FileList = Field(default_factory=list, description="Files aider may edit, relative to the workspace.")
+    read_only_files: FileList = Field(default_factory=list, description="Files aider may read only.")
     timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
-    iteration: int | None = Field(default=None, ge=0)
-    context: dict[str, Any] = Field(default_factory=dict)
-    run_id: str | None = Field(
+    iteration: int | None = Field(default=None, ge=0, le=MAX_INT)
+    context: Context = Field(default_factory=dict)
+    run_id: OsText | None = Field(
         default=None, max_length=200, description="Caller's id for this run, so POST /api/runs/{run_id}/cancel can end it."
     )
 

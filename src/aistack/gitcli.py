@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from aistack.paths import PathNotAllowed, confine
 from aistack.procgroup import end_group, start_in_group
 
 GIT_TIMEOUT_SECONDS = 300.0
@@ -76,6 +77,24 @@ async def changes(cwd: Path, errors: str = "replace", timeout: float = GIT_TIMEO
     args = ("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
     out = await git(cwd, *args, locks=False, timeout=timeout, errors=errors)
     return [(entry[:2], entry[3:]) for entry in out.split("\0") if len(entry) > 3]
+
+
+async def confine_repository(work_tree: Path, roots: list[Path]) -> None:
+    """Refuse a work tree whose repository lies outside `roots`. A `.git` file (`gitdir: …`), or a
+    `commondir` in the git directory, may point anywhere: branches, commits and worktrees are
+    written there, so the git directory and the common one must be confined as the work tree is.
+    PathNotAllowed says which is outside; GitError if `work_tree` is not a repository."""
+    out = await git(work_tree, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", locks=False,
+                    errors="surrogateescape")  # fmt: skip
+    lines = out.removesuffix("\n").split("\n")
+    if len(lines) != 2:  # a directory name holding a newline: where git writes cannot be told
+        raise PathNotAllowed(f"the git directory of {work_tree} cannot be located")
+    for what, where in zip(("git directory", "common git directory"), lines, strict=True):
+        try:
+            confine(where, roots)
+        except PathNotAllowed:
+            shown = " or ".join(str(root) for root in roots)
+            raise PathNotAllowed(f"the {what} of {work_tree} (its .git) lies outside the allowed root ({shown})") from None
 
 
 def failure(cwd: Path, args: tuple[str, ...], result: GitResult) -> str:

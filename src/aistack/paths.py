@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger("aistack.paths")
 
+# Linux's limits (NAME_MAX, PATH_MAX): a longer path fails every system call with ENAMETOOLONG.
+NAME_MAX = 255
+PATH_MAX = 4095
+
 
 class PathNotAllowed(ValueError):
-    """The path leaves the allowed roots (via `..`, an absolute path elsewhere, or a symlink)."""
+    """The path leaves the allowed roots (via `..`, an absolute path elsewhere, or a symlink), or
+    no file system could hold it (a NUL, text that is not Unicode, a name that is too long)."""
 
 
 def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Path | None = None) -> Path:
@@ -18,11 +24,16 @@ def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Pat
     root is refused even though its own name lies inside."""
     if not roots:
         raise PathNotAllowed("no allowed root is configured")
-    raw = Path(str(path)).expanduser()
-    if "\x00" in str(path):
+    if "\x00" in str(path):  # before anything hands it to the OS (expanduser reads $HOME or the passwd file)
         raise PathNotAllowed("path contains a NUL byte")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise PathNotAllowed("path is not valid Unicode text (it holds a lone surrogate)") from None
+    raw = Path(str(path)).expanduser()
     candidate = raw if raw.is_absolute() else (base or roots[0]) / raw
     real = candidate.resolve(strict=False)
+    _check_length(real)
     for root in roots:
         real_root = root.expanduser().resolve(strict=False)
         if real == real_root or real.is_relative_to(real_root):
@@ -31,3 +42,11 @@ def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Pat
     # Where a symlink leads is for the log, not for the client: it maps the machine's files.
     log.info("refused path %r: it resolves to %s, outside %s", str(path), real, shown)
     raise PathNotAllowed(f"{path} resolves outside the allowed root ({shown})")
+
+
+def _check_length(real: Path) -> None:
+    longest = max((len(os.fsencode(part)) for part in real.parts), default=0)
+    if longest > NAME_MAX:
+        raise PathNotAllowed(f"path has a name of {longest} bytes; at most {NAME_MAX} are allowed")
+    if len(os.fsencode(real)) > PATH_MAX:
+        raise PathNotAllowed(f"path is {len(os.fsencode(real))} bytes long; at most {PATH_MAX} are allowed")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from http import HTTPStatus
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
@@ -15,8 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.config import ConfigError
+from aistack.contracts import ErrorBody
 
 API_KEY_HEADER = "X-API-Key"
+PREVIEW_CHARS = 80  # of a refused value, in an error answer
 log = logging.getLogger("aistack")
 
 
@@ -47,11 +51,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         field = _field_of(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid value")
+        msg = first.get("msg", "invalid value").removeprefix("Value error, ")  # our own validators' words, as they are
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("request body is not valid JSON", "body"), status_code=422)
         got = first.get("input")
-        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        shown = f" (got {preview(got)})" if got is not None and not isinstance(got, dict) else ""
         return JSONResponse(error_body(f"{field}: {msg}{shown}", field), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -66,9 +70,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), status_code=500)
 
 
+def preview(value: object, limit: int = PREVIEW_CHARS) -> str:
+    """`repr(value)`, cut short: an error names what it refused without echoing all of it."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def error_body(message: str, field: str | None = None) -> dict[str, str]:
     """The one shape of every error answer."""
     return {"detail": message, "field": field} if field else {"detail": message}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of error answers: each status in the one shape, ErrorBody, as JSON
+    (said outright: FastAPI would give a route's own media type, text for /metrics). A 422 given
+    here also replaces FastAPI's own (a list of pydantic errors, which we never send)."""
+    json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {"model": ErrorBody, "description": HTTPStatus(status).phrase, "content": json} for status in statuses}
 
 
 def http_error(status: int, message: str, field: str | None = None) -> HTTPException:

@@ -3,6 +3,7 @@ health, request validation and confinement, aider missing, and the LLM being dow
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,8 @@ import pytest
 from wrapper_support import check_health, check_result
 
 from support import git, make_git_repo
+
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -53,6 +56,10 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
     git(repo, "commit", "-q", "-m", "a link out of the workspace")
     (root / "plain").mkdir()
     (root / "file.txt").write_text("x")
+    (root / "sneaky").mkdir()  # a work tree inside the root whose repository is outside
+    (root / "sneaky" / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    git(outside, "worktree", "add", "-q", str(root / "linked"))
+    refs = git(outside, "for-each-ref")
 
     cases = [
         ({"workspace": "../outside"}, "workspace", "outside the allowed root"),
@@ -72,20 +79,31 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         ({"workspace": "repo", "prompt": ""}, "prompt", ""),
         ({"workspace": "repo", "timeout_seconds": 0}, "timeout_seconds", ""),
         ({"prompt": "x"}, "workspace", ""),
+        ({"workspace": "sneaky"}, "workspace", "git directory of"),
+        ({"workspace": "linked"}, "workspace", "outside the allowed root"),
+        ({"workspace": "~\x00"}, "workspace", "NUL"),
+        ({"workspace": "\ud800"}, "workspace", "Unicode"),
+        ({"workspace": "x" * 300}, "workspace", "at most 255"),
+        ({"workspace": "/".join(["x" * 200] * 25)}, "workspace", "at most 4096"),
+        ({"workspace": "repo", "files": ["a" * 256]}, "files[0]", "at most 255"),
+        ({"workspace": "repo", "read_only_files": ["a.py\x00"]}, "read_only_files.0", "NUL"),
+        ({"workspace": "repo", "context": {"k": "v" * 70_000}}, "context", "at most 65536"),
     ]
     for overrides, field, words in cases:
         body = {"prompt": "Create x.py"} | overrides
-        resp = httpx.post(wrapper.url + "/api/execute", json=body, timeout=30)
+        # json.dumps escapes what is not Unicode (\ud800), as a client in any language may send it
+        resp = httpx.post(wrapper.url + "/api/execute", content=json.dumps(body), headers=JSON, timeout=30)
         assert 400 <= resp.status_code < 500, (body, resp.status_code, resp.text)
         answer = resp.json()
         assert answer["field"] == field, (body, answer)
-        assert words in answer["detail"], (body, answer)
+        assert words.lower() in answer["detail"].lower(), (body, answer)
     assert git(repo, "status", "--porcelain", "--ignored") == ""
     # Where a symlink leads is told to the server's log, never to the client.
     for body in ({"workspace": "escape"}, {"workspace": "repo", "files": ["link"]}):
         detail = httpx.post(wrapper.url + "/api/execute", json={"prompt": "x"} | body, timeout=30).json()["detail"]
         assert "outside the allowed root" in detail and str(outside) not in detail, detail
     assert str(outside / "README.md") in wrapper.log()
+    assert git(outside, "for-each-ref") == refs
 
     resp = httpx.post(wrapper.url + "/api/execute", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 422 and resp.json()["field"] == "body"

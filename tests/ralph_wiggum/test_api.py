@@ -3,7 +3,9 @@ file, real git repositories and the `command` backend running real shell scripts
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -392,6 +394,81 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     escape = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "escape"}).json()["detail"]
     assert "outside the allowed root" in escape and str(tmp_path / "outside") not in escape
     assert str(tmp_path / "outside") in proc.log()
+
+
+def test_what_no_agent_could_take_is_refused_up_front_with_a_short_422(ralph, stack_env):
+    """Each of these was accepted and failed later (a prompt too big for the environment, a NUL
+    no process takes), or was a 500 (a NUL after `~`, a lone surrogate, a name too long)."""
+    client, _ = ralph(RALPH_LOOP_ENABLED=False)
+    repo(stack_env)
+    cases = [
+        ({"prompt": "x" * 70_000}, "prompt", "at most 65536 characters"),
+        ({"prompt": "x" * 250_000}, "prompt", "at most 65536 characters"),  # was refused, and echoed whole
+        ({"prompt": "fix it\x00"}, "prompt", "NUL"),
+        ({"check_command": "true\x00rm -rf ."}, "check_command", "NUL"),
+        ({"workspace": "~\x00"}, "workspace", "NUL"),
+        ({"workspace": "\ud800"}, "workspace", "Unicode"),
+        ({"completion_promise": "done\udc80"}, "completion_promise", "Unicode"),
+        ({"workspace": "x" * 300}, "workspace", "at most 255"),
+        ({"workspace": "/".join(["x" * 200] * 25)}, "workspace", "at most 4096"),
+        ({"context": {"files": ["a.py\x00"]}}, "context", "NUL"),
+        ({"context": {"files": ["x" * 5_000]}}, "context.files", "at most 4096 characters"),  # what the wrapper refuses
+        ({"context": {"read_only_files": ["a.py"] * 1_001}}, "context.read_only_files", "at most 1000 items"),
+        ({"context": {"\ud800": 1}}, "context", "Unicode"),
+        ({"context": {"notes": "x" * 10_000_000}}, "context", "at most 65536 bytes"),
+    ]
+    for extra, field, words in cases:
+        body = json.dumps({"prompt": "p", "backend": "command", "workspace": "repo", **extra})  # escapes \ud800 as any client may
+        resp = client.post("/tasks", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 422, (extra.keys(), resp.status_code, resp.text[:300])
+        assert resp.json()["field"] == field and words.lower() in resp.json()["detail"].lower(), resp.json()
+        assert len(resp.content) < 1_000, resp.text[:300]  # what was refused is named, not echoed
+    assert client.get("/tasks").json()["total"] == 0
+
+
+def test_a_last_event_id_that_is_no_event_id_is_a_422(ralph, stack_env):
+    client, _ = ralph(RALPH_LOOP_ENABLED=False)
+    repo(stack_env)
+    task_id = submit(client, workspace="repo")
+    for header in (b"\xb2", b"9" * 5_000, b"-1", b"12abc"):  # "²" is a digit to str.isdigit, not to int()
+        resp = client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": header})
+        assert resp.status_code == 422, (header[:10], resp.status_code, resp.text[:300])
+        assert resp.json()["field"] == "last-event-id"
+
+
+def test_a_git_file_pointing_out_of_the_root_is_refused_and_nothing_is_written_there(ralph, stack_env, tmp_path):
+    client, _ = ralph()
+    outside = make_git_repo(tmp_path / "outside")
+    sneaky = stack_env.workspace_root / "sneaky"  # a work tree inside the root, its repository outside
+    sneaky.mkdir()
+    (sneaky / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    git(outside, "worktree", "add", "-q", str(stack_env.workspace_root / "linked"))  # the same, made by git itself
+    refs, trees = git(outside, "for-each-ref"), git(outside, "worktree", "list")
+    for name in ("sneaky", "linked"):
+        resp = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": name, "check_command": "true"})
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["field"] == "workspace" and "outside the allowed root" in resp.json()["detail"]
+    assert client.get("/tasks").json()["total"] == 0
+    assert (git(outside, "for-each-ref"), git(outside, "worktree", "list")) == (refs, trees)
+
+
+def test_a_git_file_pointed_out_of_the_root_after_submission_fails_the_task_untouched(stack_env, services, tmp_path):
+    agent = write_script(stack_env.root / "agent.sh", AGENT)
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent), RALPH_LOOP_ENABLED=False)
+    outside = make_git_repo(tmp_path / "outside")
+    workspace = repo(stack_env)
+    accepting = services("ralph-wiggum", stack_env)
+    client = httpx.Client(base_url=accepting.url, timeout=10)
+    task_id = submit(client, workspace="repo", check_command="true")
+    accepting.stop()
+    shutil.rmtree(workspace / ".git")  # queued meanwhile: its repository is swapped for one outside the root
+    (workspace / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    refs = git(outside, "for-each-ref")
+
+    services("ralph-wiggum", stack_env.set(RALPH_LOOP_ENABLED=True))
+    task = wait_for(client, task_id, {"failed", "completed", "exhausted"})
+    assert task["status"] == "failed" and "outside the allowed root" in task["error"], task
+    assert git(outside, "for-each-ref") == refs and "aistack/" not in git(outside, "branch", "--all")
 
 
 def test_bad_env_value_stops_the_service_with_one_line(stack_env):

@@ -72,6 +72,12 @@ def test_cli_reports_unreachable_orchestrator(stack_env):
     assert out.returncode == 1 and "unreachable" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_cli_refuses_a_prompt_over_the_limit_in_one_line(stack_env):
+    out = aistack(stack_env, "task", "submit", "x" * 70_000, "--backend", "command")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == ["✗ prompt: String should have at most 65536 characters"]
+
+
 def test_config_show_masks_secrets_and_init_writes_every_setting(stack_env, tmp_path):
     stack_env.set(RALPH_WIGGUM_API_KEY="topsecret")
     shown = aistack(stack_env, "config", "show")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from aistack.contracts import TaskStatus
+from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.workspace import GitWorktrees
 from support import git, make_git_repo
@@ -21,7 +25,7 @@ def task_in(repo: Path, **fields) -> TaskRecord:
 
 def test_checkpoints_name_what_changed_and_commit_it(tmp_path):
     repo = make_git_repo(tmp_path / "repo", {"a.txt": "one\n"})
-    trees = GitWorktrees(tmp_path / "worktrees")
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
 
     async def scenario():
         tree = await trees.prepare(task_in(repo), None)
@@ -47,7 +51,7 @@ def test_a_submodules_own_changes_are_no_checkpoint_and_no_error(tmp_path):
     repo = make_git_repo(tmp_path / "repo")
     git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner), "sub")
     git(repo, "commit", "-q", "-m", "sub")
-    trees = GitWorktrees(tmp_path / "worktrees")
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
 
     async def scenario():
         tree = await trees.prepare(task_in(repo), None)
@@ -61,7 +65,7 @@ def test_a_submodules_own_changes_are_no_checkpoint_and_no_error(tmp_path):
 
 def test_the_check_leaves_nothing_behind(tmp_path):
     repo = make_git_repo(tmp_path / "repo")
-    trees = GitWorktrees(tmp_path / "worktrees")
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
 
     async def scenario():
         tree = await trees.prepare(task_in(repo), None)
@@ -76,7 +80,7 @@ def test_the_check_leaves_nothing_behind(tmp_path):
 def test_a_tree_is_removed_even_before_its_task_recorded_it(tmp_path):
     """A stop during a task's first `worktree add`: the record has no worktree yet, the disk has one."""
     repo = make_git_repo(tmp_path / "repo")
-    trees = GitWorktrees(tmp_path / "worktrees")
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
 
     async def scenario():
         tree = await trees.prepare(task_in(repo), None)
@@ -90,7 +94,7 @@ def test_a_tree_is_removed_even_before_its_task_recorded_it(tmp_path):
 
 def test_a_valid_workspace_is_learnt_once_and_a_new_repository_is_checked_again(tmp_path):
     repo = make_git_repo(tmp_path / "repo")
-    trees = GitWorktrees(tmp_path / "worktrees")
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
     asked: list[tuple[str, ...]] = []
     real = trees._problem  # noqa: SLF001
 
@@ -106,3 +110,32 @@ def test_a_valid_workspace_is_learnt_once_and_a_new_repository_is_checked_again(
     shutil.rmtree(repo / ".git")
     assert "is not a git repository" in asyncio.run(trees.problem(repo))
     assert len(asked) == 2
+
+
+def test_a_repository_whose_git_directories_leave_the_root_is_refused(tmp_path):
+    """Both of git's directories are confined: the one a `.git` file names, and the common one
+    (branches, objects, worktrees) that a `commondir` there names."""
+    root = tmp_path / "root"
+    outside = make_git_repo(tmp_path / "outside")
+    make_git_repo(root / "inside")
+    git(outside, "worktree", "add", "-q", str(root / "common"))
+    git_dir = root / "gitdirs" / "common"  # its git directory moved into the root: only the common one is outside
+    git_dir.parent.mkdir()
+    shutil.move(outside / ".git" / "worktrees" / "common", git_dir)
+    (git_dir / "commondir").write_text(f"{outside / '.git'}\n")
+    (root / "common" / ".git").write_text(f"gitdir: {git_dir}\n")
+    (root / "linked").mkdir()
+    (root / "linked" / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    trees = GitWorktrees(tmp_path / "worktrees", root)
+
+    async def problems():
+        return {name: await trees.problem(root / name) for name in ("inside", "common", "linked")}
+
+    found = asyncio.run(problems())
+    assert found["inside"] is None
+    assert "the common git directory of" in found["common"] and "outside the allowed root" in found["common"]
+    assert "the git directory of" in found["linked"] and "outside the allowed root" in found["linked"]
+    refs = git(outside, "for-each-ref")
+    with pytest.raises(PathNotAllowed):  # checked again where the branch would be written
+        asyncio.run(trees.prepare(task_in(root / "common"), None))
+    assert git(outside, "for-each-ref") == refs

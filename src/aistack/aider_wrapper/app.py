@@ -25,9 +25,9 @@ from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
 from aistack.config import Settings
 from aistack.contracts import ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
-from aistack.gitcli import GitError
+from aistack.gitcli import GitError, confine_repository
 from aistack.paths import PathNotAllowed, confine
-from aistack.web import check_bind, http_error, install_error_handlers, require_api_key, sends_key, serve
+from aistack.web import check_bind, error_responses, http_error, install_error_handlers, require_api_key, sends_key, serve
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -95,7 +95,8 @@ def create_app(settings: Settings) -> FastAPI:
             uptime_seconds=round(time.monotonic() - started, 1),
         )
 
-    @app.post("/api/execute", response_model=ExecuteResult)
+    # 400: a body that is not even text; 401: with RALPH_WIGGUM_API_KEY set; 503: aider is not installed
+    @app.post("/api/execute", response_model=ExecuteResult, responses=error_responses(400, 401, 409, 422, 503))
     async def execute_run(body: ExecuteRequest, request: Request) -> ExecuteResult:
         if not state.aider.available:
             raise http_error(503, f"aider is not available: {state.aider.problem}")
@@ -111,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
             watcher.cancel()
             state.registry.release(run)
 
-    @app.post("/api/runs/{run_id}/cancel")
+    @app.post("/api/runs/{run_id}/cancel", responses=error_responses(401, 404, 422))
     async def cancel_run(run_id: str) -> dict:
         run = state.registry.get(run_id)
         if run is None:
@@ -136,23 +137,28 @@ async def _cancel_on_disconnect(request: Request, run: ActiveRun) -> None:
 
 
 async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
-    """Resolve and confine every path; 400 naming the field when one is not allowed."""
+    """Resolve and confine every path (the workspace's git directories too); 422 naming the field
+    when one is not allowed, as for any other invalid field."""
     roots = [settings.workspace_root, settings.worktrees_dir]
     allowed = " or ".join(str(r) for r in roots)
     try:
         workspace = confine(body.workspace, roots, base=settings.workspace_root)
     except PathNotAllowed as exc:
-        raise http_error(400, f"workspace: {exc}", "workspace") from None
+        raise http_error(422, f"workspace: {exc}", "workspace") from None
     if not workspace.exists():
-        raise http_error(400, f"workspace {body.workspace!r} does not exist (it must be a git repository inside {allowed})", "workspace")
+        raise http_error(422, f"workspace {body.workspace!r} does not exist (it must be a git repository inside {allowed})", "workspace")
     if not workspace.is_dir():
-        raise http_error(400, f"workspace {body.workspace!r} is not a directory", "workspace")
+        raise http_error(422, f"workspace {body.workspace!r} is not a directory", "workspace")
     try:
         top = await gitstate.toplevel(workspace)
     except GitError:
-        raise http_error(400, f"workspace {body.workspace!r} is not a git repository (run `git init` there first)", "workspace") from None
+        raise http_error(422, f"workspace {body.workspace!r} is not a git repository (run `git init` there first)", "workspace") from None
     if top != workspace:
-        raise http_error(400, f"workspace {body.workspace!r} must be the top directory of its git repository ({top})", "workspace")
+        raise http_error(422, f"workspace {body.workspace!r} must be the top directory of its git repository ({top})", "workspace")
+    try:
+        await confine_repository(workspace, roots)
+    except PathNotAllowed as exc:
+        raise http_error(422, f"workspace: {exc}", "workspace") from None
 
     def inside(names: list[str], field: str, must_exist: bool) -> list[Path]:
         paths = []
@@ -160,13 +166,13 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
             try:
                 path = confine(name, [workspace], base=workspace)
             except PathNotAllowed as exc:
-                raise http_error(400, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
+                raise http_error(422, f"{field}[{i}]: {exc}", f"{field}[{i}]") from None
             if ".git" in path.relative_to(workspace).parts:  # hooks and config there would run code
-                raise http_error(400, f"{field}[{i}]: {name!r} lies inside .git, which aider may not touch", f"{field}[{i}]")
+                raise http_error(422, f"{field}[{i}]: {name!r} lies inside .git, which aider may not touch", f"{field}[{i}]")
             if path == workspace or (path.exists() and not path.is_file()):
-                raise http_error(400, f"{field}[{i}]: {name!r} is not a file", f"{field}[{i}]")
+                raise http_error(422, f"{field}[{i}]: {name!r} is not a file", f"{field}[{i}]")
             if must_exist and not path.exists():
-                raise http_error(400, f"{field}[{i}]: {name!r} does not exist", f"{field}[{i}]")
+                raise http_error(422, f"{field}[{i}]: {name!r} does not exist", f"{field}[{i}]")
             paths.append(path)
         return paths
 

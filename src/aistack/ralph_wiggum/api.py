@@ -7,14 +7,15 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from aistack import __version__
 from aistack.config import ConfigError, load_settings
 from aistack.contracts import (
+    MAX_INT,
     ApprovalDecision,
     EventView,
     HealthSummary,
@@ -31,11 +32,12 @@ from aistack.contracts import (
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
-from aistack.web import error_body, http_error, sends_key
+from aistack.web import error_body, error_responses, http_error, sends_key
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 422))  # 401 when RALPH_WIGGUM_API_KEY is set
+NOT_FOUND = error_responses(404)
+BAD_BODY = error_responses(400)  # a body that is not even text (FastAPI's own answer)
 SSE_KEEPALIVE_SECONDS = 15.0
-MAX_INT = 2**62  # keeps numbers inside what every database integer column holds
 
 
 def _tasks(request: Request) -> TaskService:
@@ -77,7 +79,7 @@ async def health(request: Request) -> RalphHealth | HealthSummary:
 # --- tasks ---------------------------------------------------------------------------------------
 
 
-@router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"])
+@router.post("/tasks", status_code=202, response_model=TaskAccepted, tags=["tasks"], responses=BAD_BODY)
 async def submit(body: TaskCreate, request: Request) -> TaskAccepted:
     task = await _tasks(request).accept(body)
     how = f"{task.max_iterations} iterations ({task.limit_source}"
@@ -96,35 +98,35 @@ async def list_tasks(
     return TaskPage(items=[t.view() for t in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
+@router.get("/tasks/{task_id}", response_model=TaskView, tags=["tasks"], responses=NOT_FOUND)
 async def get_task(task_id: str, request: Request) -> TaskView:
     return (await _tasks(request).get(task_id)).view()
 
 
-@router.get("/tasks/{task_id}/iterations", response_model=list[IterationView], tags=["tasks"])
+@router.get("/tasks/{task_id}/iterations", response_model=list[IterationView], tags=["tasks"], responses=NOT_FOUND)
 async def get_iterations(task_id: str, request: Request) -> list[IterationView]:
     await _tasks(request).get(task_id)
     return [it.view() for it in await _store(request).iterations(task_id)]
 
 
-@router.get("/tasks/{task_id}/diff", tags=["tasks"])
+@router.get("/tasks/{task_id}/diff", tags=["tasks"], responses=NOT_FOUND)
 async def get_diff(task_id: str, request: Request, iteration: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None) -> dict:
     """Unified diff of one iteration's checkpoint, or of the whole task so far."""
     base, commit, text = await _tasks(request).diff(task_id, iteration)
     return {"task_id": task_id, "iteration": iteration, "base": base, "commit": commit, "diff": text}
 
 
-@router.get("/tasks/{task_id}/events", tags=["tasks"])
+@router.get("/tasks/{task_id}/events", tags=["tasks"], responses=NOT_FOUND)
 async def stream_events(
     task_id: str,
     request: Request,
     after: Annotated[int | None, Query(ge=0, le=MAX_INT, description="Resume after this event id (or send Last-Event-ID).")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_INT, description="Sent by a reconnecting EventSource.")] = None,
 ):
     """Server-Sent Events of one task; ends after the task reaches a final status."""
     tasks, store = _tasks(request), _store(request)
     await tasks.get(task_id)
-    header = request.headers.get("last-event-id", "")
-    last_id = after if after is not None else (min(int(header), MAX_INT) if header.isdigit() else 0)
+    last_id = after if after is not None else (last_event_id or 0)
     notifier = request.app.state.notifier
 
     async def events():
@@ -150,21 +152,21 @@ async def stream_events(
     return EventSourceResponse(events(), ping=SSE_KEEPALIVE_SECONDS)
 
 
-@router.get("/tasks/{task_id}/events.json", response_model=list[EventView], tags=["tasks"])
+@router.get("/tasks/{task_id}/events.json", response_model=list[EventView], tags=["tasks"], responses=NOT_FOUND)
 async def list_events(task_id: str, request: Request, after: Annotated[int, Query(ge=0, le=MAX_INT)] = 0) -> list[EventView]:
     """The same events as plain JSON, for clients without SSE."""
     await _tasks(request).get(task_id)
     return [ev.view() for ev in await _store(request).events_after(task_id, after)]
 
 
-@router.post("/tasks/{task_id}/stop", status_code=202, response_model=TaskAccepted, tags=["tasks"])
+@router.post("/tasks/{task_id}/stop", status_code=202, response_model=TaskAccepted, tags=["tasks"], responses=error_responses(404, 409))
 async def stop(task_id: str, request: Request) -> TaskAccepted:
     """Stop a task; a running iteration is ended (its whole process group) at once."""
     await _tasks(request).stop(task_id)
     return TaskAccepted(task_id=task_id, status=TaskStatus.stopped, message="stop requested")
 
 
-@router.post("/tasks/{task_id}/approve", response_model=TaskAccepted, tags=["tasks"])
+@router.post("/tasks/{task_id}/approve", response_model=TaskAccepted, tags=["tasks"], responses=error_responses(400, 404, 409))
 async def approve(
     task_id: str,
     request: Request,
@@ -188,7 +190,7 @@ async def stats(request: Request) -> Stats:
     return await _store(request).stats()
 
 
-@router.get("/metrics", tags=["service"])
+@router.get("/metrics", response_class=PlainTextResponse, tags=["service"])
 def metrics(request: Request) -> Response:  # sync: the collector scans the database in this worker thread
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 

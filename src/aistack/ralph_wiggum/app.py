@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         notifier.bind(asyncio.get_running_loop())
         backends = configured_backends(settings)
-        workspace = GitWorktrees(settings.worktrees_dir)
+        workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root)
         tasks = TaskService(settings, store, workspace, backends)
         scheduler = Scheduler(tasks)
         app.state.tasks, app.state.scheduler = tasks, scheduler

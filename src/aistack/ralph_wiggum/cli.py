@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -67,16 +68,20 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task; exit 0 only if it completes.")] = False,
 ) -> None:
     """Submit a task."""
-    body = TaskCreate(
-        prompt=prompt,
-        backend=backend,
-        max_iterations=max_iterations,
-        require_approval=require_approval,
-        workspace=str(workspace.expanduser().absolute()) if workspace else None,
-        check_command=check,
-        completion_promise=promise,
-        context={"files": file} if file else {},
-    )
+    try:
+        body = TaskCreate(
+            prompt=prompt,
+            backend=backend,
+            max_iterations=max_iterations,
+            require_approval=require_approval,
+            workspace=str(workspace.expanduser().absolute()) if workspace else None,
+            check_command=check,
+            completion_promise=promise,
+            context={"files": file} if file else {},
+        )
+    except ValidationError as exc:  # as the orchestrator would refuse it, without asking it
+        err = exc.errors()[0]
+        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
     accepted = _call(lambda c: c.submit(body))
     console.print(f"✓ task [bold]{accepted.task_id}[/bold] {accepted.message}")
     if wait:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed, TaskRunner
@@ -99,7 +100,7 @@ class Scheduler:
             await self.runner.run(task_id)
         except StopRequested:  # seen in the store: sent through another process
             await self.tasks.finish(task_id, Action.stop, Reason.stopped)
-        except TaskFailed as exc:
+        except (TaskFailed, PathNotAllowed) as exc:  # a workspace whose .git was pointed out of the root meanwhile
             await self.tasks.finish(task_id, Action.fail, Reason.error, str(exc))
         except Exception as exc:
             log.exception("task %s crashed", task_id)

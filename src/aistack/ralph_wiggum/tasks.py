@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import TypeAdapter, ValidationError
+
 from aistack.config import Settings
-from aistack.contracts import TaskCreate, TaskStatus
+from aistack.contracts import FileList, TaskCreate, TaskStatus
 from aistack.paths import PathNotAllowed, confine
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend
@@ -22,6 +24,8 @@ from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.workspace import Workspace
+
+_FILE_LIST = TypeAdapter(FileList)
 
 
 class TaskError(Exception):
@@ -84,10 +88,12 @@ class TaskService:
         if problem := rules.limit_error(body.max_iterations, limits.ralph_max_iterations_cap):
             raise TaskInvalid(problem, "max_iterations")
         workspace = await self._workspace_path(body.workspace)
-        for key in ("files", "read_only_files"):
-            value = body.context.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TaskInvalid(f"context.{key} must be a list of file paths", f"context.{key}")
+        for key in ("files", "read_only_files"):  # what the aider backend sends the wrapper: held to its rules now
+            try:
+                _FILE_LIST.validate_python(body.context.get(key, []))
+            except ValidationError as exc:
+                problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aistack.gitcli import IDENTITY, GitError, changes, failure, git, run_git
+from aistack.gitcli import IDENTITY, GitError, changes, confine_repository, failure, git, run_git
+from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.shell import ProcResult, run_shell
 
@@ -72,19 +73,22 @@ _COMMITTED = re.compile(r"^\[[^\]\n]*? ([0-9a-f]{40}(?:[0-9a-f]{24})?)\] ")
 
 
 class GitWorktrees:
-    """One git worktree and branch per task, under `root` (AISTACK_DATA_DIR/worktrees)."""
+    """One git worktree and branch per task, under `root` (AISTACK_DATA_DIR/worktrees), in
+    repositories whose work tree and git directories lie inside `workspace_root`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, workspace_root: Path):
         self.root = root
-        self._valid: set[tuple[Path, int, int, int, int]] = set()  # workspaces that passed `problem`
+        self.workspace_root = workspace_root
+        self._valid: set[tuple[Path, int, int, int, int, int]] = set()  # workspaces that passed `problem`
 
     async def problem(self, path: Path) -> str | None:
         """Why `path` cannot hold tasks. A repository that passed once is known by the identity of
-        its directory and of its `.git` (device and inode): a second submission to it costs two
-        `stat`s instead of two git processes, and a repository made anew there is checked again."""
+        its directory and of its `.git` (device, inode, and when `.git` last changed): a second
+        submission to it costs two `stat`s instead of three git processes, and a repository made
+        anew there, or a `.git` file pointed elsewhere, is checked again."""
         try:
             here, dot_git = path.stat(), (path / ".git").stat()
-            identity = (path, here.st_dev, here.st_ino, dot_git.st_dev, dot_git.st_ino)
+            identity = (path, here.st_dev, here.st_ino, dot_git.st_dev, dot_git.st_ino, dot_git.st_mtime_ns)
         except OSError:
             identity = None
         if identity is not None and identity in self._valid:
@@ -104,6 +108,10 @@ class GitWorktrees:
             return f"workspace {path} is not a git repository (run `git init` and commit once)"
         if Path(top).resolve() != path.resolve():
             return f"workspace {path} is inside the repository {top}; give its top-level directory"
+        try:
+            await confine_repository(path, [self.workspace_root])
+        except PathNotAllowed as exc:
+            return f"workspace {path}: {exc}"
         if not (await git(path, "rev-parse", "--verify", "-q", "HEAD", check=False)).strip():
             return f"workspace {path} is a git repository without commits; commit once first"
         return None
@@ -161,7 +169,9 @@ class GitWorktrees:
 
     async def _add(self, workspace: Path, path: Path, task_id: str, at: str) -> None:
         """Add the worktree on the task's branch at `at`; the branch is (re)set there, which drops
-        checkpoints no iteration record names (an interrupted iteration's)."""
+        checkpoints no iteration record names (an interrupted iteration's). Its repository is
+        confined again first: its `.git` may have been pointed elsewhere since the submission."""
+        await confine_repository(workspace, [self.workspace_root])
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():  # a previous attempt was interrupted between `add` and recording it
             await git(workspace, "worktree", "remove", "--force", str(path), check=False)

@@ -4,15 +4,15 @@ API key stays here), its diff, and Stop / Approve / Reject."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from markupsafe import escape
 
 from aistack.client import RalphError
-from aistack.contracts import TERMINAL_STATUSES
+from aistack.contracts import MAX_INT, TERMINAL_STATUSES
 from aistack.dashboard.forms import FormError, checked_task_id, task_from_form
 from aistack.dashboard.security import CSRF_FIELD, checked_form, require_login
 from aistack.dashboard.site import STATUSES, Site, SiteDep, attempt
@@ -60,6 +60,12 @@ async def submit_task(request: Request, site: SiteDep):
     return site.redirect(f"/tasks/{accepted.task_id}", f"Task accepted: {accepted.message}", request=request)
 
 
+def relayed(status: int) -> int:
+    """The status to answer with when the orchestrator refused: its 4xx (no such task, a bad
+    iteration) is the client's mistake here too; anything else is a bad gateway."""
+    return status if 400 <= status < 500 else 502
+
+
 async def one_task(site: Site, task_id: str) -> dict[str, Any]:
     task = await site.ralph.task(checked_task_id(task_id))
     iterations, error = await attempt(site.ralph.iterations(task_id))
@@ -71,7 +77,7 @@ async def task_page(request: Request, site: SiteDep, task_id: str):
     try:
         context = await one_task(site, task_id)
     except RalphError as exc:
-        return site.render(request, "error.html", exc.status if exc.status >= 400 else 502, title="Task", message=exc.detail)
+        return site.render(request, "error.html", relayed(exc.status), title="Task", message=exc.detail)
     return site.render(request, "task.html", page="tasks", **context)
 
 
@@ -80,16 +86,16 @@ async def task_fragment(request: Request, site: SiteDep, task_id: str):
     try:
         context = await one_task(site, task_id)
     except RalphError as exc:
-        return HTMLResponse(f'<p class="error" role="alert">{escape(exc.detail)}</p>', status_code=502)
+        return HTMLResponse(f'<p class="error" role="alert">{escape(exc.detail)}</p>', status_code=relayed(exc.status))
     return site.render(request, "_task.html", **context)
 
 
 @router.get("/tasks/{task_id}/diff", response_class=PlainTextResponse)
-async def task_diff(site: SiteDep, task_id: str, iteration: int | None = None):
+async def task_diff(site: SiteDep, task_id: str, iteration: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None):
     try:
         text = await site.ralph.diff(checked_task_id(task_id), iteration)
     except RalphError as exc:
-        return PlainTextResponse(f"(diff unavailable: {exc.detail})", status_code=502)
+        return PlainTextResponse(f"(diff unavailable: {exc.detail})", status_code=relayed(exc.status))
     return PlainTextResponse(text or "(no changes)")
 
 
