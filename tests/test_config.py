@@ -88,6 +88,7 @@ def test_confine(tmp_path):
         ("repo\ud800", "Unicode"),
         ("x" * 256, "at most 255"),
         ("/".join(["x" * 250] * 17), "at most 4095"),
+        ("~no-such-user-here/repo", "no user's home directory"),  # was a RuntimeError, a 500
     ]:
         with pytest.raises(PathNotAllowed, match=words):
             confine(bad, [root])

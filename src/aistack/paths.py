@@ -30,7 +30,10 @@ def confine(path: str | Path, roots: list[Path] | tuple[Path, ...], *, base: Pat
         os.fsencode(path)
     except UnicodeEncodeError:
         raise PathNotAllowed("path is not valid Unicode text (it holds a lone surrogate)") from None
-    raw = Path(str(path)).expanduser()
+    try:
+        raw = Path(str(path)).expanduser()
+    except RuntimeError:  # `~name` of no user on this machine
+        raise PathNotAllowed(f"{str(path).split('/')[0]} is no user's home directory on this machine") from None
     candidate = raw if raw.is_absolute() else (base or roots[0]) / raw
     real = candidate.resolve(strict=False)
     _check_length(real)
