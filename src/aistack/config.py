@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     )
     ralph_agent_env_passthrough: str = Field(
         default="",
-        description="Comma-separated names of more variables agents and checks get; never the stack's own (its settings, AISTACK_ENV_FILE).",
+        description="Comma-separated names of more variables agents and checks get; never the stack's own (settings, AISTACK_ENV_FILE).",
     )
     ralph_agent_cpu_seconds: int = Field(default=3600, ge=0, le=10**6, description="CPU seconds per agent process; 0 = no limit.")
     ralph_agent_memory_mb: int = Field(default=8192, ge=0, le=2**30, description="MiB of heap per agent process; 0 = no limit.")

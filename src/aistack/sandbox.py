@@ -30,7 +30,6 @@ from pathlib import Path
 from aistack.config import ConfigError, Settings
 from aistack.contracts import Isolation
 from aistack.envfile import backup_path
-from aistack.gitcli import run_git
 
 PROBE_TIMEOUT_SECONDS = 10.0
 MIB = 2**20
@@ -111,8 +110,8 @@ class Sandbox:
     def isolation(self) -> Isolation:
         return Isolation(sandbox="bwrap" if self.bwrap else "none", reason=self.reason, network_isolated=False, limits=self.limits.shown())
 
-    async def jail(self, workdir: Path, *, command: str | None = None, writable: Iterable[Path] = (), readable: Iterable[Path] = (),
-                   git_writable: bool = False) -> Jail:  # fmt: skip
+    def jail(self, workdir: Path, *, command: str | None = None, writable: Iterable[Path] = (), readable: Iterable[Path] = (),
+             git_writable: bool = False) -> Jail:  # fmt: skip
         """The jail of a process working in `workdir` (writable), which may also write `writable`,
         read `readable` and run `command`'s program, wherever they lie."""
         if self.bwrap is None:
@@ -122,7 +121,7 @@ class Sandbox:
             if folder.is_dir():
                 args += ["--tmpfs", str(folder.resolve())]
         binds = [(workdir, True), *((path, True) for path in writable)]
-        binds += [(path, git_writable) for path in await _git_dirs(workdir)]
+        binds += [(path, git_writable) for path in _git_dirs(workdir)]
         dot_git = workdir / ".git"
         if dot_git.is_file():  # a worktree's pointer to its git dir: never to be redirected
             binds.append((dot_git, False))
@@ -167,12 +166,18 @@ def bwrap_problem() -> str | None:
     return None
 
 
-async def _git_dirs(workdir: Path) -> list[Path]:
-    """The git dir and common git dir of the repository at `workdir` (one, when it is no worktree)."""
-    result = await run_git(workdir, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", locks=False)
-    if result.code != 0:
+def _git_dirs(workdir: Path) -> list[Path]:
+    """The git dir and common git dir of the repository at `workdir`, read as git reads them
+    (gitrepository-layout: a `.git` directory, or a `gitdir:` file; `commondir` in a worktree's)."""
+    dot_git = workdir / ".git"
+    try:
+        pointer = dot_git.read_text(errors="replace") if dot_git.is_file() else None
+        git_dir = (workdir / pointer.removeprefix("gitdir:").strip()) if pointer is not None else dot_git
+        common = git_dir / "commondir"
+        dirs = [git_dir, git_dir / common.read_text(errors="replace").strip() if common.is_file() else git_dir]
+    except OSError:
         return []
-    return list(dict.fromkeys(Path(line) for line in result.out.splitlines() if line))
+    return [path for path in dict.fromkeys(path.resolve() for path in dirs) if path.is_dir()]
 
 
 def _program(command: str | None) -> list[Path]:

@@ -67,7 +67,7 @@ def test_agent_and_check_see_only_allowed_variables(stack_env, services, sandbox
         assert env["AISTACK_TASK_ID"] == task["id"] and env["AISTACK_ITERATION"] == "1"
         assert env["MY_TOOL_SETTING"] == "passed-on" and env["PATH"]
         assert not set(env) & {*SECRETS, "UNLISTED_SETTING", "AISTACK_ENV_FILE", "AISTACK_PROMPT"}
-        assert not Path(env["HOME"]).is_relative_to(Path.home()) and not Path(env["HOME"]).is_relative_to(task["worktree"])
+        assert env["HOME"] != str(Path.home()) and Path(env["HOME"]).is_relative_to(stack_env.data_dir / "agents")
     shown = diff + iteration["check_output"]
     assert not [value for value in SECRETS.values() if value in shown]
     assert agent_env["HOME"] == check_env["HOME"]  # the task's own home

@@ -210,7 +210,7 @@ async def _run_in_slot(
     )  # fmt: skip
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable
-    jail = await sandbox.jail(
+    jail = sandbox.jail(
         job.workspace, writable=[files.home, folder], readable=[files.model_settings, files.model_metadata, files.env_file, aider.path],
         git_writable=True,
     )  # fmt: skip

@@ -139,7 +139,7 @@ class TaskRunner:
         command = task.check_command or ""
         home = agentenv.TaskFiles.of(self.settings, task.id).prepare().home
         env = agentenv.environ(self.settings, home, AISTACK_TASK_ID=task.id, AISTACK_ITERATION=str(number))
-        jail = await self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
+        jail = self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
         timeout = float(self.settings.ralph_check_timeout_seconds)
         result = await self.workspace.check(tree, command, env, timeout, jail)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)

@@ -26,7 +26,7 @@ class CommandBackend:
             self.settings, files.home,
             AISTACK_PROMPT_FILE=str(files.prompt), AISTACK_ITERATION=str(request.iteration), AISTACK_TASK_ID=request.task_id,
         )  # fmt: skip
-        jail = await self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
+        jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail)
         if result.timed_out:
             return IterationResult("error", result.output, f"command timed out after {request.timeout_seconds:.0f} s")
