@@ -1,6 +1,9 @@
 """The loop's own cost per iteration, against a plain shell loop doing the same work (not a test).
 
-    .venv/bin/python bench/bench_loop.py [--iterations 100]
+    .venv/bin/python bench/bench_loop.py [--iterations 100] [--sandbox auto|bwrap|off]
+
+With RALPH_SANDBOX=auto (the default) the agent and the check run under bwrap where it works: each
+costs a sandbox's start more.
 
 aistack: a real `aistack serve ralph-wiggum` runs one task of N iterations with the `command`
 backend; the agent appends a line to a file, the check counts the lines. Each iteration runs the
@@ -19,6 +22,7 @@ process group gone. Target: ≤ 2 s.
 from __future__ import annotations
 
 import argparse
+import secrets
 import statistics
 import subprocess
 import tempfile
@@ -38,14 +42,15 @@ def check_command(iterations: int) -> str:
     return f"test $(wc -l < log.txt) -ge {iterations}"
 
 
-def aistack_loop(tmp: Path, iterations: int) -> dict:
+def aistack_loop(tmp: Path, iterations: int, sandbox: str) -> dict:
     agent = tmp / "agent.sh"
     agent.write_text(AGENT)
     agent.chmod(0o755)
-    ralph = start_ralph(tmp / "loop", RALPH_COMMAND_BACKEND=str(agent), RALPH_MAX_ITERATIONS_CAP=str(iterations))
+    ralph = start_ralph(tmp / "loop", RALPH_COMMAND_BACKEND=str(agent), RALPH_MAX_ITERATIONS_CAP=str(iterations), RALPH_SANDBOX=sandbox)
     make_git_repo(ralph.env.workspace_root / "repo")
     try:
         with httpx.Client(base_url=ralph.url, timeout=30) as c:
+            isolation = c.get("/health").json()["isolation"]["sandbox"]
             body = {"prompt": "append", "backend": "command", "workspace": "repo",
                     "check_command": check_command(iterations), "max_iterations": iterations}  # fmt: skip
             task_id = c.post("/tasks", json=body).json()["task_id"]
@@ -58,6 +63,7 @@ def aistack_loop(tmp: Path, iterations: int) -> dict:
     durations = sorted(it["duration_seconds"] * 1000 for it in its)
     return {
         "status": task["status"],
+        "sandbox": isolation,
         "iterations": len(its),
         "checkpoints": sum(1 for it in its if it["checkpoint_commit"]),
         "ms": wall.total_seconds() * 1000 / len(its),
@@ -66,24 +72,22 @@ def aistack_loop(tmp: Path, iterations: int) -> dict:
     }
 
 
-def stop_latency(tmp: Path, runs: int = 3) -> list[float]:
+def stop_latency(tmp: Path, sandbox: str, runs: int = 3) -> list[float]:
     """Seconds from POST /stop until the task is `stopped` and the agent's helper has died."""
     tmp.mkdir(parents=True, exist_ok=True)
-    pidfile = tmp / "helper.pid"
+    mark = f"300.{secrets.randbelow(10**8):08d}"  # the helper's argument: how it is found, inside a sandbox too
     agent = tmp / "sleeper.sh"
-    agent.write_text(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n')
+    agent.write_text(f"#!/bin/sh\nsleep {mark} &\nwait\n")
     agent.chmod(0o755)
-    ralph = start_ralph(tmp / "ralph", RALPH_COMMAND_BACKEND=str(agent))
+    ralph = start_ralph(tmp / "ralph", RALPH_COMMAND_BACKEND=str(agent), RALPH_SANDBOX=sandbox)
     make_git_repo(ralph.env.workspace_root / "stop")
     took = []
     try:
         with httpx.Client(base_url=ralph.url, timeout=30) as c:
             for _ in range(runs):
-                pidfile.unlink(missing_ok=True)
                 task_id = c.post("/tasks", json={"prompt": "sleep", "backend": "command", "workspace": "stop"}).json()["task_id"]
-                while not (pidfile.exists() and pidfile.read_text().strip()):
+                while (helper := _running("sleep", mark)) is None:
                     time.sleep(0.01)
-                helper = int(pidfile.read_text())
                 t0 = time.monotonic()
                 c.post(f"/tasks/{task_id}/stop")
                 while c.get(f"/tasks/{task_id}").json()["status"] != "stopped" or _alive(helper):
@@ -92,6 +96,18 @@ def stop_latency(tmp: Path, runs: int = 3) -> list[float]:
     finally:
         ralph.stop()
     return took
+
+
+def _running(*argv: str) -> int | None:
+    """The pid, as this machine numbers it, of a process running exactly `argv`."""
+    wanted = "".join(f"{arg}\0" for arg in argv).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "cmdline").read_bytes() == wanted:
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -123,18 +139,19 @@ def shell_loop(tmp: Path, iterations: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "off"], default="auto", help="RALPH_SANDBOX of the orchestrator")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         plain = shell_loop(tmp, args.iterations)
-        loop = aistack_loop(tmp, args.iterations)
+        loop = aistack_loop(tmp, args.iterations, args.sandbox)
         plain = min(plain, shell_loop(tmp / "again", args.iterations))  # best of two: the anchor's floor
-        stops = stop_latency(tmp / "stop")
+        stops = stop_latency(tmp / "stop", args.sandbox)
     ratio = loop["ms"] / plain
     print(f"loop benchmark, {commit_line()}")
     print(
         f"  aistack loop      {loop['ms']:6.1f} ms/iteration  (p50 {loop['p50']:.1f}, p99 {loop['p99']:.1f} ms recorded; "
-        f"{loop['iterations']} iterations, {loop['checkpoints']} checkpoints, {loop['status']})"
+        f"{loop['iterations']} iterations, {loop['checkpoints']} checkpoints, {loop['status']}; sandbox {loop['sandbox']})"
     )
     print(f"  plain shell loop  {plain:6.1f} ms/iteration  (anchor)")
     print(

@@ -40,6 +40,10 @@ def test_env_file_variable_and_explicit_file(tmp_path, monkeypatch):
         ("RALPH_ADAPTIVE_ITERATIONS=maybe", "true or false"),
         ("LLAMA_CPP_MODEL=gpt-5", "qwen2.5-coder-1.5b"),
         ("LOG_LEVEL=loud", "debug, info, warning, error"),
+        ("RALPH_SANDBOX=docker", "auto, bwrap, off"),
+        ("RALPH_AGENT_ENV_PASSTHROUGH=HTTPS_PROXY,RALPH_WIGGUM_API_KEY", "never the stack's own"),
+        ("RALPH_AGENT_ENV_PASSTHROUGH=aistack_env_file", "never the stack's own"),
+        ("RALPH_AGENT_ENV_PASSTHROUGH=MY VAR", "Comma-separated names"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, words):

@@ -8,6 +8,7 @@ a missing file just means "defaults".
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from enum import Enum
@@ -124,6 +125,24 @@ class Settings(BaseSettings):
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
 
+    # --- agents (the command backend's agent, check commands, aider) ---------------------------
+    ralph_sandbox: str = Field(
+        default="auto", pattern=r"^(auto|bwrap|off)$", description="auto: run agents and checks under bubblewrap when it works here."
+    )
+    ralph_agent_env_passthrough: str = Field(
+        default="",
+        description="Comma-separated names of more variables agents and checks get; never the stack's own (settings, AISTACK_ENV_FILE).",
+    )
+    ralph_agent_cpu_seconds: int = Field(default=3600, ge=0, le=10**6, description="CPU seconds per agent process; 0 = no limit.")
+    ralph_agent_memory_mb: int = Field(default=8192, ge=0, le=2**30, description="MiB of heap per agent process; 0 = no limit.")
+    ralph_agent_max_processes: int = Field(
+        default=4096,
+        ge=0,
+        le=2**22,
+        description="Most processes and threads the service's user may have for an agent to start one more (root is exempt); 0 = no limit.",
+    )
+    ralph_agent_file_size_mb: int = Field(default=1024, ge=0, le=2**30, description="Largest file an agent may write, MiB; 0 = no limit.")
+
     # --- dashboard ----------------------------------------------------------------------------
     dashboard_host: str = Field(default="dashboard", min_length=1, description="Host clients use to reach the dashboard.")
     dashboard_port: int = Field(default=8090, ge=1, le=65535, description="Port of the dashboard.")
@@ -160,6 +179,15 @@ class Settings(BaseSettings):
         if not all(" " <= ch <= "~" for ch in key) or key != key.strip():
             raise ValueError("an API key is printable ASCII, without spaces at either end")
         return value
+
+    @field_validator("ralph_agent_env_passthrough", mode="after")
+    @classmethod
+    def _variable_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        for name in names:
+            if not _VARIABLE.fullmatch(name) or name.upper() in _OWN_VARIABLES:  # the stack's own never reach an agent
+                raise ValueError(f"{name!r} may not be passed to agents")
+        return ",".join(names)
 
     # --- derived ------------------------------------------------------------------------------
     def url(self, service: str) -> str:
@@ -199,6 +227,19 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.aistack_data_dir / "logs"
+
+    @property
+    def agents_dir(self) -> Path:
+        """Each task's files outside its worktree: the agent's home, the prompt."""
+        return self.aistack_data_dir / "agents"
+
+    @property
+    def agent_env_passthrough(self) -> tuple[str, ...]:
+        return tuple(filter(None, self.ralph_agent_env_passthrough.split(",")))
+
+
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OWN_VARIABLES = frozenset({name.upper() for name in Settings.model_fields} | {ENV_FILE_VARIABLE})
 
 
 def _bracket(host: str) -> str:

@@ -230,12 +230,22 @@ class HealthSummary(BaseModel):
     status: Literal["healthy", "degraded"]
 
 
+class Isolation(BaseModel):
+    """How the service confines the agents and checks it starts (see `aistack.sandbox`)."""
+
+    sandbox: Literal["bwrap", "none"]
+    reason: str = Field(description="What the sandbox hides, or why there is none.")
+    network_isolated: bool = Field(description="false: agents reach the network as the service does.")
+    limits: dict[str, int] = Field(description="Per-process resource limits; 0 = none.")
+
+
 class RalphHealth(BaseModel):
     status: Literal["healthy", "degraded"]
     version: str
     loop_enabled: bool
     active_tasks: int
     backends: list[BackendHealth]
+    isolation: Isolation | None = Field(default=None, description="Always sent; optional for clients of older services.")
     uptime_seconds: float
 
 
@@ -308,4 +318,5 @@ class WrapperHealth(BaseModel):
     workspace: str
     llama_cpp_url: str
     llm_reachable: bool
+    isolation: Isolation | None = Field(default=None, description="Always sent; optional for clients of older services.")
     uptime_seconds: float

@@ -49,10 +49,13 @@ class GroupProcess(asyncio.subprocess.Process):
         await asyncio.shield(self._exit)
 
 
-async def start_in_group(program: str, *args: str, **kwargs: Any) -> GroupProcess:
-    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone."""
+async def start_in_group(program: str, *args: str, child_setup: Callable[[], None] | None = None, **kwargs: Any) -> GroupProcess:
+    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone.
+    `child_setup` runs in the child just before exec (resource limits)."""
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs)
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ExitProtocol(loop), program, *args, start_new_session=True, preexec_fn=child_setup, **kwargs
+    )
     return GroupProcess(transport, protocol, loop)
 
 

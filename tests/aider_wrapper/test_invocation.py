@@ -66,15 +66,20 @@ def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Pat
     assert "--openai-api-key" not in cmd  # a key in argv is there for `ps` to show: it goes in the environment
 
 
-def test_environment_hides_our_settings_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_hides_our_settings_and_secrets_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIDER_EDIT_FORMAT", "diff")  # aider would read this as --edit-format
-    monkeypatch.setenv("OPENAI_API_KEY", "secret")
+    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "RALPH_WIGGUM_API_KEY", "UNLISTED"):
+        monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("AISTACK_ENV_FILE", "/home/me/.config/aistack/.env")
     monkeypatch.setenv("GIT_DIR", "/elsewhere")
-    cfg = settings_for(tmp_path)
+    monkeypatch.setenv("MY_CA_BUNDLE", "/etc/ca.pem")
+    cfg = settings_for(tmp_path, ralph_agent_env_passthrough="MY_CA_BUNDLE")
     files = invocation.write_model_files(cfg)
     env = invocation.aider_env(cfg, files)
-    assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_")) and k != "OPENAI_API_KEY"]
+    assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_", "AISTACK_", "RALPH_")) and k != "OPENAI_API_KEY"]
     assert env["OPENAI_API_KEY"] == invocation.DUMMY_API_KEY  # ours, not the caller's: llama-server has no key
+    assert "secret" not in env.values() and "UNLISTED" not in env and "GITHUB_TOKEN" not in env
+    assert env["MY_CA_BUNDLE"] == "/etc/ca.pem"
     assert env["HOME"] == str(files.home)
     assert "127.0.0.1" in env["NO_PROXY"]
     # With the stack's key, llama-server requires it, and aider sends it.

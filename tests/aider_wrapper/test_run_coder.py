@@ -9,6 +9,7 @@ import httpx
 import pytest
 from wrapper_support import check_health, check_result, point_at
 
+from aistack.sandbox import bwrap_problem
 from support import git, make_git_repo
 
 pytestmark = pytest.mark.e2e
@@ -17,7 +18,10 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("where", ["repository", "task worktree"])
 def test_aider_creates_a_working_file_and_leaves_nothing_else(stack_env, services, coder_llama, where: str) -> None:
     wrapper = services("aider-wrapper", point_at(stack_env, coder_llama))
-    assert check_health(httpx.get(wrapper.url + "/health", timeout=5).json()).status == "healthy"
+    health = check_health(httpx.get(wrapper.url + "/health", timeout=5).json())
+    assert health.status == "healthy" and health.isolation.sandbox == (
+        "none" if bwrap_problem() else "bwrap"
+    )  # aider writes in the sandbox
     repo = checkout = make_git_repo(stack_env.workspace_root / "hello")
     if where == "task worktree":  # how the orchestrator runs a task: a git worktree under the data dir
         repo = stack_env.data_dir / "worktrees" / "task-1"

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from wrapper_support import check_health, check_result
 
+from aistack.sandbox import bwrap_problem
 from support import git, make_git_repo
 
 JSON = {"content-type": "application/json"}
@@ -27,6 +28,9 @@ def test_health_reports_aider_and_an_unreachable_llm(stack_env, wrapper) -> None
     assert health.status == "degraded"
     assert health.workspace == str(stack_env.workspace_root)
     assert health.llama_cpp_url == f"http://127.0.0.1:{stack_env.values['LLAMA_CPP_PORT']}"
+    # aider runs sandboxed wherever bwrap works (the default RALPH_SANDBOX=auto), and always under the limits
+    assert health.isolation.sandbox == ("none" if bwrap_problem() else "bwrap")
+    assert health.isolation.limits == {"cpu_seconds": 3600, "memory_mb": 8192, "processes": 4096, "file_size_mb": 1024}
 
 
 def test_llm_down_is_a_quick_transient_error(stack_env, wrapper) -> None:

@@ -24,7 +24,7 @@ SCREENSHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
 
 # The "agent": appends one line per iteration to notes.txt in the task's worktree.
 AGENT_SCRIPT = """#!/bin/sh
-echo "iteration $AISTACK_ITERATION: $AISTACK_PROMPT" >> notes.txt
+echo "iteration $AISTACK_ITERATION: $(cat "$AISTACK_PROMPT_FILE")" >> notes.txt
 echo "appended line $AISTACK_ITERATION to notes.txt"
 """
 

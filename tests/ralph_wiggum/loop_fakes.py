@@ -22,6 +22,7 @@ from aistack.ralph_wiggum.shell import ProcResult
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 from aistack.ralph_wiggum.workspace import Checkpoint, Tree
+from aistack.sandbox import Jail, Sandbox
 
 
 @dataclass
@@ -114,7 +115,7 @@ class FakeWorkspace:
         state.commits.append(f"{tree.path.name}-{len(state.commits) + 1}")
         return Checkpoint(files, f"{len(files)} files changed", state.commits[-1])
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float) -> ProcResult:
+    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
         code = self.trees[tree.path].check_exit
         return ProcResult(code, f"check said {code}", timed_out=code is None)
 
@@ -140,11 +141,11 @@ class Loop:
 
 def make_loop(tmp_path: Path, steps: list[Step], **settings) -> Loop:
     (tmp_path / "ws" / "repo").mkdir(parents=True, exist_ok=True)
-    values = {"ralph_transient_retry_seconds": 0, "ralph_max_iterations_cap": 50, **settings}
+    values = {"ralph_transient_retry_seconds": 0, "ralph_max_iterations_cap": 50, "ralph_sandbox": "off", **settings}
     config = Settings(_env_file=None, aistack_data_dir=tmp_path / "data", workspace_root=tmp_path / "ws", **values)
     store, workspace = Store.memory(), FakeWorkspace()
     agent = ScriptedAgent(workspace, steps)
-    tasks = TaskService(config, store, workspace, {"scripted": agent})
+    tasks = TaskService(config, store, workspace, {"scripted": agent}, Sandbox(config, tmp_path / ".env"))
     scheduler = Scheduler(tasks)
     return Loop(store, workspace, agent, tasks, scheduler.runner, scheduler)
 

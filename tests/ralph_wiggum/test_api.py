@@ -118,7 +118,7 @@ def test_limit_reached_without_evidence_is_exhausted(ralph, stack_env):
 
 
 def test_failed_check_output_reaches_next_iteration(ralph, stack_env):
-    agent = '#!/bin/sh\nprintf "%s" "$AISTACK_PROMPT" > "prompt-$AISTACK_ITERATION.txt"\ncat > stdin.txt\necho ok\n'
+    agent = '#!/bin/sh\ncp "$AISTACK_PROMPT_FILE" "prompt-$AISTACK_ITERATION.txt"\ncat > stdin.txt\necho ok\n'
     client, _ = ralph(agent)
     workspace = repo(stack_env)
     check = "echo 'E   expected 42, got 41'; test -f prompt-2.txt"
@@ -209,7 +209,8 @@ def test_approval_before_every_iteration_and_reject(ralph, stack_env):
 
 def test_stop_mid_iteration_ends_the_agents_process_group(ralph, stack_env):
     pidfile = stack_env.root / "child.pid"
-    client, _ = ralph(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n')
+    # unsandboxed: the agent writes its child's pid, as this machine numbers it, outside its worktree
+    client, _ = ralph(f'#!/bin/sh\nsleep 300 &\necho $! > "{pidfile}"\nwait\n', RALPH_SANDBOX="off")
     repo(stack_env)
     task_id = submit(client, workspace="repo")
     deadline = time.monotonic() + 10
@@ -231,7 +232,9 @@ def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, s
     pidfile = stack_env.root / "helper.pid"
     # the helper inherits stdout and would hold the pipe open for 300 s
     client, _ = ralph(
-        f'#!/bin/sh\necho x >> f.txt\nsleep 300 &\necho $! > "{pidfile}"\necho started a helper\n', RALPH_ITERATION_TIMEOUT_SECONDS=120
+        f'#!/bin/sh\necho x >> f.txt\nsleep 300 &\necho $! > "{pidfile}"\necho started a helper\n',
+        RALPH_ITERATION_TIMEOUT_SECONDS=120,
+        RALPH_SANDBOX="off",  # as above
     )
     repo(stack_env)
     task = wait_for(client, submit(client, workspace="repo", max_iterations=1), {"completed", "exhausted", "failed"}, timeout=15)

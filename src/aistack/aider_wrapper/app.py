@@ -23,10 +23,11 @@ from fastapi import FastAPI, Request
 from aistack import __version__
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
-from aistack.config import Settings
+from aistack.config import Settings, resolve_env_file
 from aistack.contracts import ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
 from aistack.gitcli import GitError, confine_repository
 from aistack.paths import PathNotAllowed, confine
+from aistack.sandbox import Sandbox
 from aistack.web import check_bind, error_responses, http_error, install_error_handlers, require_api_key, sends_key, serve
 
 log = logging.getLogger("aistack.aider_wrapper")
@@ -39,6 +40,7 @@ CANCEL_WAIT_SECONDS = 5.0
 class WrapperState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.sandbox = Sandbox(settings, resolve_env_file())  # ConfigError when RALPH_SANDBOX=bwrap cannot be had
         self.files = invocation.write_model_files(settings)
         self.registry = RunRegistry(settings.aider_max_parallel)
         self.aider = AiderCheck(None, None, "not checked yet")
@@ -66,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
             log.info("aider: %s (%s)", state.aider.path, state.aider.version)
         else:
             log.warning("aider is not available: %s", state.aider.problem)
+        log.info("aider runs in sandbox %s (%s)", "bwrap" if state.sandbox.bwrap else "none", state.sandbox.reason)
         poller = asyncio.create_task(state.poll_llm())
         try:
             yield
@@ -92,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
             workspace=str(settings.workspace_root),
             llama_cpp_url=settings.url("llama-cpp"),
             llm_reachable=llm_ok,
+            isolation=state.sandbox.isolation(),
             uptime_seconds=round(time.monotonic() - started, 1),
         )
 
@@ -107,7 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise http_error(409, str(exc), exc.field) from None
         watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         try:
-            return await execute(settings, state.files, state.aider, state.client, job, run, state.registry)
+            return await execute(settings, state.files, state.aider, state.sandbox, state.client, job, run, state.registry)
         finally:
             watcher.cancel()
             state.registry.release(run)

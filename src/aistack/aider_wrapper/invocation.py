@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aistack import agentenv
 from aistack.config import Settings
 from aistack.files import atomic_write
 
@@ -125,14 +126,13 @@ def find_aider(settings: Settings) -> Path | None:
 
 
 def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
-    """The environment aider runs in. Our AIDER_* settings must not reach it: aider reads
-    AIDER_<OPTION> variables as options (AIDER_EDIT_FORMAT would be one)."""
-    dropped = ("AIDER_", "OPENAI_", "ANTHROPIC_", "LITELLM_", "GIT_", "AISTACK_", "LLAMA_CPP_", "RALPH_", "WORKSPACE_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    """The environment aider runs in: the agents' allow-list (`agentenv`), its own HOME, and what
+    it needs to run plainly. No AIDER_* setting of ours reaches it (aider reads AIDER_<OPTION>
+    variables as options), nor any key: the LLM endpoint and its dummy key are on the command line."""
+    env = agentenv.environ(settings, files.home)
     llama_host = settings.url("llama-cpp").split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
     no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), llama_host]))
     env.update(
-        HOME=str(files.home),
         TERM="dumb",  # plain output, no prompt_toolkit
         NO_COLOR="1",
         COLUMNS="10000",  # no wrapped lines: error lines are read one per line
@@ -142,7 +142,7 @@ def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
         # llama-server requires the stack's key when one is set; in the environment, not in argv
         # where `ps` would show it
         OPENAI_API_KEY=settings.api_key or DUMMY_API_KEY,
-        NO_PROXY=no_proxy,
+        NO_PROXY=no_proxy,  # a proxy the user passes through is never used for llama-cpp
         no_proxy=no_proxy,
     )
     return env

@@ -15,6 +15,7 @@ from pathlib import Path
 from aistack.aider_wrapper.errors import FatalError, classify_line
 from aistack.contracts import TokenCounts
 from aistack.procgroup import end_group, kill_group, start_in_group
+from aistack.sandbox import Jail
 
 MAX_OUTPUT_CHARS = 1_000_000  # beyond this the start of the output is dropped
 TIMEOUT_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL after this long
@@ -70,9 +71,11 @@ class OutputBuffer:
         return joined
 
 
-async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event) -> ProcessOutcome:
-    """Run `cmd` to its end, or until `timeout` seconds pass, `cancel` is set, or it prints a
-    transient LLM error; in the last three cases its whole process group is ended."""
+async def run_process(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event, jail: Jail | None = None
+) -> ProcessOutcome:
+    """Run `cmd` (in `jail` when given) to its end, or until `timeout` seconds pass, `cancel` is
+    set, or it prints a transient LLM error; in the last three cases its whole process group is ended."""
     stop_fatal: list[FatalError] = []
     fatal_seen = asyncio.Event()
 
@@ -84,7 +87,7 @@ async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: f
 
     buffer = OutputBuffer(on_line)
     proc = await start_in_group(
-        *cmd, cwd=cwd, env=env,
+        *(jail.argv(cmd) if jail else cmd), cwd=cwd, env=env, child_setup=jail.limits.setter() if jail else None,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))

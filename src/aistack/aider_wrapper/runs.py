@@ -22,6 +22,7 @@ from aistack.config import Settings
 from aistack.contracts import ExecuteResult, TokenCounts
 from aistack.gitcli import GitError
 from aistack.health import acheck
+from aistack.sandbox import Sandbox
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -139,6 +140,7 @@ async def execute(
     settings: Settings,
     files: invocation.AiderFiles,
     aider: AiderCheck,
+    sandbox: Sandbox,
     client: httpx.AsyncClient,
     job: Job,
     run: ActiveRun,
@@ -167,7 +169,7 @@ async def execute(
             registry.slots.release()
         return result("error", error="cancelled")
     try:
-        return await _run_in_slot(settings, files, aider, client, job, run, result)
+        return await _run_in_slot(settings, files, aider, sandbox, client, job, run, result)
     except GitError as exc:
         return result("error", error=str(exc))
     except OSError as exc:  # aider vanished since the start, or the data dir is not writable
@@ -180,6 +182,7 @@ async def _run_in_slot(
     settings: Settings,
     files: invocation.AiderFiles,
     aider: AiderCheck,
+    sandbox: Sandbox,
     client: httpx.AsyncClient,
     job: Job,
     run: ActiveRun,
@@ -206,7 +209,12 @@ async def _run_in_slot(
         timeout_seconds=job.timeout_seconds,
     )  # fmt: skip
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
-    outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel)
+    # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable
+    jail = sandbox.jail(
+        job.workspace, writable=[files.home, folder], readable=[files.model_settings, files.model_metadata, files.env_file, aider.path],
+        git_writable=True,
+    )  # fmt: skip
+    outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel, jail)
     for cache in set(job.workspace.glob(TAGS_CACHE_GLOB)) - caches_before:
         await asyncio.to_thread(shutil.rmtree, cache, ignore_errors=True)
     after = await gitstate.snapshot(job.workspace)

@@ -72,6 +72,7 @@ async def health(request: Request) -> RalphHealth | HealthSummary:
         loop_enabled=request.app.state.settings.ralph_loop_enabled,
         active_tasks=_scheduler(request).active_count,
         backends=backends,
+        isolation=request.app.state.sandbox.isolation(),
         uptime_seconds=round(time.monotonic() - request.app.state.started, 1),
     )
 

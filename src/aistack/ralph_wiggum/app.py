@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from aistack import __version__
-from aistack.config import Settings
+from aistack.config import Settings, resolve_env_file
 from aistack.preflight import before_serve
 from aistack.ralph_wiggum.api import router, task_error
 from aistack.ralph_wiggum.backends import configured_backends
@@ -22,12 +22,14 @@ from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
 from aistack.ralph_wiggum.workspace import GitWorktrees
+from aistack.sandbox import Sandbox
 from aistack.web import check_bind, install_error_handlers, require_api_key, serve
 
 log = logging.getLogger("aistack.ralph")
 
 
 def create_app(settings: Settings) -> FastAPI:
+    sandbox = Sandbox(settings, resolve_env_file())  # ConfigError when RALPH_SANDBOX=bwrap cannot be had
     notifier = Notifier()
     store = Store.sqlite(settings.db_path, on_event=notifier.notify)
     mcp = HttpEndpoint(settings.api_key, settings.aistack_bind_address)
@@ -35,9 +37,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         notifier.bind(asyncio.get_running_loop())
-        backends = configured_backends(settings)
+        backends = configured_backends(settings, sandbox)
         workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root)
-        tasks = TaskService(settings, store, workspace, backends)
+        tasks = TaskService(settings, store, workspace, backends, sandbox)
         scheduler = Scheduler(tasks)
         app.state.tasks, app.state.scheduler = tasks, scheduler
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
@@ -45,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
             backend.start()
         scheduler.start()
         log.info("ralph-wiggum %s ready: backends %s, data in %s", __version__, ", ".join(backends), settings.aistack_data_dir)
+        log.info("agents and checks: sandbox %s (%s)", "bwrap" if sandbox.bwrap else "none", sandbox.reason)
         try:
             async with mcp.serving(app):
                 yield
@@ -62,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.started = time.monotonic()
     app.state.settings = settings
+    app.state.sandbox = sandbox
     app.state.store = store
     app.state.notifier = notifier
     install_error_handlers(app)

@@ -8,10 +8,10 @@ person must decide. Every decision comes from `rules`; this module only does the
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import replace
 
+from aistack import agentenv
 from aistack.contracts import TaskStatus
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
@@ -135,7 +135,11 @@ class TaskRunner:
             await asyncio.sleep(delay)
 
     async def _check(self, task: TaskRecord, tree: Tree, number: int) -> tuple[int | None, str]:
-        env = {**os.environ, "AISTACK_TASK_ID": task.id, "AISTACK_ITERATION": str(number)}
+        """The check runs as the agent does: the allow-listed environment, the task's home, its jail."""
+        command = task.check_command or ""
+        home = agentenv.TaskFiles.of(self.settings, task.id).prepare().home
+        env = agentenv.environ(self.settings, home, AISTACK_TASK_ID=task.id, AISTACK_ITERATION=str(number))
+        jail = self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
         timeout = float(self.settings.ralph_check_timeout_seconds)
-        result = await self.workspace.check(tree, task.check_command or "", env, timeout)
+        result = await self.workspace.check(tree, command, env, timeout, jail)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)

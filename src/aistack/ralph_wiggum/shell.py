@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.procgroup import end_group, kill_group, start_in_group
+from aistack.sandbox import Jail
 
 MAX_OUTPUT = 1_000_000  # bytes kept of a command's output (the end is kept)
 GRACE_SECONDS = 1.0
@@ -54,24 +55,31 @@ class ProcResult:
     timed_out: bool
 
 
-async def run_shell(command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float) -> ProcResult:
-    """Run `command` (with `sh -c` when it needs a shell) in its own session. It is done when it
-    exits — not when its output pipe closes, which a helper left in the background would hold
-    open — and then nothing it started may outlive it. On timeout or cancellation the whole group
-    is ended: SIGTERM, then SIGKILL."""
-    pipes: dict[str, Any] = {
+async def run_shell(
+    command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float, jail: Jail | None = None
+) -> ProcResult:
+    """Run `command` (with `sh -c` when it needs a shell) in its own session, in `jail` when
+    given. It is done when it exits — not when its output pipe closes, which a helper left in the
+    background would hold open — and then nothing it started may outlive it. On timeout or
+    cancellation the whole group is ended: SIGTERM, then SIGKILL."""
+    options: dict[str, Any] = {
         "stdin": asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         "stdout": asyncio.subprocess.PIPE,
         "stderr": asyncio.subprocess.STDOUT,
+        "child_setup": jail.limits.setter() if jail else None,
     }
-    argv = shell_argv(command, cwd, env)
+    shelled = ["/bin/sh", "-c", command]
+    if jail and jail.prefix:  # always a shell inside bwrap: it runs what exec cannot, as below
+        argv, shelled = jail.argv(shelled), jail.argv(shelled)
+    else:
+        argv = shell_argv(command, cwd, env)
     direct_env = {**(env if env is not None else os.environ), "PWD": str(cwd)}  # as sh would set it
     try:
-        proc = await start_in_group(*argv, cwd=cwd, env=env if argv[0] == "/bin/sh" else direct_env, **pipes)
+        proc = await start_in_group(*argv, cwd=cwd, env=env if argv == shelled else direct_env, **options)
     except OSError:  # e.g. a script without a #! line, which only a shell runs
-        if argv[0] == "/bin/sh":
+        if argv == shelled:
             raise
-        proc = await start_in_group("/bin/sh", "-c", command, cwd=cwd, env=env, **pipes)
+        proc = await start_in_group(*shelled, cwd=cwd, env=env, **options)
     chunks: list[bytes] = []
     io = [asyncio.create_task(_read(proc.stdout, chunks))] if proc.stdout else []
     if stdin is not None and proc.stdin is not None:

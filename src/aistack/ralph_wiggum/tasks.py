@@ -8,6 +8,7 @@ it. `api.py` only parses a request, calls one of these and answers; errors come 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
+from aistack import agentenv
 from aistack.config import Settings
 from aistack.contracts import FileList, TaskCreate, TaskStatus
 from aistack.paths import PathNotAllowed, confine
@@ -24,6 +26,7 @@ from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.workspace import Workspace
+from aistack.sandbox import Sandbox
 
 _FILE_LIST = TypeAdapter(FileList)
 
@@ -67,11 +70,12 @@ class _Idle:
 
 
 class TaskService:
-    def __init__(self, settings: Settings, store: Store, workspace: Workspace, backends: Mapping[str, Backend]):
+    def __init__(self, settings: Settings, store: Store, workspace: Workspace, backends: Mapping[str, Backend], sandbox: Sandbox):
         self.settings = settings
         self.store = store
         self.workspace = workspace
         self.backends = backends
+        self.sandbox = sandbox  # where agents and checks run
         self.driver: Driver = _Idle()  # the scheduler, once it exists
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -146,8 +150,9 @@ class TaskService:
         return task
 
     async def release(self, task: TaskRecord) -> None:
-        """What an ended task gives back: its tree (the branch and its checkpoints stay)."""
+        """What an ended task gives back: its tree and its agent's files (the branch and its checkpoints stay)."""
         await self.workspace.remove(task)
+        await asyncio.to_thread(agentenv.TaskFiles.of(self.settings, task.id).remove)
 
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
         """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""

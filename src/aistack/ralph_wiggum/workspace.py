@@ -18,6 +18,7 @@ from aistack.gitcli import IDENTITY, GitError, changes, confine_repository, fail
 from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.shell import ProcResult, run_shell
+from aistack.sandbox import Jail
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class Workspace(Protocol):
         """Commit everything changed since the last checkpoint (if anything did)."""
         ...
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float) -> ProcResult:
-        """Run the task's check command there; what it writes is undone afterwards."""
+    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
+        """Run the task's check command there (in `jail`); what it writes is undone afterwards."""
         ...
 
     async def remove(self, task: TaskRecord) -> None:
@@ -149,8 +150,8 @@ class GitWorktrees:
         commit = match.group(1) if match else (await git(tree.path, "rev-parse", "HEAD")).strip()
         return Checkpoint(tuple(sorted(path for _, path in entries)), _diff_stat(result.out), commit)
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float) -> ProcResult:
-        result = await run_shell(command, tree.path, env=env, timeout=timeout)
+    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
+        result = await run_shell(command, tree.path, env=env, timeout=timeout, jail=jail)
         # what the check wrote (caches, build output) must not count as the agent's next change
         if (await git(tree.path, "status", "--porcelain", "--untracked-files=normal", locks=False)).strip():
             await self._reset_to(tree.path, "HEAD")

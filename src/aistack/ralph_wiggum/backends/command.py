@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import os
-
+from aistack import agentenv
+from aistack.config import Settings
 from aistack.contracts import BackendHealth
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 from aistack.ralph_wiggum.shell import run_shell
+from aistack.sandbox import Sandbox
 
 
 class CommandBackend:
-    """The prompt arrives on stdin and in $AISTACK_PROMPT, the iteration number in
-    $AISTACK_ITERATION; stdout and stderr together are the reply; exit 0 is success."""
+    """The prompt arrives on stdin and in the file $AISTACK_PROMPT_FILE, the iteration number in
+    $AISTACK_ITERATION; stdout and stderr together are the reply; exit 0 is success. The command
+    sees only the allow-listed environment (`agentenv`) and runs in the service's sandbox."""
 
     name = "command"
 
-    def __init__(self, command: str):
-        self.command = command
+    def __init__(self, command: str, settings: Settings, sandbox: Sandbox):
+        self.command, self.settings, self.sandbox = command, settings, sandbox
 
     async def run(self, request: IterationRequest) -> IterationResult:
-        env = {
-            **os.environ,
-            "AISTACK_PROMPT": request.prompt,
-            "AISTACK_ITERATION": str(request.iteration),
-            "AISTACK_TASK_ID": request.task_id,
-        }
-        result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds)
+        files = agentenv.TaskFiles.of(self.settings, request.task_id).prepare(request.prompt)
+        env = agentenv.environ(
+            self.settings, files.home,
+            AISTACK_PROMPT_FILE=str(files.prompt), AISTACK_ITERATION=str(request.iteration), AISTACK_TASK_ID=request.task_id,
+        )  # fmt: skip
+        jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
+        result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail)
         if result.timed_out:
             return IterationResult("error", result.output, f"command timed out after {request.timeout_seconds:.0f} s")
         if result.exit_code != 0:
