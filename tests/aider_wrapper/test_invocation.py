@@ -68,8 +68,9 @@ def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Pat
 
 def test_environment_hides_our_settings_and_secrets_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIDER_EDIT_FORMAT", "diff")  # aider would read this as --edit-format
-    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "RALPH_WIGGUM_API_KEY", "UNLISTED"):
+    for name in ("OPENAI_API_KEY", "GITHUB_TOKEN", "UNLISTED"):
         monkeypatch.setenv(name, "secret")
+    monkeypatch.setenv("RALPH_WIGGUM_API_KEY", "stack-key")  # the stack's key: aider gets it only to reach llama-server
     monkeypatch.setenv("AISTACK_ENV_FILE", "/home/me/.config/aistack/.env")
     monkeypatch.setenv("GIT_DIR", "/elsewhere")
     monkeypatch.setenv("MY_CA_BUNDLE", "/etc/ca.pem")
@@ -77,13 +78,14 @@ def test_environment_hides_our_settings_and_secrets_from_aider(tmp_path: Path, m
     files = invocation.write_model_files(cfg)
     env = invocation.aider_env(cfg, files)
     assert not [k for k in env if k.startswith(("AIDER_", "OPENAI_", "GIT_", "AISTACK_", "RALPH_")) and k != "OPENAI_API_KEY"]
-    assert env["OPENAI_API_KEY"] == invocation.DUMMY_API_KEY  # ours, not the caller's: llama-server has no key
+    assert env["OPENAI_API_KEY"] == "stack-key"  # the key llama-server requires, not the caller's OPENAI_API_KEY
     assert "secret" not in env.values() and "UNLISTED" not in env and "GITHUB_TOKEN" not in env
     assert env["MY_CA_BUNDLE"] == "/etc/ca.pem"
     assert env["HOME"] == str(files.home)
     assert "127.0.0.1" in env["NO_PROXY"]
-    # With the stack's key, llama-server requires it, and aider sends it.
-    assert invocation.aider_env(settings_for(tmp_path, ralph_wiggum_api_key="k-123"), files)["OPENAI_API_KEY"] == "k-123"
+    # Without a key llama-server takes any; aider still needs one to send.
+    monkeypatch.delenv("RALPH_WIGGUM_API_KEY")
+    assert invocation.aider_env(settings_for(tmp_path), files)["OPENAI_API_KEY"] == invocation.DUMMY_API_KEY
 
 
 def test_find_aider_prefers_the_configured_binary(tmp_path: Path) -> None:

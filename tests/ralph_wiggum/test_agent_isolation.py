@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.contracts import PROMPT_MAX_CHARS
 from aistack.sandbox import bwrap_problem
 from support import StackEnv, git, make_git_repo, missing, wait_until
 
@@ -75,10 +76,11 @@ def test_agent_and_check_see_only_allowed_variables(stack_env, services, sandbox
 
 
 def test_a_prompt_longer_than_exec_allows_reaches_the_agent(stack_env, services):
-    """A variable holds at most 128 KiB: the prompt comes on stdin and in a file outside the worktree."""
+    """A variable holds at most 128 KiB (MAX_ARG_STRLEN): the prompt comes on stdin and in a file
+    outside the worktree, so the longest prompt the API takes, in two-byte characters, arrives whole."""
     client = start(stack_env, services, '#!/bin/sh\nwc -c < "$AISTACK_PROMPT_FILE" > file.txt\nwc -c > stdin.txt\n')
     make_git_repo(stack_env.workspace_root / "repo")
-    prompt = "Make it so. " * 15_000  # 180,000 bytes
+    prompt = "é" * PROMPT_MAX_CHARS  # 131,072 bytes: over MAX_ARG_STRLEN as a variable
 
     task, [iteration] = run_task(client, prompt=prompt)
 
@@ -86,7 +88,7 @@ def test_a_prompt_longer_than_exec_allows_reaches_the_agent(stack_env, services)
     assert iteration["files_modified"] == ["file.txt", "stdin.txt"]  # the prompt file itself is never committed
     branch = f"aistack/{task['id']}"
     for name in ("file.txt", "stdin.txt"):
-        assert int(git(stack_env.workspace_root / "repo", "show", f"{branch}:{name}")) == len(prompt)
+        assert int(git(stack_env.workspace_root / "repo", "show", f"{branch}:{name}")) == len(prompt.encode())
 
 
 def test_the_sandbox_hides_the_service_and_keeps_writes_in_the_worktree(stack_env, services):

@@ -255,9 +255,10 @@ def test_hung_agent_and_hung_check_are_ended_at_their_timeouts_with_their_groups
     # `$$` is the group leader: each command runs in a session of its own.
     hang = f'echo $$ > "{groups}/$1"; sleep 600 & wait'
     client, _ = ralph(
-        f'#!/bin/sh\ncase "$AISTACK_PROMPT" in hang*) {hang.replace("$1", "agent")};; esac\necho x >> f.txt\n',
+        f'#!/bin/sh\ncase "$(cat "$AISTACK_PROMPT_FILE")" in hang*) {hang.replace("$1", "agent")};; esac\necho x >> f.txt\n',
         RALPH_ITERATION_TIMEOUT_SECONDS=2,
         RALPH_CHECK_TIMEOUT_SECONDS=2,
+        RALPH_SANDBOX="off",  # the agent writes its host pid outside its worktree
     )
     repo(stack_env)
     agent_task = submit(client, workspace="repo", prompt="hang, agent", max_iterations=1)
