@@ -2,20 +2,25 @@
 
 Each child runs in its own session (process group), and the group is signalled as a whole, so
 nothing a command started outlives it. Async children (the orchestrator's shell commands, the
-wrapper's aider runs, git) learn of their exit from asyncio's child watcher. Sync ones that
-belong to one command (the engine build, llama-server under its service) die with their parent
-where the OS allows; the lifecycle's services, meant to outlive `aistack up`, do not."""
+wrapper's aider runs, git) learn of their exit from asyncio's child watcher. Children that
+belong to one process (agents, checks, aider, the engine build, llama-server under its service)
+die with their parent where the OS allows; git, whose every step should end whole, and the
+lifecycle's services, meant to outlive `aistack up`, do not. A group can be named durably
+(`GroupIdentity`), so that a later process can end what a crashed one left running."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import signal
 import subprocess
 from asyncio.subprocess import SubprocessStreamProtocol
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -49,8 +54,13 @@ class GroupProcess(asyncio.subprocess.Process):
         await asyncio.shield(self._exit)
 
 
-async def start_in_group(program: str, *args: str, **kwargs: Any) -> GroupProcess:
-    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone."""
+async def start_in_group(program: str, *args: str, dies_with_parent: bool = False, **kwargs: Any) -> GroupProcess:
+    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone.
+    `dies_with_parent`: the kernel kills the child (the group's leader) when this process dies.
+    (It fires when the forking *thread* ends: asyncio forks in the event loop's thread, which
+    outlives every child it starts, as each is ended before its coroutine returns.)"""
+    if dies_with_parent:
+        kwargs["preexec_fn"] = die_with_parent()
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs)
     return GroupProcess(transport, protocol, loop)
@@ -87,17 +97,93 @@ def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] 
     """A `preexec_fn` that makes the kernel send `sig` to the child when this process dies,
     however it dies (even `kill -9`), so no orphan keeps a port or a CPU busy. None off Linux."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: never load libraries after fork
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # found here: after fork, as little as can be
     except OSError:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
     return preexec
+
+
+def proc_starttime(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (/proc/PID/stat field 22): pid and start time
+    name one process, where a pid alone may be a later one's. None if it is gone or a zombie."""
+    stat = _stat(pid)
+    return stat[2] if stat is not None and stat[0] != "Z" else None
+
+
+@dataclass(frozen=True)
+class GroupIdentity:
+    """A process group as a later process (after a crash) can recognise it: its id, when its
+    leader started and in which boot. A group id is a pid, and pids are reused."""
+
+    pgid: int
+    leader_start: int  # clock ticks after boot
+    boot_id: str
+
+
+def identify_group(pgid: int) -> GroupIdentity | None:
+    """The identity of the running group led by `pgid`; None if its leader is gone (or no /proc)."""
+    start, boot = proc_starttime(pgid), boot_id()
+    return GroupIdentity(pgid, start, boot) if start is not None and boot is not None else None
+
+
+async def end_orphaned_group(group: GroupIdentity, timeout: float = 5.0) -> bool:
+    """SIGKILL what still runs of a group an earlier process started, and wait until none of it
+    runs (zombies that only wait to be reaped do not count). A group of another boot, or whose
+    id now leads a stranger's group, is left alone. False if something ran on after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await asyncio.to_thread(_members, group):  # a scan of /proc: off the event loop
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        kill_group(group.pgid, signal.SIGKILL)  # the whole group at once, with what it forked meanwhile
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _members(group: GroupIdentity) -> list[int]:
+    """The live processes of `group`, provably the group that was recorded. The kernel does not
+    hand out a pid while a group of that id has members, so a group whose leader has died (its
+    parent-death signal) is still the one recorded; a leader of another start means the id was
+    reused after every member had gone."""
+    if boot_id() != group.boot_id:
+        return []
+    members = []
+    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
+        stat = _stat(pid)
+        if stat is None or stat[1] != group.pgid:
+            continue
+        state, _, start = stat
+        if pid == group.pgid and start != group.leader_start:
+            return []
+        if state != "Z" and start >= group.leader_start:
+            members.append(pid)
+    return members
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time) from /proc/PID/stat; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot's random id (Linux); start times count from the boot, so they need it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 @contextmanager
