@@ -8,6 +8,7 @@ it. `api.py` only parses a request, calls one of these and answers; errors come 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,12 +17,15 @@ from typing import Protocol
 from aistack.config import Settings
 from aistack.contracts import TaskCreate, TaskStatus
 from aistack.paths import PathNotAllowed, confine
+from aistack.procgroup import end_orphaned_group
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend
 from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.workspace import Workspace
+
+log = logging.getLogger("aistack.ralph")
 
 
 class TaskError(Exception):
@@ -140,8 +144,24 @@ class TaskService:
         return task
 
     async def release(self, task: TaskRecord) -> None:
-        """What an ended task gives back: its tree (the branch and its checkpoints stay)."""
+        """What an ended task gives back: its tree (the branch and its checkpoints stay), and
+        anything an interrupted iteration left running."""
+        await self.end_leftovers(task.id)
         await self.workspace.remove(task)
+
+    async def end_leftovers(self, task_id: str) -> bool:
+        """End the process groups of the task's iteration that an earlier process of the
+        orchestrator left when it died: their leaders die with it, what they started does not.
+        False if something of them still ran after SIGKILL (a process stuck in the kernel)."""
+        ended = True
+        for group in await self.store.groups(task_id):
+            log.info("task %s: ending what is left of process group %d, started before a restart", task_id, group.pgid)
+            if await end_orphaned_group(group):
+                await self.store.remove_group(task_id, group)
+            else:
+                log.warning("task %s: process group %d still runs after SIGKILL", task_id, group.pgid)
+                ended = False
+        return ended
 
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
         """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""
