@@ -84,7 +84,7 @@ async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: f
 
     buffer = OutputBuffer(on_line)
     proc = await start_in_group(
-        *cmd, cwd=cwd, env=env,
+        *cmd, cwd=cwd, env=env, dies_with_parent=True,  # a wrapper killed with -9 takes aider along
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))
