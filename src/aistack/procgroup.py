@@ -62,8 +62,24 @@ async def start_in_group(program: str, *args: str, dies_with_parent: bool = Fals
     if dies_with_parent:
         kwargs["preexec_fn"] = die_with_parent()
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs)
+    starting = loop.create_task(loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs))
+    try:
+        transport, protocol = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # Cancelled while its pipes were being connected, asyncio would kill the leader alone and
+        # then wait for the pipes, which a helper the leader started holds open: the start is let
+        # finish (a few loop turns), and then the whole group ends.
+        starting.add_done_callback(_end_started)
+        await asyncio.wait([starting])
+        raise
     return GroupProcess(transport, protocol, loop)
+
+
+def _end_started(starting: asyncio.Task[tuple[asyncio.SubprocessTransport, Any]]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        transport, _ = starting.result()
+        kill_group(transport.get_pid(), signal.SIGKILL)
+        transport.close()
 
 
 async def end_group(proc: GroupProcess, grace: float) -> None:
