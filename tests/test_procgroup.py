@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -68,3 +69,38 @@ def test_a_group_that_is_gone_has_no_identity_and_nothing_to_end():
     pid = int(done.stdout)
     assert identify_group(pid) is None
     assert asyncio.run(end_orphaned_group(GroupIdentity(pid, 1, "any"))) is True
+
+
+# Starts two groups that die with it; its warden is killed in between, so the second start needs a
+# new warden, which must be told of the first group too. Then it waits to be killed.
+OWNER = """
+import asyncio, os, signal, sys
+from aistack.procgroup import WARDEN, start_in_group
+
+async def main():
+    await start_in_group("/bin/sh", "-c", "sleep 300 & echo $! > {tmp}/first; wait", dies_with_parent=True)
+    os.kill(WARDEN.pid, signal.SIGKILL)
+    os.waitpid(WARDEN.pid, 0)
+    await start_in_group("/bin/sh", "-c", "sleep 300 & echo $! > {tmp}/second; wait", dies_with_parent=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+def test_whole_groups_die_with_their_owner_even_after_its_warden_was_replaced(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", OWNER.format(tmp=tmp_path)])
+    pidfiles = [tmp_path / "first", tmp_path / "second"]
+    try:
+        assert wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pidfiles), 30)
+        helpers = [int(p.read_text()) for p in pidfiles]
+        assert all(alive(pid) for pid in helpers)
+        owner.kill()  # SIGKILL: the owner ends nothing itself
+        owner.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in helpers), 10), "a helper outlived its owner"
+    finally:
+        owner.kill()
+        owner.wait()
+        for pid in (int(p.read_text()) for p in pidfiles if p.exists() and p.read_text().strip()):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -3,10 +3,11 @@
 Each child runs in its own session (process group), and the group is signalled as a whole, so
 nothing a command started outlives it. Async children (the orchestrator's shell commands, the
 wrapper's aider runs, git) learn of their exit from asyncio's child watcher. Children that
-belong to one process (agents, checks, aider, the engine build, llama-server under its service)
-die with their parent where the OS allows; git, whose every step should end whole, and the
-lifecycle's services, meant to outlive `aistack up`, do not. A group can be named durably
-(`GroupIdentity`), so that a later process can end what a crashed one left running."""
+belong to one process die with it: agents, checks and aider with their whole group (`Warden`),
+the engine build and llama-server under its service by a parent-death signal; git, whose every
+step should end whole, and the lifecycle's services, meant to outlive `aistack up`, do not. A
+group can be named durably (`GroupIdentity`), so that a later process can end what a crashed one
+left running."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import functools
 import os
 import signal
 import subprocess
+import threading
 from asyncio.subprocess import SubprocessStreamProtocol
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,11 +58,8 @@ class GroupProcess(asyncio.subprocess.Process):
 
 async def start_in_group(program: str, *args: str, dies_with_parent: bool = False, **kwargs: Any) -> GroupProcess:
     """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone.
-    `dies_with_parent`: the kernel kills the child (the group's leader) when this process dies.
-    (It fires when the forking *thread* ends: asyncio forks in the event loop's thread, which
-    outlives every child it starts, as each is ended before its coroutine returns.)"""
-    if dies_with_parent:
-        kwargs["preexec_fn"] = die_with_parent()
+    `dies_with_parent`: the whole group is killed when this process dies, however it dies (the
+    warden's work, from the start until the leader exits)."""
     loop = asyncio.get_running_loop()
     starting = loop.create_task(loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs))
     try:
@@ -72,6 +71,10 @@ async def start_in_group(program: str, *args: str, dies_with_parent: bool = Fals
         starting.add_done_callback(_end_started)
         await asyncio.wait([starting])
         raise
+    if dies_with_parent:
+        pgid = transport.get_pid()
+        WARDEN.watch(pgid)
+        protocol.exit.add_done_callback(lambda _: WARDEN.forget(pgid))  # before the id can be reused
     return GroupProcess(transport, protocol, loop)
 
 
@@ -91,6 +94,76 @@ async def end_group(proc: GroupProcess, grace: float) -> None:
     except TimeoutError:
         kill_group(proc.pid, signal.SIGKILL)
         await proc.exited()
+
+
+class Warden:
+    """A helper process that SIGKILLs the process groups it was told of when this process dies,
+    however it dies (even `kill -9`): it reads their ids from a pipe that only this process holds
+    open, and at its end kills those still listed. Unlike a parent-death signal it ends the whole
+    group, not only the leader; and a child needs no `preexec_fn`, which makes every start a full
+    fork of this process, run Python in the child, and fire when the forking *thread* ends
+    (measured in the orchestrator: ~8 ms a child instead of ~2; bench_loop 1.9× became 2.7×)."""
+
+    # POSIX sh (dash's kill takes no `--`); its own session, so a signal to this process's group
+    # does not reach it. An id that is not a number above 1 is skipped: `kill -KILL -1` would
+    # signal every process.
+    SCRIPT = """
+groups=' '
+while read -r sign pgid; do
+    case $pgid in ''|*[!0-9]*|0|1) continue ;; esac
+    case $sign in
+        +) groups="$groups$pgid " ;;
+        -) case $groups in *" $pgid "*) groups="${groups%% $pgid *} ${groups#* $pgid }" ;; esac ;;
+    esac
+done
+for pgid in $groups; do kill -KILL "-$pgid" 2>/dev/null; done
+"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # event loops in several threads may start children
+        self._groups: set[int] = set()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def watch(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+            self._send(f"+ {pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.discard(pgid)
+            self._send(f"- {pgid}\n")
+
+    def _send(self, line: str) -> None:
+        """One write per line (shorter than PIPE_BUF, so never split). A warden that died is
+        replaced, once, and told every group again."""
+        for _ in range(2):
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+                line = "".join(f"+ {pgid}\n" for pgid in self._groups)
+            if self._proc is None or self._proc.stdin is None:
+                return
+            try:
+                self._proc.stdin.write(line.encode())  # unbuffered: one write(2)
+                return
+            except OSError:  # EPIPE: it died meanwhile
+                self._proc = None
+
+    def _start(self) -> subprocess.Popen[bytes] | None:
+        try:
+            return subprocess.Popen(
+                ["/bin/sh", "-c", self.SCRIPT], bufsize=0, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        except OSError:  # no /bin/sh: children cannot die with this process, but still run
+            return None
+
+
+WARDEN = Warden()  # this process's one warden, started with the first child that needs it
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -113,13 +186,13 @@ def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] 
     """A `preexec_fn` that makes the kernel send `sig` to the child when this process dies,
     however it dies (even `kill -9`), so no orphan keeps a port or a CPU busy. None off Linux."""
     try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # found here: after fork, as little as can be
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: never load libraries after fork
     except OSError:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 

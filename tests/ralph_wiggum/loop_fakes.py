@@ -46,7 +46,7 @@ class ScriptedAgent:
         self.workspace, self.steps = workspace, steps
         self.requests: list[IterationRequest] = []
         self.cancelled = 0
-        self.abandoned: list[tuple[str, int]] = []  # (task, iteration) an earlier process died during
+        self.abandoned: list[tuple[str, int, int]] = []  # (task, iteration, trees prepared until then)
 
     def start(self) -> None:
         return None
@@ -68,7 +68,7 @@ class ScriptedAgent:
                                exit_code=0, tokens=TokenCounts(prompt=10, completion=2))  # fmt: skip
 
     async def abandon(self, task_id: str, iteration: int) -> None:
-        self.abandoned.append((task_id, iteration))
+        self.abandoned.append((task_id, iteration, len(self.workspace.prepared)))
 
     def health(self) -> BackendHealth:
         return BackendHealth(name=self.name, available=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.procgroup import Warden
 from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until
 
 AGENT = """#!/bin/sh
@@ -322,7 +323,9 @@ def test_kill_9_mid_iteration_ends_what_the_agent_left_before_the_iteration_runs
     assert wait_until(lambda: (root / "first" / "writer").exists() and (root / "first" / "writer").read_text().strip())
     pgid = int((root / "first" / "pgid").read_text())
     try:
-        first.kill9()  # inside iteration 1, its writer asleep
+        # inside iteration 1, its writer asleep; the warden goes too, so only the take-over can end the group
+        os.kill(warden_of(first.proc.pid), signal.SIGKILL)
+        first.kill9()
         services("ralph-wiggum", stack_env)
         task = wait_for(client, task_id, {"completed", "exhausted", "failed"}, timeout=60)
         # the group of the first attempt was ended before the re-run: its write never landed
@@ -342,10 +345,10 @@ def test_kill_9_mid_iteration_ends_what_the_agent_left_before_the_iteration_runs
 
 def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     root = stack_env.root
-    # One task's agent sleeps; the other's agent is quick and its check sleeps. Both exec, so the
-    # sleeper is the group's leader, the process the kernel signals when its parent dies.
-    agent = f'mkdir "{root}/agent" 2>/dev/null && {{ echo $$ > "{root}/agent/pid"; exec sleep 300; }}; echo x >> f.txt'
-    check = f'echo $$ > "{root}/check.pid"; exec sleep 300'
+    # One task's agent waits for a helper it started; the other's agent is quick, and its check
+    # waits for a helper. Their whole groups go: the helpers too, not only the leaders.
+    agent = f'mkdir "{root}/agent" 2>/dev/null && {{ sleep 300 & echo $! > "{root}/agent/pid"; wait; }}; echo x >> f.txt'
+    check = f'sleep 300 & echo $! > "{root}/check.pid"; wait'
     stack_env.set(RALPH_COMMAND_BACKEND=str(write_script(root / "agent.sh", f"#!/bin/sh\n{agent}\n")), RALPH_MAX_CONCURRENT_TASKS=2)
     repo(stack_env)
     ralph = services("ralph-wiggum", stack_env)
@@ -361,6 +364,26 @@ def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     finally:
         for pid in filter(_alive, pids):
             os.kill(pid, signal.SIGKILL)
+
+
+def warden_of(pid: int) -> int:
+    """The process that ends `pid`'s children when it dies (procgroup.Warden)."""
+    argv = [b"/bin/sh", b"-c", Warden.SCRIPT.encode()]
+    (warden,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+                 if _read(p).split(b"\0")[:3] == argv and _ppid(int(p.parent.name)) == pid]  # fmt: skip
+    return warden
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    stat = _read(Path(f"/proc/{pid}/stat")).rsplit(b")", 1)
+    return int(stat[1].split()[1]) if len(stat) == 2 else 0
 
 
 def group_members(pgid: int) -> list[int]:

@@ -171,7 +171,8 @@ def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(
         await asyncio.gather(first_run, return_exceptions=True)
         loop.agent.steps = [Step(writes=("b",), check_exit=0)]
         await loop.runner.run(task_id)  # the restart
-        assert loop.agent.abandoned == [(task_id, 2)]  # the backend ends its run elsewhere first
+        assert loop.agent.abandoned == [(task_id, 2, 1)]  # the backend's run ended before the tree is put back
+        assert len(loop.workspace.prepared) == 2
         starts = [
             (e.data["iteration"], e.data["attempt"]) for e in await loop.store.events_after(task_id, 0) if e.type == "iteration_started"
         ]
