@@ -48,7 +48,7 @@ def test_a_group_whose_leader_died_is_ended_with_what_it_started():
         leader.stdin.close()  # the leader ends (as its parent-death signal would end it); its helper runs on
         leader.wait()
         assert alive(helper)
-        assert asyncio.run(end_orphaned_group(group)) is True
+        assert asyncio.run(end_orphaned_group(group)) == 1  # the helper
         assert wait_until(lambda: not alive(helper), 5)
 
 
@@ -58,9 +58,9 @@ def test_a_group_of_another_boot_or_a_reused_id_is_left_alone():
             dataclasses.replace(group, boot_id="another boot"),
             dataclasses.replace(group, leader_start=group.leader_start + 1),
         ):
-            assert asyncio.run(end_orphaned_group(stranger)) is True  # nothing of it runs
+            assert asyncio.run(end_orphaned_group(stranger)) == 0  # nothing of it runs
             assert alive(leader.pid) and alive(helper)
-        assert asyncio.run(end_orphaned_group(group)) is True  # the one recorded is ended
+        assert asyncio.run(end_orphaned_group(group)) == 2  # the one recorded is ended: leader and helper
         assert wait_until(lambda: not alive(leader.pid) and not alive(helper), 5)
 
 
@@ -68,7 +68,7 @@ def test_a_group_that_is_gone_has_no_identity_and_nothing_to_end():
     done = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, start_new_session=True)
     pid = int(done.stdout)
     assert identify_group(pid) is None
-    assert asyncio.run(end_orphaned_group(GroupIdentity(pid, 1, "any"))) is True
+    assert asyncio.run(end_orphaned_group(GroupIdentity(pid, 1, "any"))) == 0
 
 
 # Starts two groups that die with it; its warden is killed in between, so the second start needs a

@@ -222,17 +222,18 @@ def identify_group(pgid: int) -> GroupIdentity | None:
     return GroupIdentity(pgid, start, boot) if start is not None and boot is not None else None
 
 
-async def end_orphaned_group(group: GroupIdentity, timeout: float = 5.0) -> bool:
+async def end_orphaned_group(group: GroupIdentity, timeout: float = 5.0) -> int:
     """SIGKILL what still runs of a group an earlier process started, and wait until none of it
-    runs (zombies that only wait to be reaped do not count). A group of another boot, or whose
-    id now leads a stranger's group, is left alone. False if something ran on after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await asyncio.to_thread(_members, group):  # a scan of /proc: off the event loop
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        kill_group(group.pgid, signal.SIGKILL)  # the whole group at once, with what it forked meanwhile
-        await asyncio.sleep(0.02)
-    return True
+    runs (zombies that only wait to be reaped do not count); how many of its processes ran. A
+    group of another boot, or whose id now leads a stranger's group, is left alone. TimeoutError
+    if something still runs after `timeout` (stuck in the kernel)."""
+    found = members = await asyncio.to_thread(_members, group)  # a scan of /proc: off the event loop
+    async with asyncio.timeout(timeout):
+        while members:
+            kill_group(group.pgid, signal.SIGKILL)  # the whole group at once, with what it forked meanwhile
+            await asyncio.sleep(0.02)
+            members = await asyncio.to_thread(_members, group)
+    return len(found)
 
 
 def _members(group: GroupIdentity) -> list[int]:

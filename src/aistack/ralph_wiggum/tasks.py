@@ -150,17 +150,20 @@ class TaskService:
         await self.workspace.remove(task)
 
     async def end_leftovers(self, task_id: str) -> bool:
-        """End the process groups of the task's iteration that an earlier process of the
-        orchestrator left when it died: their leaders die with it, what they started does not.
-        False if something of them still ran after SIGKILL (a process stuck in the kernel)."""
+        """End what still runs of the process groups recorded for the task's unfinished
+        iteration: after a stop, nothing; after a crash that took the warden along, what the
+        agent or check had started. False if some of it still runs after SIGKILL."""
         ended = True
         for group in await self.store.groups(task_id):
-            log.info("task %s: ending what is left of process group %d, started before a restart", task_id, group.pgid)
-            if await end_orphaned_group(group):
-                await self.store.remove_group(task_id, group)
-            else:
+            try:
+                found = await end_orphaned_group(group)
+            except TimeoutError:
                 log.warning("task %s: process group %d still runs after SIGKILL", task_id, group.pgid)
                 ended = False
+                continue
+            if found:
+                log.info("task %s: killed process group %d (%d processes), left by an interrupted iteration", task_id, group.pgid, found)
+            await self.store.remove_group(task_id, group)
         return ended
 
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
