@@ -202,6 +202,10 @@ class IterationView(BaseModel):
 
 
 class EventView(BaseModel):
+    """One thing that happened to a task. `iteration_started` carries `iteration`,
+    `max_iterations` and `attempt`: 2 or more when the iteration runs again from its start
+    because the orchestrator died during it (nothing of the earlier attempt is kept)."""
+
     id: int
     task_id: str
     type: str

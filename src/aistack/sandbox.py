@@ -23,7 +23,7 @@ import functools
 import resource
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from aistack.contracts import Isolation
 from aistack.envfile import backup_path
 
 PROBE_TIMEOUT_SECONDS = 10.0
+PRLIMIT = "/usr/bin/prlimit"  # util-linux, Essential on Debian: present wherever setup.sh runs
 MIB = 2**20
 # What every sandbox is; the probe runs exactly this, so a machine where it fails is known at start.
 BWRAP_BASE = (
@@ -43,7 +44,7 @@ BWRAP_HIDES = "worktree writable, the rest read-only; data dir, .env and other t
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-process resource limits (0: none), set in the child before it runs anything."""
+    """Per-process resource limits (0: none), set before the agent's own program runs."""
 
     cpu_seconds: int
     memory_mb: int
@@ -72,15 +73,14 @@ class Limits:
                 limits.append((which, value if hard == resource.RLIM_INFINITY else min(value, hard)))
         return limits
 
-    def setter(self) -> Callable[[], None]:
-        """A `preexec_fn` that applies the limits (worked out here, so the child only makes syscalls)."""
+    @functools.cached_property
+    def prefix(self) -> tuple[str, ...]:
+        """util-linux's `prlimit` before the command, which sets the limits and execs it. Not a
+        `preexec_fn`: that would make every start a full fork of the service (~8 ms, not ~2)."""
+        options = {resource.RLIMIT_CPU: "--cpu", resource.RLIMIT_DATA: "--data", resource.RLIMIT_NPROC: "--nproc",
+                   resource.RLIMIT_FSIZE: "--fsize"}  # fmt: skip
         limits = self.rlimits()
-
-        def apply() -> None:
-            for which, value in limits:
-                resource.setrlimit(which, (value, value))
-
-        return apply
+        return (PRLIMIT, *(f"{options[which]}={value}" for which, value in limits), "--") if limits else ()
 
     def shown(self) -> dict[str, int]:
         return {"cpu_seconds": self.cpu_seconds, "memory_mb": self.memory_mb, "processes": self.processes,
@@ -94,8 +94,12 @@ class Jail:
     prefix: tuple[str, ...]
     limits: Limits
 
+    @property
+    def confines(self) -> bool:
+        return bool(self.prefix or self.limits.prefix)
+
     def argv(self, argv: list[str]) -> list[str]:
-        return [*self.prefix, *argv]
+        return [*self.prefix, *self.limits.prefix, *argv]  # the limits inside bwrap: they bind the agent, not the jailer
 
 
 class Sandbox:

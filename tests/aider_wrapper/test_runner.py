@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
+from support import wait_until
 
 # Prints, starts a grandchild in the same group, then waits for a long time.
 TREE = "echo started; sleep 300 & echo $! > {pidfile}; sleep 300"
@@ -90,6 +93,31 @@ def test_helpers_left_behind_by_a_finished_run_are_ended(tmp_path: Path) -> None
     outcome = asyncio.run(run(f"sleep 300 & echo $! > {pidfile}; exit 0", tmp_path, timeout=30))
     assert outcome.ending is Ending.exited and outcome.exit_code == 0
     assert ended_soon(int(pidfile.read_text()))
+
+
+def test_aider_dies_with_the_wrapper(tmp_path: Path) -> None:
+    pidfile = tmp_path / "aider.pid"
+    wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER.format(script=f"echo $$ > {pidfile}; exec sleep 300", cwd=str(tmp_path))])
+    try:
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
+        aider = int(pidfile.read_text())
+        wrapper.kill()  # SIGKILL: nothing of the wrapper's own runs any more
+        wrapper.wait()
+        assert ended_soon(aider), "aider outlived the wrapper"
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+# A wrapper in miniature: a process that runs one "aider" through run_process.
+WRAPPER = """
+import asyncio, os
+from pathlib import Path
+from aistack.aider_wrapper.runner import run_process
+asyncio.run(run_process(["sh", "-c", {script!r}], Path({cwd!r}), dict(os.environ), 300, asyncio.Event()))
+"""
 
 
 def test_non_utf8_output_is_kept_readable(tmp_path: Path) -> None:

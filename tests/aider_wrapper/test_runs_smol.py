@@ -3,6 +3,7 @@ context-window error, one run per workspace, the parallel limit, cancel, timeout
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from wrapper_support import check_result, llm_busy, point_at, processes_in
 
+from aistack.ralph_wiggum.backends.aider import AiderBackend
 from support import git, make_git_repo, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -84,6 +86,36 @@ def test_a_client_that_goes_away_cancels_its_run(stack_env, wrapper) -> None:
             gone.result()
     assert wait_until(lambda: not processes_in(repo), 5)
     assert wait_until(lambda: httpx.post(wrapper.url + "/api/runs/r-gone/cancel", timeout=5).status_code == 404, 5)
+
+
+def test_aider_dies_with_the_wrapper(stack_env, wrapper, smol_llama) -> None:
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+    with ThreadPoolExecutor(1) as pool:
+        running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo"})
+        assert wait_until(lambda: processes_in(repo), 60)
+        assert wait_until(lambda: llm_busy(smol_llama), 60)  # aider waits for its reply, silent: no broken pipe ends it
+        wrapper.kill9()  # its own process group only: aider leads a session of its own
+        with pytest.raises(httpx.HTTPError):
+            running.result()
+    assert wait_until(lambda: not processes_in(repo), 10), "aider outlived the wrapper"
+
+
+def test_the_orchestrator_abandons_an_interrupted_iterations_run(stack_env, wrapper) -> None:
+    """After a restart the orchestrator ends the run of the iteration it died in, by its run id,
+    before it puts the tree back (here its first run's client is still connected)."""
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+    backend = AiderBackend(wrapper.url)
+    with ThreadPoolExecutor(1) as pool:
+        running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo", "run_id": "task1-3"})
+        assert wait_until(lambda: processes_in(repo), 60)
+
+        async def abandon() -> None:
+            await backend.abandon("task1", 3)
+            await backend.close()
+
+        asyncio.run(abandon())
+        assert processes_in(repo) == []
+        assert check_result(running.result().json()).error == "cancelled"
 
 
 def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smol_llama) -> None:

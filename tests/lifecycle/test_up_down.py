@@ -15,7 +15,7 @@ import httpx
 import pytest
 from lifecycle_support import aistack, pid_files, table_rows
 
-from aistack.lifecycle.runtimes.process import proc_starttime
+from aistack.procgroup import proc_starttime
 from aistack.services import SERVICES, installed_source_root
 from support import AISTACK, StackEnv, child_env, wait_until
 

@@ -18,7 +18,7 @@ from aistack.ralph_wiggum.backends import IterationRequest, IterationResult
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.runner import TaskRunner
 from aistack.ralph_wiggum.scheduler import Scheduler
-from aistack.ralph_wiggum.shell import ProcResult
+from aistack.ralph_wiggum.shell import OnGroup, ProcResult
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 from aistack.ralph_wiggum.workspace import Checkpoint, Tree
@@ -47,6 +47,7 @@ class ScriptedAgent:
         self.workspace, self.steps = workspace, steps
         self.requests: list[IterationRequest] = []
         self.cancelled = 0
+        self.abandoned: list[tuple[str, int, int]] = []  # (task, iteration, trees prepared until then)
 
     def start(self) -> None:
         return None
@@ -66,6 +67,9 @@ class ScriptedAgent:
         self.workspace.write(request.worktree, step.writes, step.check_exit)
         return IterationResult(step.status, step.reply, None if step.status == "success" else "boom",  # type: ignore[arg-type]
                                exit_code=0, tokens=TokenCounts(prompt=10, completion=2))  # fmt: skip
+
+    async def abandon(self, task_id: str, iteration: int) -> None:
+        self.abandoned.append((task_id, iteration, len(self.workspace.prepared)))
 
     def health(self) -> BackendHealth:
         return BackendHealth(name=self.name, available=True)
@@ -115,7 +119,9 @@ class FakeWorkspace:
         state.commits.append(f"{tree.path.name}-{len(state.commits) + 1}")
         return Checkpoint(files, f"{len(files)} files changed", state.commits[-1])
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
+    async def check(
+        self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None, on_group: OnGroup | None = None
+    ) -> ProcResult:
         code = self.trees[tree.path].check_exit
         return ProcResult(code, f"check said {code}", timed_out=code is None)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.procgroup import Warden
 from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until
 
 AGENT = """#!/bin/sh
@@ -328,6 +330,114 @@ def test_kill_9_mid_task_resumes_after_last_finished_iteration(stack_env, servic
     assert git(workspace, "show", f"aistack/{task_id}:notes.txt").splitlines() == [f"line {i}" for i in range(1, 6)]
     assert len(git(workspace, "log", "--format=%H", f"aistack/{task_id}").splitlines()) == 6  # 5 checkpoints + base
     second.stop()
+
+
+# Iteration 1's first attempt leaves a writer behind that outlives the orchestrator: it waits for
+# the re-run to begin, then writes into the tree. The re-run waits for that writer's write (or its
+# end), so an orphan that is still alive then is always credited to the re-run.
+ORPHANING_AGENT = """#!/bin/sh
+alive() {{ read -r _ _ state _ < "/proc/$1/stat" 2>/dev/null && [ "$state" != Z ]; }}
+if [ "$AISTACK_ITERATION" = 1 ] && mkdir "{root}/first" 2>/dev/null; then
+    echo $$ > "{root}/first/pgid"
+    ( i=0; while [ ! -e "{root}/rerun" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+      echo "late write" >> notes.txt; touch "{root}/late" ) &
+    echo $! > "{root}/first/writer"
+    sleep 300
+elif [ "$AISTACK_ITERATION" = 1 ]; then
+    touch "{root}/rerun"
+    writer=$(cat "{root}/first/writer")
+    alive "$writer" && touch "{root}/writer-alive-at-rerun"
+    i=0; while alive "$writer" && [ ! -e "{root}/late" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+fi
+echo "line $AISTACK_ITERATION" >> notes.txt
+"""
+
+
+def test_kill_9_mid_iteration_ends_what_the_agent_left_before_the_iteration_runs_again(stack_env, services):
+    root = stack_env.root
+    agent = write_script(root / "orphaning.sh", ORPHANING_AGENT.format(root=root))
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent))
+    workspace = repo(stack_env)
+    first = services("ralph-wiggum", stack_env)
+    client = httpx.Client(base_url=first.url, timeout=10)
+    task_id = submit(client, workspace="repo", check_command=THREE_LINES, max_iterations=6)
+    assert wait_until(lambda: (root / "first" / "writer").exists() and (root / "first" / "writer").read_text().strip())
+    pgid = int((root / "first" / "pgid").read_text())
+    try:
+        # inside iteration 1, its writer asleep; the warden goes too, so only the take-over can end the group
+        os.kill(warden_of(first.proc.pid), signal.SIGKILL)
+        first.kill9()
+        services("ralph-wiggum", stack_env)
+        task = wait_for(client, task_id, {"completed", "exhausted", "failed"}, timeout=60)
+        # the group of the first attempt was ended before the re-run: its write never landed
+        assert not (root / "writer-alive-at-rerun").exists() and not (root / "late").exists()
+        assert group_members(pgid) == []
+        assert task["status"] == "completed" and task["iteration"] == 3  # as many as the task needed, not one fewer
+        assert [it["number"] for it in client.get(f"/tasks/{task_id}/iterations").json()] == [1, 2, 3]
+        assert git(workspace, "show", f"aistack/{task_id}:notes.txt").splitlines() == ["line 1", "line 2", "line 3"]
+        # the re-run of iteration 1 is marked as its second attempt
+        starts = [(e["data"]["iteration"], e["data"]["attempt"]) for e in client.get(f"/tasks/{task_id}/events.json").json()
+                  if e["type"] == "iteration_started"]  # fmt: skip
+        assert starts == [(1, 1), (1, 2), (2, 1), (3, 1)]
+    finally:
+        for pid in group_members(pgid):  # what the old code left running
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
+    root = stack_env.root
+    # One task's agent waits for a helper it started; the other's agent is quick, and its check
+    # waits for a helper. Their whole groups go: the helpers too, not only the leaders.
+    agent = f'mkdir "{root}/agent" 2>/dev/null && {{ sleep 300 & echo $! > "{root}/agent/pid"; wait; }}; echo x >> f.txt'
+    check = f'sleep 300 & echo $! > "{root}/check.pid"; wait'
+    stack_env.set(RALPH_COMMAND_BACKEND=str(write_script(root / "agent.sh", f"#!/bin/sh\n{agent}\n")), RALPH_MAX_CONCURRENT_TASKS=2)
+    repo(stack_env)
+    ralph = services("ralph-wiggum", stack_env)
+    client = httpx.Client(base_url=ralph.url, timeout=10)
+    for _ in range(2):
+        submit(client, workspace="repo", check_command=check)
+    pidfiles = [root / "agent" / "pid", root / "check.pid"]
+    assert wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pidfiles)), ralph.log()[-2000:]
+    pids = [int(p.read_text()) for p in pidfiles]
+    try:
+        ralph.kill9()
+        assert wait_until(lambda: not any(_alive(pid) for pid in pids), 10), "the agent or the check outlived the orchestrator"
+    finally:
+        for pid in filter(_alive, pids):
+            os.kill(pid, signal.SIGKILL)
+
+
+def warden_of(pid: int) -> int:
+    """The process that ends `pid`'s children when it dies (procgroup.Warden)."""
+    argv = [b"/bin/sh", b"-c", Warden.SCRIPT.encode()]
+    (warden,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+                 if _read(p).split(b"\0")[:3] == argv and _ppid(int(p.parent.name)) == pid]  # fmt: skip
+    return warden
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    stat = _read(Path(f"/proc/{pid}/stat")).rsplit(b")", 1)
+    return int(stat[1].split()[1]) if len(stat) == 2 else 0
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group `pgid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_queued_tasks_run_fifo_within_the_concurrency_limit(ralph, stack_env):

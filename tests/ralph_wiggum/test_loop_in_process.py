@@ -160,6 +160,28 @@ def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path):
     run(scenario())
 
 
+def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(tmp_path):
+    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1), Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="pytest", max_iterations=5)
+        first_run = asyncio.create_task(loop.runner.run(task_id))
+        await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 2 under way
+        first_run.cancel()  # the process goes away mid-iteration
+        await asyncio.gather(first_run, return_exceptions=True)
+        loop.agent.steps = [Step(writes=("b",), check_exit=0)]
+        await loop.runner.run(task_id)  # the restart
+        assert loop.agent.abandoned == [(task_id, 2, 1)]  # the backend's run ended before the tree is put back
+        assert len(loop.workspace.prepared) == 2
+        starts = [
+            (e.data["iteration"], e.data["attempt"]) for e in await loop.store.events_after(task_id, 0) if e.type == "iteration_started"
+        ]
+        assert starts == [(1, 1), (2, 1), (2, 2)]
+        assert [it.number for it in await loop.store.iterations(task_id)] == [1, 2]
+
+    run(scenario())
+
+
 def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path):
     loop = make_loop(tmp_path, [Step()])
 

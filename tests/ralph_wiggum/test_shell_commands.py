@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
 from aistack.ralph_wiggum.shell import run_shell, shell_argv
+from support import wait_until
 
 
 @pytest.mark.parametrize(
@@ -76,3 +78,32 @@ def test_a_command_without_a_shell_sees_what_sh_would_show_it(tmp_path):
     where, where_sh, crash, crash_sh = asyncio.run(both())
     assert where.output == where_sh.output == f"{tmp_path}\n"
     assert crash.exit_code == crash_sh.exit_code == 128 + 11
+
+
+def test_a_cancel_while_the_command_starts_ends_its_whole_group_at_once(tmp_path):
+    """A stop that lands while the command's pipes are being connected: asyncio alone kills the
+    leader and then waits for the pipes, which the helper it started holds open (here 300 s)."""
+    pidfile = tmp_path / "helper.pid"
+
+    async def scenario() -> None:
+        command = asyncio.create_task(run_shell(f'sleep 300 & echo $! > "{pidfile}"; wait', tmp_path, timeout=600))
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):  # the start, one loop turn at a time
+            assert time.monotonic() < deadline, "the command never started"
+            await asyncio.sleep(0)
+            time.sleep(0.05)  # the event loop stands still: a leader started in that turn starts its helper
+        command.cancel()  # the turn after the one that started it: its pipes are not connected yet
+        async with asyncio.timeout(60):  # not the helper's 300 s
+            await asyncio.gather(command, return_exceptions=True)
+
+    asyncio.run(scenario())
+    helper = int(pidfile.read_text())
+    assert wait_until(lambda: not alive(helper), 10), "the helper outlived the cancel"
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -87,7 +87,7 @@ async def run_process(
 
     buffer = OutputBuffer(on_line)
     proc = await start_in_group(
-        *(jail.argv(cmd) if jail else cmd), cwd=cwd, env=env, child_setup=jail.limits.setter() if jail else None,
+        *(jail.argv(cmd) if jail else cmd), cwd=cwd, env=env, dies_with_parent=True,  # a wrapper killed with -9 takes aider along
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from aistack import agentenv
 from aistack.contracts import TaskStatus
+from aistack.procgroup import identify_group
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
+from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 from aistack.ralph_wiggum.workspace import Tree
 
@@ -47,6 +49,7 @@ class TaskRunner:
         if backend is None:
             raise TaskFailed(f"backend {task.backend!r} is not configured here (available: {', '.join(self.backends)})")
         history = await self.store.iterations(task_id)
+        attempt = await self._take_over(task, backend)
         taken = await self._take_up(task, history)
         if taken is None:
             return
@@ -63,12 +66,25 @@ class TaskRunner:
                 summary = rules.approval_summary(number, history[-1] if history else None)
                 await self.store.apply(task_id, TaskUpdate(status=step.target), step.sources, [("approval_needed", summary)])
                 return  # the slot is free while a person decides; approval makes the task ready again
-            it, outcome, task = await self._iterate(task, backend, tree, number, history)
+            it, outcome, task = await self._iterate(task, backend, tree, number, history, attempt)
+            attempt = 1
             history.append(it)
             if outcome.decision.status.terminal:
                 await self.tasks.release(task)
             if outcome.decision.status is not TaskStatus.running:
                 return
+
+    async def _take_over(self, task: TaskRecord, backend: Backend) -> int:
+        """End what an earlier process, which died during the task's next iteration, left of it
+        (its process groups here, its backend's run elsewhere), before the tree is put back and
+        the iteration runs again. Which attempt at the iteration the coming one is."""
+        if not await self.tasks.end_leftovers(task.id):
+            raise TaskFailed("a process of the interrupted iteration survived SIGKILL; its changes cannot be kept apart")
+        number = task.iteration + 1
+        attempt = await self.store.starts(task.id, number) + 1
+        if attempt > 1:
+            await backend.abandon(task.id, number)
+        return attempt
 
     async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> tuple[Tree, TaskRecord] | None:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
@@ -87,11 +103,14 @@ class TaskRunner:
         return tree, running
 
     async def _iterate(
-        self, task: TaskRecord, backend: Backend, tree: Tree, number: int, history: list[IterationRecord]
+        self, task: TaskRecord, backend: Backend, tree: Tree, number: int, history: list[IterationRecord], attempt: int
     ) -> tuple[IterationRecord, rules.Outcome, TaskRecord]:
-        """One iteration, recorded; what it was, what it means, and the task after it."""
+        """One iteration, recorded; what it was, what it means, and the task after it. `attempt`
+        > 1: an earlier process died during this iteration, and it runs again from the start."""
         started, t0 = utcnow(), time.monotonic()
-        await self.store.add_event(task.id, "iteration_started", {"iteration": number, "max_iterations": task.max_iterations})
+        begun = {"iteration": number, "max_iterations": task.max_iterations, "attempt": attempt}
+        await self.store.add_event(task.id, "iteration_started", begun)
+        groups = _GroupRecorder(self.store, task.id, number)
         request = IterationRequest(
             task_id=task.id,
             iteration=number,
@@ -99,10 +118,11 @@ class TaskRunner:
             worktree=tree.path,
             timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
             context=task.context,
+            on_group=groups.started,
         )
         result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
-        check_exit, check_output = await self._check(task, tree, number) if task.check_command else (None, None)
+        check_exit, check_output = await self._check(task, tree, number, groups) if task.check_command else (None, None)
         it = IterationRecord(
             task_id=task.id, number=number, started_at=started, duration_seconds=round(time.monotonic() - t0, 4),
             status=result.status, exit_code=result.exit_code, output=result.output[-OUTPUT_KEEP:], error=result.error,
@@ -134,12 +154,26 @@ class TaskRunner:
             await self.store.add_event(task_id, "transient_retry", {"attempt": attempt, "error": result.error, "retry_in": delay})
             await asyncio.sleep(delay)
 
-    async def _check(self, task: TaskRecord, tree: Tree, number: int) -> tuple[int | None, str]:
+    async def _check(self, task: TaskRecord, tree: Tree, number: int, groups: _GroupRecorder) -> tuple[int | None, str]:
         """The check runs as the agent does: the allow-listed environment, the task's home, its jail."""
         command = task.check_command or ""
         home = agentenv.TaskFiles.of(self.settings, task.id).prepare().home
         env = agentenv.environ(self.settings, home, AISTACK_TASK_ID=task.id, AISTACK_ITERATION=str(number))
         jail = self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
         timeout = float(self.settings.ralph_check_timeout_seconds)
-        result = await self.workspace.check(tree, command, env, timeout, jail)
+        result = await self.workspace.check(tree, command, env, timeout, jail, groups.started)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)
+
+
+@dataclass(frozen=True)
+class _GroupRecorder:
+    """Records each process group one iteration starts here (agent, check) in the store, named
+    so that a later process recognises it; `record_iteration` forgets them."""
+
+    store: Store
+    task_id: str
+    iteration: int
+
+    async def started(self, pgid: int) -> None:
+        if (group := identify_group(pgid)) is not None:  # None: it is gone already (or no /proc here)
+            await self.store.add_group(self.task_id, self.iteration, group)

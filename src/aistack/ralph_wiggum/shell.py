@@ -1,4 +1,6 @@
-"""Shell commands that can always be ended: own process group, timeout, cancellation."""
+"""Shell commands that can always be ended: own process group, timeout, cancellation, the
+death of this process (its leader's parent-death signal; what the leader started is ended by the
+next process, which learns of the group through `on_group`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,11 @@ def shell_argv(command: str, cwd: Path, env: dict[str, str] | None) -> list[str]
     return words if runnable else ["/bin/sh", "-c", command]  # the shell says "not found" its own way
 
 
+# Told the id of a command's process group as soon as it runs, so that after a crash a later
+# process can end what is left of it (the runner records it in the store).
+OnGroup = Callable[[int], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class ProcResult:
     exit_code: int | None
@@ -56,36 +64,39 @@ class ProcResult:
 
 
 async def run_shell(
-    command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float, jail: Jail | None = None
-) -> ProcResult:
+    command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float,
+    jail: Jail | None = None, on_group: OnGroup | None = None,
+) -> ProcResult:  # fmt: skip
     """Run `command` (with `sh -c` when it needs a shell) in its own session, in `jail` when
-    given. It is done when it exits — not when its output pipe closes, which a helper left in the
-    background would hold open — and then nothing it started may outlive it. On timeout or
-    cancellation the whole group is ended: SIGTERM, then SIGKILL."""
+    given (`on_group` is told its process group). It is done when it exits — not when its output
+    pipe closes, which a helper left in the background would hold open — and then nothing it
+    started may outlive it. On timeout or cancellation the whole group is ended: SIGTERM, then SIGKILL."""
     options: dict[str, Any] = {
         "stdin": asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         "stdout": asyncio.subprocess.PIPE,
         "stderr": asyncio.subprocess.STDOUT,
-        "child_setup": jail.limits.setter() if jail else None,
     }
     shelled = ["/bin/sh", "-c", command]
-    if jail and jail.prefix:  # always a shell inside bwrap: it runs what exec cannot, as below
-        argv, shelled = jail.argv(shelled), jail.argv(shelled)
+    if jail and jail.confines:  # always a shell in a jail: it runs what exec cannot (see below)
+        argv = shelled = jail.argv(shelled)
     else:
         argv = shell_argv(command, cwd, env)
     direct_env = {**(env if env is not None else os.environ), "PWD": str(cwd)}  # as sh would set it
     try:
-        proc = await start_in_group(*argv, cwd=cwd, env=env if argv == shelled else direct_env, **options)
+        proc = await start_in_group(*argv, cwd=cwd, env=env if argv == shelled else direct_env, dies_with_parent=True, **options)
     except OSError:  # e.g. a script without a #! line, which only a shell runs
         if argv == shelled:
             raise
-        proc = await start_in_group(*shelled, cwd=cwd, env=env, **options)
+        proc = await start_in_group(*shelled, cwd=cwd, env=env, dies_with_parent=True, **options)
     chunks: list[bytes] = []
     io = [asyncio.create_task(_read(proc.stdout, chunks))] if proc.stdout else []
     if stdin is not None and proc.stdin is not None:
         io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
-    try:  # asyncio.timeout, not wait_for: in Python 3.11 wait_for could lose a cancel (a stop) to the exit
+    try:
+        if on_group is not None:
+            await on_group(proc.pid)
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for could lose a cancel (a stop) to the exit
         async with asyncio.timeout(timeout):
             await proc.exited()
     except TimeoutError:

@@ -2,7 +2,9 @@
 
 SQLAlchemy Core over SQLite (WAL) by default; only portable constructs are used, so PostgreSQL can
 replace it. Everything that belongs together (an iteration, the task's new state and their
-events) is one transaction: a crash leaves all or none of it.
+events) is one transaction: a crash leaves all or none of it. The process groups of a running
+iteration are recorded too, so that after a crash the next process ends what is left of them.
+`create_all` adds a table that an existing database lacks; columns are never added to a table.
 
 The store is async-facing, so callers read as a story and a networked database can slot in
 later. With SQLite the short work runs on the event loop itself, on one connection: a read by key
@@ -26,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -41,6 +44,7 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -51,6 +55,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
+from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
 
 
@@ -133,6 +138,19 @@ events = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )  # fmt: skip
 
+# The process groups of the iteration under way (agent, check): from a group's start until the
+# iteration is recorded, or until a later process has ended what a crash left of them.
+process_groups = Table(
+    "process_groups", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("iteration", Integer, nullable=False),
+    Column("pgid", Integer, nullable=False),
+    Column("leader_start", BigInteger, nullable=False),  # clock ticks after boot: with the boot id, names the group
+    Column("boot_id", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
 log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
@@ -198,13 +216,15 @@ class Store:
         self, it: IterationRecord, change: TaskUpdate, extra: Sequence[Event], allowed_from: Iterable[TaskStatus]
     ) -> TaskRecord | None:
         """Store a finished iteration together with the task's new state and the events, only
-        while the task's status is in `allowed_from` (compare-and-set). None when it did not apply."""
+        while the task's status is in `allowed_from` (compare-and-set), and forget its process
+        groups (ended by then). None when it did not apply."""
         now = utcnow()
         with self._tx() as db:
             before = self._task(db, it.task_id)
             if before is None or before.status not in allowed_from:
                 return None
             db.execute(insert(iterations), {**_fields(it), "finished_at": now})
+            db.execute(delete(process_groups).where(process_groups.c.task_id == it.task_id))
             counters = {
                 "iteration": it.number,
                 "prompt_tokens": tasks.c.prompt_tokens + it.prompt_tokens,
@@ -256,6 +276,31 @@ class Store:
         with self._tx() as db:
             db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
         self._on_event(task_id)
+
+    async def starts(self, task_id: str, number: int) -> int:
+        """How often iteration `number` of the task was started (its `iteration_started` events)."""
+        query = select(func.count()).where(
+            events.c.task_id == task_id, events.c.type == "iteration_started", events.c.data["iteration"].as_integer() == number
+        )
+        with self._tx() as db:
+            return db.scalar(query) or 0
+
+    # --- process groups ----------------------------------------------------------------------------
+
+    async def add_group(self, task_id: str, iteration: int, group: GroupIdentity) -> None:
+        row = {"task_id": task_id, "iteration": iteration, "pgid": group.pgid, "leader_start": group.leader_start,
+               "boot_id": group.boot_id, "created_at": utcnow()}  # fmt: skip
+        with self._tx() as db:
+            db.execute(insert(process_groups), row)
+
+    async def groups(self, task_id: str) -> list[GroupIdentity]:
+        query = select(process_groups.c.pgid, process_groups.c.leader_start, process_groups.c.boot_id)
+        with self._tx() as db:
+            return [GroupIdentity(*row) for row in db.execute(query.where(process_groups.c.task_id == task_id))]
+
+    async def remove_group(self, task_id: str, group: GroupIdentity) -> None:
+        with self._tx() as db:
+            db.execute(delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid))
 
     # --- statistics --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ it. `api.py` only parses a request, calls one of these and answers; errors come 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from aistack import agentenv
 from aistack.config import Settings
 from aistack.contracts import FileList, TaskCreate, TaskStatus
 from aistack.paths import PathNotAllowed, confine
+from aistack.procgroup import end_orphaned_group
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend
 from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
@@ -29,6 +31,8 @@ from aistack.ralph_wiggum.workspace import Workspace
 from aistack.sandbox import Sandbox
 
 _FILE_LIST = TypeAdapter(FileList)
+
+log = logging.getLogger("aistack.ralph")
 
 
 class TaskError(Exception):
@@ -150,9 +154,28 @@ class TaskService:
         return task
 
     async def release(self, task: TaskRecord) -> None:
-        """What an ended task gives back: its tree and its agent's files (the branch and its checkpoints stay)."""
+        """What an ended task gives back: its tree and its agent's files (the branch and its
+        checkpoints stay), and anything an interrupted iteration left running."""
+        await self.end_leftovers(task.id)
         await self.workspace.remove(task)
         await asyncio.to_thread(agentenv.TaskFiles.of(self.settings, task.id).remove)
+
+    async def end_leftovers(self, task_id: str) -> bool:
+        """End what still runs of the process groups recorded for the task's unfinished
+        iteration: after a stop, nothing; after a crash that took the warden along, what the
+        agent or check had started. False if some of it still runs after SIGKILL."""
+        ended = True
+        for group in await self.store.groups(task_id):
+            try:
+                found = await end_orphaned_group(group)
+            except TimeoutError:
+                log.warning("task %s: process group %d still runs after SIGKILL", task_id, group.pgid)
+                ended = False
+                continue
+            if found:
+                log.info("task %s: killed process group %d (%d processes), left by an interrupted iteration", task_id, group.pgid, found)
+            await self.store.remove_group(task_id, group)
+        return ended
 
     async def diff(self, task_id: str, iteration: int | None) -> tuple[str | None, str | None, str]:
         """(base, commit, unified diff) of one iteration's checkpoint, or of the whole task so far."""

@@ -17,7 +17,7 @@ from typing import Protocol
 from aistack.gitcli import IDENTITY, GitError, changes, confine_repository, failure, git, run_git
 from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
-from aistack.ralph_wiggum.shell import ProcResult, run_shell
+from aistack.ralph_wiggum.shell import OnGroup, ProcResult, run_shell
 from aistack.sandbox import Jail
 
 
@@ -54,8 +54,11 @@ class Workspace(Protocol):
         """Commit everything changed since the last checkpoint (if anything did)."""
         ...
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
-        """Run the task's check command there (in `jail`); what it writes is undone afterwards."""
+    async def check(
+        self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None, on_group: OnGroup | None = None
+    ) -> ProcResult:
+        """Run the task's check command there (in `jail`; `on_group` is told its process group);
+        what it writes is undone afterwards."""
         ...
 
     async def remove(self, task: TaskRecord) -> None:
@@ -150,8 +153,10 @@ class GitWorktrees:
         commit = match.group(1) if match else (await git(tree.path, "rev-parse", "HEAD")).strip()
         return Checkpoint(tuple(sorted(path for _, path in entries)), _diff_stat(result.out), commit)
 
-    async def check(self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None) -> ProcResult:
-        result = await run_shell(command, tree.path, env=env, timeout=timeout, jail=jail)
+    async def check(
+        self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None, on_group: OnGroup | None = None
+    ) -> ProcResult:
+        result = await run_shell(command, tree.path, env=env, timeout=timeout, jail=jail, on_group=on_group)
         # what the check wrote (caches, build output) must not count as the agent's next change
         if (await git(tree.path, "status", "--porcelain", "--untracked-files=normal", locks=False)).strip():
             await self._reset_to(tree.path, "HEAD")

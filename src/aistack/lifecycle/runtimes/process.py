@@ -26,7 +26,7 @@ from aistack.config import Settings
 from aistack.files import atomic_write
 from aistack.lifecycle.releases import INSTALLED, Releases
 from aistack.lifecycle.runtimes import Say, Swap, exit_reason, wait_healthy
-from aistack.procgroup import group_exists, kill_group
+from aistack.procgroup import group_exists, kill_group, proc_starttime
 from aistack.services import get
 
 
@@ -45,18 +45,6 @@ class ProcessRecord:
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started_at)
-
-
-def proc_starttime(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited; it only waits to be reaped
-        return None
-    return int(fields[19])
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -13,6 +13,7 @@ from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 
 log = logging.getLogger("aistack.ralph")
 HEALTH_POLL_SECONDS = 5.0
+CANCEL_WAIT_SECONDS = 10.0  # the wrapper waits up to 5 s for the run's end before it answers
 
 
 class AiderBackend:
@@ -62,7 +63,7 @@ class AiderBackend:
         return BackendHealth(name=self.name, available=self._available, reachable=self._reachable, url=self.base_url, detail=self._detail)
 
     async def run(self, request: IterationRequest) -> IterationResult:
-        run_id = f"{request.task_id}-{request.iteration}"
+        run_id = _run_id(request.task_id, request.iteration)
         body = ExecuteRequest(
             prompt=request.prompt,
             workspace=str(request.worktree),
@@ -101,9 +102,14 @@ class AiderBackend:
             tokens=result.tokens,
         )
 
-    async def _cancel(self, run_id: str) -> None:
+    async def abandon(self, task_id: str, iteration: int) -> None:
+        """The wrapper cancels a run whose client went away, but only once it notices; this ends
+        the run (its whole process group) now, before the task's tree is put back."""
+        await self._cancel(_run_id(task_id, iteration), timeout=CANCEL_WAIT_SECONDS)
+
+    async def _cancel(self, run_id: str, timeout: float = 2.0) -> None:
         try:
-            await self._client.post(f"/api/runs/{run_id}/cancel", timeout=2.0)
+            await self._client.post(f"/api/runs/{run_id}/cancel", timeout=timeout)  # 404: no such run (any more)
         except httpx.HTTPError as exc:
             log.warning("could not cancel aider run %s: %s", run_id, exc)
 
@@ -111,6 +117,11 @@ class AiderBackend:
         if self._poller:
             self._poller.cancel()
         await self._client.aclose()
+
+
+def _run_id(task_id: str, iteration: int) -> str:
+    """A run's id at the wrapper: the same for every attempt at one iteration."""
+    return f"{task_id}-{iteration}"
 
 
 def _detail(resp: httpx.Response) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from aistack.contracts import BackendHealth, TokenCounts
+from aistack.ralph_wiggum.shell import OnGroup
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class IterationRequest:
     worktree: Path
     timeout_seconds: float
     context: dict[str, Any] = field(default_factory=dict)
+    on_group: OnGroup | None = None  # told of each process group the backend starts on this machine
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class Backend(Protocol):
         ...
 
     async def run(self, request: IterationRequest) -> IterationResult: ...
+
+    async def abandon(self, task_id: str, iteration: int) -> None:
+        """End what a run of this iteration by an earlier process of the orchestrator, which died
+        during it, may still be doing elsewhere; called before the iteration runs again."""
+        ...
 
     def health(self) -> BackendHealth:
         """Last known health; must answer at once (no I/O)."""

@@ -27,12 +27,16 @@ class CommandBackend:
             AISTACK_PROMPT_FILE=str(files.prompt), AISTACK_ITERATION=str(request.iteration), AISTACK_TASK_ID=request.task_id,
         )  # fmt: skip
         jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
-        result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail)
+        result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
+                                 on_group=request.on_group)  # fmt: skip
         if result.timed_out:
             return IterationResult("error", result.output, f"command timed out after {request.timeout_seconds:.0f} s")
         if result.exit_code != 0:
             return IterationResult("error", result.output, f"command exited with {result.exit_code}", exit_code=result.exit_code)
         return IterationResult("success", result.output, exit_code=0)
+
+    async def abandon(self, task_id: str, iteration: int) -> None:
+        return None  # its process groups are in the store, and the runner ends them
 
     def start(self) -> None:
         return None  # nothing runs beside the iterations
