@@ -356,7 +356,7 @@ echo "line $AISTACK_ITERATION" >> notes.txt
 def test_kill_9_mid_iteration_ends_what_the_agent_left_before_the_iteration_runs_again(stack_env, services):
     root = stack_env.root
     agent = write_script(root / "orphaning.sh", ORPHANING_AGENT.format(root=root))
-    stack_env.set(RALPH_COMMAND_BACKEND=str(agent))
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent), RALPH_SANDBOX="off")  # it keeps host pids and marks outside its worktree
     workspace = repo(stack_env)
     first = services("ralph-wiggum", stack_env)
     client = httpx.Client(base_url=first.url, timeout=10)
@@ -390,7 +390,11 @@ def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     # waits for a helper. Their whole groups go: the helpers too, not only the leaders.
     agent = f'mkdir "{root}/agent" 2>/dev/null && {{ sleep 300 & echo $! > "{root}/agent/pid"; wait; }}; echo x >> f.txt'
     check = f'sleep 300 & echo $! > "{root}/check.pid"; wait'
-    stack_env.set(RALPH_COMMAND_BACKEND=str(write_script(root / "agent.sh", f"#!/bin/sh\n{agent}\n")), RALPH_MAX_CONCURRENT_TASKS=2)
+    stack_env.set(
+        RALPH_COMMAND_BACKEND=str(write_script(root / "agent.sh", f"#!/bin/sh\n{agent}\n")),
+        RALPH_MAX_CONCURRENT_TASKS=2,
+        RALPH_SANDBOX="off",
+    )  # it keeps host pids outside its worktree; bwrap's own death is its --die-with-parent
     repo(stack_env)
     ralph = services("ralph-wiggum", stack_env)
     client = httpx.Client(base_url=ralph.url, timeout=10)
