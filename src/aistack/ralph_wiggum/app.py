@@ -8,11 +8,12 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 
 from aistack import __version__
 from aistack.config import Settings
 from aistack.preflight import before_serve
-from aistack.ralph_wiggum.api import router, task_error
+from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
 from aistack.ralph_wiggum.metrics import registry_for
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     install_error_handlers(app)
     app.add_exception_handler(TaskError, task_error)
+    app.add_exception_handler(OperationalError, storage_error)
     require_api_key(app, settings.api_key, open_paths=("/health",))
     app.include_router(router)
     return app
