@@ -8,7 +8,6 @@ ITERATIONS iterations, with ITERATIONS checkpoints on its branch.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -171,36 +170,3 @@ def audit(client: httpx.Client, ids: list[str], workspace_root: Path) -> list[st
         if task["worktree"] and Path(task["worktree"]).exists():
             problems.append(f"{task_id}: worktree {task['worktree']} left behind")
     return problems
-
-
-# --- what a process holds (Linux /proc) ------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory (VmRSS) of a live process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise ValueError(f"process {pid} has no VmRSS (a zombie?)")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def descendants(pid: int) -> list[int]:
-    """Live (not zombie) processes below `pid`, however deep."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found

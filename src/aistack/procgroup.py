@@ -49,8 +49,11 @@ class GroupProcess(asyncio.subprocess.Process):
         await asyncio.shield(self._exit)
 
 
-async def start_in_group(program: str, *args: str, **kwargs: Any) -> GroupProcess:
-    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone."""
+async def start_in_group(program: str, *args: str, tied: bool = False, **kwargs: Any) -> GroupProcess:
+    """`asyncio.create_subprocess_exec`, in a new session, with an exit that can be awaited alone.
+    `tied`: the child is killed when this process dies, however it dies (`die_with_parent`)."""
+    if tied:
+        kwargs["preexec_fn"] = die_with_parent()
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program, *args, start_new_session=True, **kwargs)
     return GroupProcess(transport, protocol, loop)

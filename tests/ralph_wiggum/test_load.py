@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from load_support import Readers, audit, descendants, make_repos, submit_all, wait_terminal, write_agent
-from support import StackEnv
+from load_support import Readers, audit, make_repos, submit_all, wait_terminal, write_agent
+from support import StackEnv, descendants
 
 TASKS, READERS, CONCURRENCY, REPOS = 200, 20, 4, 4
 

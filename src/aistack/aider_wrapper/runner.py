@@ -83,8 +83,10 @@ async def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: f
             fatal_seen.set()
 
     buffer = OutputBuffer(on_line)
+    # tied: a wrapper killed mid-run (kill -9, OOM) takes aider along, instead of leaving it to
+    # write into the worktree while the orchestrator retries the iteration with a new one
     proc = await start_in_group(
-        *cmd, cwd=cwd, env=env,
+        *cmd, cwd=cwd, env=env, tied=True,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))
