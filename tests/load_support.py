@@ -72,12 +72,14 @@ def wait_terminal(client: httpx.Client, ids: list[str], timeout: float) -> dict[
 class Readers:
     """`count` threads reading the API until stopped, each with its own connection: the task
     list, a task, its iterations, its events (JSON, and now and then the SSE stream, followed for
-    a moment and dropped), the running count. Every answer's status is counted; 5xx answers and
-    failed connections are kept with what they said."""
+    a moment and dropped), the running count, each thread waiting `pause` seconds between reads.
+    Every answer's status is counted and its time kept (SSE aside); 5xx answers and failed
+    connections are kept with what they said."""
 
-    def __init__(self, url: str, ids: list[str], count: int = 20):
-        self.url, self.ids, self.count = url, ids, count
+    def __init__(self, url: str, ids: list[str], count: int = 20, pause: float = 0.0):
+        self.url, self.ids, self.count, self.pause = url, ids, count, pause
         self.statuses: Counter[int] = Counter()
+        self.seconds: list[float] = []  # how long each answer took, SSE streams aside
         self.failures: list[str] = []  # 5xx answers and transport errors
         self.most_running = 0  # the largest number of `running` tasks any read saw
         self._stop = threading.Event()
@@ -123,6 +125,7 @@ class Readers:
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.failures.append(f"{task}: {type(exc).__name__}: {exc}")
+                self._stop.wait(self.pause)
 
     def _follow(self, client: httpx.Client, path: str) -> None:
         """The task's SSE stream for up to 2 s (to its `end` if it comes first), then hang up."""
@@ -139,6 +142,8 @@ class Readers:
     def _note(self, what: str, resp: httpx.Response) -> bool:
         with self._lock:
             self.statuses[resp.status_code] += 1
+            if what != "GET events (SSE)":
+                self.seconds.append(resp.elapsed.total_seconds())
             if resp.status_code >= 500:
                 self.failures.append(f"{what} {resp.request.url.path}: {resp.status_code} {resp.read()[:300]!r}")
         return resp.status_code < 400
