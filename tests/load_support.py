@@ -54,15 +54,15 @@ def submit_all(client: httpx.Client, repos: list[str], count: int) -> list[str]:
 
 
 def wait_terminal(client: httpx.Client, ids: list[str], timeout: float) -> dict[str, dict]:
-    """Every task once it has ended (one list read per poll, not a read per task)."""
-    deadline, pending = time.monotonic() + timeout, set(ids)
-    while time.monotonic() < deadline:
-        page = client.get("/tasks", params={"limit": 200, "status": "queued"}).json()["total"]
-        running = client.get("/tasks", params={"limit": 1, "status": "running"}).json()["total"]
-        if page == 0 and running == 0:
-            break
+    """Every task, once none is queued or running any more (two counts per poll, not a read per task)."""
+    deadline = time.monotonic() + timeout
+
+    def still(status: str) -> int:
+        return client.get("/tasks", params={"limit": 1, "status": status}).json()["total"]
+
+    while time.monotonic() < deadline and still("queued") + still("running"):
         time.sleep(0.5)
-    tasks = {i: client.get(f"/tasks/{i}").json() for i in pending}
+    tasks = {i: client.get(f"/tasks/{i}").json() for i in ids}
     late = {i: t["status"] for i, t in tasks.items() if t["status"] not in TERMINAL}
     if late:
         raise AssertionError(f"{len(late)} tasks not ended after {timeout:.0f} s: {dict(list(late.items())[:5])}")

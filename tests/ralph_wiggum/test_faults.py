@@ -1,6 +1,6 @@
 """Faults of the machine around the orchestrator, on real processes: the data dir's disk full, a
 git lock left behind. Each must end in a clear state with nothing lost or counted twice.
-(The wrapper killed mid-iteration and llama-server answering 503: tests/e2e/test_faults.py.)"""
+(The wrapper killed mid-iteration and llama-server answering 503: tests/e2e/test_faults_between_services.py.)"""
 
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ def small_data_dir(stack_env: StackEnv):
     """The data dir on a 16 MiB tmpfs of its own (needs the right to mount: root here)."""
     data = stack_env.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)], capture_output=True, text=True)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)], capture_output=True, text=True)
+    except OSError as exc:  # no mount(8) at all
+        missing(f"cannot mount a tmpfs for the data dir: {exc}")
     if mounted.returncode != 0:
         missing(f"cannot mount a tmpfs for the data dir: {mounted.stderr.strip() or mounted.returncode}")
     yield data

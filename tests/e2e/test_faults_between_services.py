@@ -37,14 +37,14 @@ TERMINAL = {"completed", "exhausted", "failed", "stopped", "rejected"}
 
 
 class FaultProxy:
-    """Passes every request through to `upstream`, except that: completions wait while `held`
-    is clear; while `outage_until` lies ahead every request is answered 503; and the next
-    `refuse_completions` completions are answered 503."""
+    """Passes every request through to `upstream`, except that: completions wait while
+    `passing` is clear; while `outage_until` lies ahead every request is answered 503; and after
+    that the next `refuse_completions` completions are answered 503."""
 
     def __init__(self, upstream: str):
         self.upstream, self.port = upstream, free_port()
-        self.held = threading.Event()
-        self.held.set()  # (set: not held)
+        self.passing = threading.Event()
+        self.passing.set()
         self.outage_until = 0.0
         self.refuse_completions = 0
         self.seen: Counter[str] = Counter()  # path -> requests
@@ -59,7 +59,7 @@ class FaultProxy:
         return self
 
     def __exit__(self, *_) -> None:
-        self.held.set()
+        self.passing.set()
         self._server.should_exit = True
         self._thread.join(10)
 
@@ -67,11 +67,13 @@ class FaultProxy:
         path = request.url.path
         self.seen[path] += 1
         if path == COMPLETIONS:
-            while not self.held.is_set():
+            while not self.passing.is_set():
                 await asyncio.sleep(0.05)
-        if time.monotonic() < self.outage_until or (path == COMPLETIONS and self.refuse_completions > 0):
-            if path == COMPLETIONS and time.monotonic() >= self.outage_until:
-                self.refuse_completions -= 1
+        refused = time.monotonic() < self.outage_until
+        if not refused and path == COMPLETIONS and self.refuse_completions > 0:
+            self.refuse_completions -= 1
+            refused = True
+        if refused:
             self.refused[path] += 1
             return JSONResponse(LOADING, status_code=503)
         body = await request.body()
@@ -125,7 +127,7 @@ def retries(client: httpx.Client, task_id: str) -> list[str]:
 
 def test_the_wrapper_killed_mid_iteration_costs_no_iteration(stack, services, stack_env):
     client, proxy, wrapper = stack
-    proxy.held.clear()  # aider's request to the LLM waits: the iteration is in progress
+    proxy.passing.clear()  # aider's request to the LLM waits: the iteration is in progress
     task_id = submit(client)
     worktree = stack_env.data_dir / "worktrees" / task_id
     assert wait_until(lambda: proxy.seen[COMPLETIONS] >= 1, 120), "aider never asked the LLM"
@@ -139,7 +141,7 @@ def test_the_wrapper_killed_mid_iteration_costs_no_iteration(stack, services, st
     assert (task["status"], task["iteration"]) == ("running", 0)
 
     services("aider-wrapper", stack_env)  # it comes back
-    proxy.held.set()
+    proxy.passing.set()
     task = wait_terminal(client, task_id)
     iterations = client.get(f"/tasks/{task_id}/iterations").json()
     assert task["status"] in ("completed", "exhausted") and [it["number"] for it in iterations] == [1], task
