@@ -66,14 +66,21 @@ def _answers(url: str) -> bool:
         return False
 
 
-def hammer(url: str, path: str, clients: int, seconds: int, body: dict | None = None) -> dict:
+def hammer(url: str, path: str | list[str], clients: int, seconds: int, body: dict | None = None) -> dict:
     """`wrk` (C, Debian's package) with `clients` connections for `seconds`: latency percentiles
-    and throughput. A load generator in Python would eat the cores it measures."""
-    cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", url + path]
+    and throughput. A load generator in Python would eat the cores it measures. Given a list of
+    paths, each request takes one of them at random."""
+    cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency", url + (path if isinstance(path, str) else "/")]
     with tempfile.TemporaryDirectory() as tmp:
+        lua = ""
         if body is not None:
-            script = Path(tmp) / "post.lua"
-            script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{json.dumps(body)}]]\n')
+            lua += f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{json.dumps(body)}]]\n'
+        if not isinstance(path, str):
+            lua += f"paths = {{{', '.join(json.dumps(p) for p in path)}}}\n"
+            lua += "request = function() return wrk.format(nil, paths[math.random(#paths)]) end\n"
+        if lua:
+            script = Path(tmp) / "requests.lua"
+            script.write_text(lua)
             cmd[1:1] = ["-s", str(script)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 

@@ -184,3 +184,50 @@ class ServiceProcess:
                 pass
         self._log.close()
         return self.proc.returncode
+
+
+# --- what a process holds (Linux /proc) ------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory (VmRSS) of a live process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"process {pid} has no VmRSS (a zombie?)")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def descendants(pid: int) -> list[int]:
+    """Live (not zombie) processes below `pid`, however deep."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def processes_in(cwd: Path) -> list[int]:
+    """Live processes whose working directory is `cwd` (aider runs in the workspace)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) == cwd.resolve():
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from aistack.procgroup import end_group, start_in_group
 GIT_TIMEOUT_SECONDS = 300.0
 # Who checkpoint commits are by: a task's commits never depend on the user's git config.
 IDENTITY = ("-c", "user.name=aistack", "-c", "user.email=aistack@localhost", "-c", "commit.gpgsign=false")
+
+
+# What git says when a lock file (index.lock, a ref's lock) is already there.
+_LOCK_TAKEN = re.compile(r"Unable to create '([^'\n]+\.lock)': File exists")
 
 
 class GitError(RuntimeError):
@@ -98,9 +103,13 @@ async def confine_repository(work_tree: Path, roots: list[Path]) -> None:
 
 
 def failure(cwd: Path, args: tuple[str, ...], result: GitResult) -> str:
-    """One line: the command as a person would type it, where, and git's first line of complaint."""
+    """One line: the command as a person would type it, where, and git's first line of complaint
+    (for a lock git could not take, the lock and what to do, which git says on later lines)."""
     first = (result.err or result.out).strip().splitlines() or [f"exit {result.code}"]
-    return f"git {' '.join(_without_config(args))} failed in {cwd}: {first[0]}"
+    lock = _LOCK_TAKEN.search(result.err)
+    complaint = (f"{lock.group(1)} exists: another git process is running there, or one was killed and left it behind "
+                 "(remove the file if no git runs there)") if lock else first[0]  # fmt: skip
+    return f"git {' '.join(_without_config(args))} failed in {cwd}: {complaint}"
 
 
 def _without_config(args: tuple[str, ...]) -> list[str]:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wrapper_support import check_result, llm_busy, point_at, processes_in
+from wrapper_support import check_result, llm_busy, point_at
 
 from aistack.ralph_wiggum.backends.aider import AiderBackend
-from support import git, make_git_repo, wait_until
+from support import git, make_git_repo, processes_in, wait_until
 
 pytestmark = pytest.mark.e2e
 

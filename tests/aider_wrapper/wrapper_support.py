@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import httpx
 
 from aistack.contracts import ExecuteResult, WrapperHealth
@@ -38,20 +35,6 @@ def check_result(body: dict) -> ExecuteResult:
     assert body["status"] in ("success", "error")
     assert (body["error"] is None) == (body["status"] == "success")
     return ExecuteResult.model_validate(body)
-
-
-def processes_in(cwd: Path) -> list[int]:
-    """Live processes whose working directory is `cwd` (aider runs in the workspace)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if Path(os.readlink(proc / "cwd")) == cwd.resolve():
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 def llm_busy(llama: StackEnv) -> bool:

@@ -86,8 +86,10 @@ async def run_process(
             fatal_seen.set()
 
     buffer = OutputBuffer(on_line)
+    # dies_with_parent: a wrapper killed mid-run (kill -9, OOM) takes aider along, instead of leaving
+    # it to write into the worktree while the orchestrator retries the iteration with a new one
     proc = await start_in_group(
-        *(jail.argv(cmd) if jail else cmd), cwd=cwd, env=env, dies_with_parent=True,  # a wrapper killed with -9 takes aider along
+        *(jail.argv(cmd) if jail else cmd), cwd=cwd, env=env, dies_with_parent=True,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     reader = asyncio.create_task(_pump(proc.stdout, buffer))

@@ -29,6 +29,7 @@ from aistack.contracts import (
     TaskStatus,
     TaskView,
 )
+from aistack.ralph_wiggum import space
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
@@ -56,6 +57,17 @@ async def task_error(_: Request, exc: Exception) -> JSONResponse:
     """A TaskError as `{"detail", "field"}` with its own status (installed by `app.py`)."""
     assert isinstance(exc, TaskError)
     return JSONResponse(error_body(str(exc), exc.field), status_code=exc.status)
+
+
+async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A write the full data dir could not take as 507, with the reason; anything else stays a
+    500 (raised on to the generic handler). Installed by `app.py` for the database's errors."""
+    why = space.reason(exc)
+    if why is None:
+        raise exc
+    where = request.app.state.settings.aistack_data_dir
+    return JSONResponse(error_body(f"no space left for the data dir {where} ({why}): writes are refused until there is; "
+                                   "reads still work"), status_code=507)  # fmt: skip
 
 
 @router.get("/health", response_model=RalphHealth | HealthSummary, tags=["service"])

@@ -8,12 +8,13 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 from starlette.routing import Route
 
 from aistack import __version__
 from aistack.config import Settings, resolve_env_file
 from aistack.preflight import before_serve
-from aistack.ralph_wiggum.api import router, task_error
+from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
 from aistack.ralph_wiggum.mcp_server import HttpEndpoint
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.notifier = notifier
     install_error_handlers(app)
     app.add_exception_handler(TaskError, task_error)
+    app.add_exception_handler(OperationalError, storage_error)
     require_api_key(app, settings.api_key, open_paths=("/health",))
     app.include_router(router)
     app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # inside the API-key middleware, like every route

@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aistack.gitcli import GitError
 from aistack.paths import PathNotAllowed
-from aistack.ralph_wiggum import rules
+from aistack.ralph_wiggum import rules, space
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed, TaskRunner
 from aistack.ralph_wiggum.tasks import TaskService
 
 log = logging.getLogger("aistack.ralph")
 IDLE_POLL_SECONDS = 1.0  # a look for ready tasks even without a wake-up (another process's writes)
+SPACE_RETRY_SECONDS = 5.0  # how long a task that met a full disk waits before it tries again
 
 
 class Scheduler:
@@ -95,13 +97,29 @@ class Scheduler:
 
     async def _drive(self, task_id: str) -> None:
         """Run the task; a cancel (a person's stop, or shutdown, when it stays `running` to resume
-        later) ends here and is recorded by `_ended`."""
+        later) ends here and is recorded by `_ended`. A full disk fails nothing: the task stays
+        `running`, its slot waits a while, and it is taken up again from its last checkpoint."""
+        try:
+            await self._run(task_id)
+        except Exception as exc:
+            if (why := space.reason(exc)) is None:
+                raise
+            log.warning("task %s waits for disk space, retrying in %.0f s: %s", task_id, SPACE_RETRY_SECONDS, why)
+            await asyncio.sleep(SPACE_RETRY_SECONDS)
+
+    async def _run(self, task_id: str) -> None:
         try:
             await self.runner.run(task_id)
         except StopRequested:  # seen in the store: sent through another process
             await self.tasks.finish(task_id, Action.stop, Reason.stopped)
-        except (TaskFailed, PathNotAllowed) as exc:  # a workspace whose .git was pointed out of the root meanwhile
-            await self.tasks.finish(task_id, Action.fail, Reason.error, str(exc))
         except Exception as exc:
-            log.exception("task %s crashed", task_id)
-            await self.tasks.finish(task_id, Action.fail, Reason.error, f"internal error: {exc}")
+            if space.reason(exc) is not None:
+                raise  # the machine's, not the task's: `_drive` lets it wait
+            # the task's, its repository's (a lock left behind), or its workspace's (a .git pointed
+            # out of the root meanwhile): said as it is
+            if isinstance(exc, (TaskFailed, GitError, PathNotAllowed)):
+                error = str(exc)
+            else:
+                log.exception("task %s crashed", task_id)
+                error = f"internal error: {exc}"
+            await self.tasks.finish(task_id, Action.fail, Reason.error, error)
