@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from aistack.config import ENV_FILE_VARIABLE, Settings
+from aistack.procgroup import Warden
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AISTACK = [sys.executable, "-m", "aistack"]
@@ -202,14 +203,15 @@ def open_fds(pid: int) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """Live (not zombie) processes below `pid`, however deep."""
+    """Live (not zombie) processes below `pid`, however deep, but for its warden (the one helper
+    a service keeps for its whole life: procgroup.Warden)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z":
+        if fields[0] != "Z" and not is_warden(int(entry.name)):
             parents.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
@@ -217,6 +219,26 @@ def descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+def is_warden(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [b"/bin/sh", b"-c", Warden.SCRIPT.encode()]
+    except OSError:
+        return False
+
+
+def warden_of(pid: int) -> int:
+    """The process that ends `pid`'s children when it dies (procgroup.Warden)."""
+    (warden,) = [int(p.name) for p in Path("/proc").glob("[0-9]*") if is_warden(int(p.name)) and _ppid(int(p.name)) == pid]
+    return warden
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
 
 
 def processes_in(cwd: Path) -> list[int]:

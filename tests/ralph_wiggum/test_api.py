@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aistack.procgroup import Warden
-from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until
+from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until, warden_of
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so
@@ -409,14 +408,6 @@ def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     finally:
         for pid in filter(_alive, pids):
             os.kill(pid, signal.SIGKILL)
-
-
-def warden_of(pid: int) -> int:
-    """The process that ends `pid`'s children when it dies (procgroup.Warden)."""
-    argv = [b"/bin/sh", b"-c", Warden.SCRIPT.encode()]
-    (warden,) = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-                 if _read(p).split(b"\0")[:3] == argv and _ppid(int(p.parent.name)) == pid]  # fmt: skip
-    return warden
 
 
 def _read(path: Path) -> bytes:

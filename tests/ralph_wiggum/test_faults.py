@@ -65,7 +65,7 @@ def fill(directory: Path) -> Path:
 def test_a_full_data_dir_refuses_writes_clearly_and_loses_nothing(stack_env, small_data_dir, services):
     gate = stack_env.root / "gate"
     agent = write_agent(stack_env.root / "agent.sh", AGENT.replace("\n", "\n" + GATE_WAIT.format(gate=gate), 1))
-    stack_env.set(RALPH_COMMAND_BACKEND=str(agent))
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent), RALPH_SANDBOX="off")  # the gate lies in /tmp, which bwrap makes private
     ralph = services("ralph-wiggum", stack_env)
     make_git_repo(stack_env.workspace_root / "repo", {"notes.txt": ""})
     with httpx.Client(base_url=ralph.url, timeout=30) as client:
@@ -111,7 +111,9 @@ LOCKING_AGENT = AGENT + 'if [ "$AISTACK_ITERATION" = 2 ]; then touch "$(git rev-
 
 
 def test_a_git_lock_left_behind_fails_the_task_naming_it(stack_env, services):
-    stack_env.set(RALPH_COMMAND_BACKEND=str(write_agent(stack_env.root / "agent.sh", LOCKING_AGENT)))
+    # Unsandboxed: under bwrap an agent cannot write git's metadata at all; the lock stands for
+    # what a git killed mid-commit leaves.
+    stack_env.set(RALPH_COMMAND_BACKEND=str(write_agent(stack_env.root / "agent.sh", LOCKING_AGENT)), RALPH_SANDBOX="off")
     ralph = services("ralph-wiggum", stack_env)
     repo = make_git_repo(stack_env.workspace_root / "repo")
     users_lock = repo / ".git" / "index.lock"  # a person's own git, busy in their checkout
