@@ -43,12 +43,19 @@ def shell_argv(command: str, cwd: Path, env: dict[str, str] | None) -> list[str]
     if not words or _SHELL_SYNTAX.search(command) or _NOT_A_BLANK.search(command) or "=" in words[0] or words[0] in _SHELL_WORDS:
         return ["/bin/sh", "-c", command]
     first = words[0]
-    if "/" in first:
-        program = cwd / first
-        runnable = program.is_file() and os.access(program, os.X_OK)
-    else:
-        runnable = shutil.which(first, path=(env if env is not None else os.environ).get("PATH")) is not None
-    return words if runnable else ["/bin/sh", "-c", command]  # the shell says "not found" its own way
+    found = str(cwd / first) if "/" in first else shutil.which(first, path=(env if env is not None else os.environ).get("PATH"))
+    return words if found and _execs(Path(found)) else ["/bin/sh", "-c", command]  # the shell says "not found" its own way
+
+
+def _execs(program: Path) -> bool:
+    """Whether exec itself runs `program`: an executable file with a #! line or an ELF header (a
+    script without #! only a shell runs)."""
+    try:
+        with program.open("rb") as file:
+            head = file.read(4)
+    except OSError:  # none, a directory, unreadable
+        return False
+    return os.access(program, os.X_OK) and (head[:2] == b"#!" or head == b"\x7fELF")
 
 
 # Told the id of a command's process group as soon as it runs, so that after a crash a later
@@ -77,14 +84,13 @@ async def run_shell(
         "stderr": asyncio.subprocess.STDOUT,
     }
     shelled = ["/bin/sh", "-c", command]
-    if jail and jail.confines:  # always a shell in a jail: it runs what exec cannot (see below)
-        argv = shelled = jail.argv(shelled)
-    else:
-        argv = shell_argv(command, cwd, env)
+    argv = shell_argv(command, cwd, env)
+    if jail and jail.confines:
+        argv, shelled = jail.argv(argv), jail.argv(shelled)
     direct_env = {**(env if env is not None else os.environ), "PWD": str(cwd)}  # as sh would set it
     try:
         proc = await start_in_group(*argv, cwd=cwd, env=env if argv == shelled else direct_env, dies_with_parent=True, **options)
-    except OSError:  # e.g. a script without a #! line, which only a shell runs
+    except OSError:  # changed since shell_argv looked at it: the shell says why its own way
         if argv == shelled:
             raise
         proc = await start_in_group(*shelled, cwd=cwd, env=env, dies_with_parent=True, **options)
