@@ -187,4 +187,11 @@ def _git_dirs(workdir: Path) -> list[Path]:
 def _program(command: str | None) -> list[Path]:
     """The program a command names by its absolute path (it may lie in a hidden place, such as /tmp)."""
     first = (command or "").split(maxsplit=1)[:1]
-    return [Path(first[0])] if first and first[0].startswith("/") and Path(first[0]).is_file() else []
+    return [installation(Path(first[0]))] if first and first[0].startswith("/") and Path(first[0]).is_file() else []
+
+
+def installation(program: Path) -> Path:
+    """What must be readable for `program` to run: its virtualenv when it is a venv's script (the
+    interpreter and the packages beside it, e.g. aider in a checkout under /tmp), else itself."""
+    venv = program.parent.parent
+    return venv if program.parent.name == "bin" and (venv / "pyvenv.cfg").is_file() else program

@@ -5,6 +5,8 @@ task's work read back through the API, as a user (or an attacker) would read it.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aistack.config import Settings
 from aistack.contracts import PROMPT_MAX_CHARS
-from aistack.sandbox import bwrap_problem
+from aistack.sandbox import Sandbox, bwrap_problem
 from support import StackEnv, git, make_git_repo, missing, wait_until
 
 # What deploy/compose.yaml and a developer's shell put in the service's environment.
@@ -184,3 +187,23 @@ def test_a_required_sandbox_that_cannot_run_stops_the_service(stack_env, service
     proc = services("ralph-wiggum", stack_env, {"PATH": str(empty)})
     isolation = httpx.get(proc.url + "/health", timeout=5).json()["isolation"]
     assert isolation["sandbox"] == "none" and "bwrap is not installed" in isolation["reason"]
+
+
+def test_a_program_in_a_virtualenv_under_tmp_runs_in_the_sandbox(tmp_path):
+    """bwrap gives the agent a private /tmp: a program installed there (aider in a checkout under
+    /tmp, as a fresh clone makes it) still runs, its interpreter and packages shown read-only."""
+    needs("bwrap")
+    venv = tmp_path / "venv"  # under /tmp, like the checkout's .venv/aider
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "lib").mkdir()
+    (venv / "lib" / "helper.py").write_text("WORD = 'ran'\n")
+    tool = venv / "bin" / "tool"
+    tool.write_text(f"#!{venv}/bin/python\nimport sys; sys.path.insert(0, '{venv}/lib'); import helper; print(helper.WORD)\n")
+    tool.chmod(0o755)
+    work = make_git_repo(tmp_path / "work")
+    settings = Settings(aistack_data_dir=tmp_path / "data", workspace_root=tmp_path, ralph_sandbox="bwrap")
+    jail = Sandbox(settings, tmp_path / ".env").jail(work, command=str(tool))
+    done = subprocess.run(jail.argv([str(tool)]), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "ran"), done.stderr

@@ -22,7 +22,7 @@ from aistack.config import Settings
 from aistack.contracts import ExecuteResult, TokenCounts
 from aistack.gitcli import GitError
 from aistack.health import acheck
-from aistack.sandbox import Sandbox
+from aistack.sandbox import Sandbox, installation
 
 log = logging.getLogger("aistack.aider_wrapper")
 
@@ -211,7 +211,8 @@ async def _run_in_slot(
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable
     jail = sandbox.jail(
-        job.workspace, writable=[files.home, folder], readable=[files.model_settings, files.model_metadata, files.env_file, aider.path],
+        job.workspace, writable=[files.home, folder],
+        readable=[files.model_settings, files.model_metadata, files.env_file, installation(aider.path)],
         git_writable=True,
     )  # fmt: skip
     outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel, jail)
