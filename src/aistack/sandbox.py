@@ -20,6 +20,7 @@ not start without it), `off`. Whether bwrap works is asked once per process, by 
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import shutil
 import subprocess
@@ -110,6 +111,9 @@ class Sandbox:
         self.hidden_dirs = (settings.aistack_data_dir,)
         self.hidden_files = (env_file, backup_path(env_file))
         self.bwrap, self.reason = _choose(settings.ralph_sandbox)
+        # the service's PATH is the agent's too: what lies on it under the private /tmp (a
+        # checkout's venv) is shown again, read-only
+        self.path_dirs = [installation(Path(d)) for d in os.environ.get("PATH", "").split(os.pathsep) if _under_tmp(d)]
 
     def isolation(self) -> Isolation:
         return Isolation(sandbox="bwrap" if self.bwrap else "none", reason=self.reason, network_isolated=False, limits=self.limits.shown())
@@ -129,7 +133,7 @@ class Sandbox:
         dot_git = workdir / ".git"
         if dot_git.is_file():  # a worktree's pointer to its git dir: never to be redirected
             binds.append((dot_git, False))
-        binds += [(path, False) for path in [*readable, *_program(command)]]
+        binds += [(path, False) for path in [*readable, *_program(command), *self.path_dirs]]
         for path, rw in binds:
             if path.exists():
                 real = str(path.resolve())
@@ -190,8 +194,13 @@ def _program(command: str | None) -> list[Path]:
     return [installation(Path(first[0]))] if first and first[0].startswith("/") and Path(first[0]).is_file() else []
 
 
+def _under_tmp(folder: str) -> bool:
+    return folder.startswith("/") and Path(folder).is_dir() and Path(folder).resolve().is_relative_to("/tmp")
+
+
 def installation(program: Path) -> Path:
-    """What must be readable for `program` to run: its virtualenv when it is a venv's script (the
-    interpreter and the packages beside it, e.g. aider in a checkout under /tmp), else itself."""
-    venv = program.parent.parent
-    return venv if program.parent.name == "bin" and (venv / "pyvenv.cfg").is_file() else program
+    """What must be readable for `program` (or a `bin` folder) to run: its virtualenv when it is a
+    venv's (the interpreter and the packages beside it, e.g. aider in a checkout under /tmp), else itself."""
+    bin_dir = program if program.is_dir() else program.parent
+    venv = bin_dir.parent
+    return venv if bin_dir.name == "bin" and (venv / "pyvenv.cfg").is_file() else program

@@ -4,6 +4,7 @@ task's work read back through the API, as a user (or an attacker) would read it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -207,3 +208,18 @@ def test_a_program_in_a_virtualenv_under_tmp_runs_in_the_sandbox(tmp_path):
     jail = Sandbox(settings, tmp_path / ".env").jail(work, command=str(tool))
     done = subprocess.run(jail.argv([str(tool)]), capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout.strip()) == (0, "ran"), done.stderr
+
+
+def test_what_lies_on_the_path_under_tmp_stays_runnable_in_the_sandbox(tmp_path, monkeypatch):
+    """A check such as `pytest`, found on the service's PATH in a checkout's venv under /tmp."""
+    needs("bwrap")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "say-ok").write_text("#!/bin/sh\necho ok\n")
+    (tools / "say-ok").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    work = make_git_repo(tmp_path / "work")
+    settings = Settings(aistack_data_dir=tmp_path / "data", workspace_root=tmp_path, ralph_sandbox="bwrap")
+    jail = Sandbox(settings, tmp_path / ".env").jail(work, command="say-ok")
+    done = subprocess.run(jail.argv(["/bin/sh", "-c", "say-ok"]), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
