@@ -197,7 +197,7 @@ def test_a_program_in_a_virtualenv_under_tmp_runs_in_the_sandbox(tmp_path):
     venv = tmp_path / "venv"  # under /tmp, like the checkout's .venv/aider
     (venv / "bin").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "bin" / "python").symlink_to(Path(sys.executable).resolve())  # as a venv links the base interpreter
     (venv / "lib").mkdir()
     (venv / "lib" / "helper.py").write_text("WORD = 'ran'\n")
     tool = venv / "bin" / "tool"
