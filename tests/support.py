@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -202,22 +203,77 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def serving_llama(tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]) -> Iterator[StackEnv]:
+    """A real llama-cpp service (`aistack serve llama-cpp`, configured with `values`) for a fixture
+    to yield: the stack env whose .env points at it; stopped when the fixture ends."""
+    env = new_stack_env(tmp_path_factory.mktemp("llama")).set(**values)
+    proc = ServiceProcess("llama-cpp", env)
+    try:
+        proc.wait_healthy(timeout=300)
+        yield env
+    finally:
+        proc.stop()
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """A process as /proc/<pid>/stat shows it."""
+
+    pid: int
+    state: str  # R, S, D, Z (a zombie: ended, not yet reaped) ...
+    ppid: int
+    pgid: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return ProcStat(pid, fields[0], int(fields[1]), int(fields[2]))
+
+
+def live_processes() -> list[ProcStat]:
+    """Every process on the machine but the zombies."""
+    found = (proc_stat(int(entry.name)) for entry in Path("/proc").glob("[0-9]*"))
+    return [stat for stat in found if stat is not None and stat.state != "Z"]
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie."""
+    stat = proc_stat(pid)
+    return stat is not None and stat.state != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group has a process, a zombie included (what kill(2) sees)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_members(pgid: int) -> list[int]:
+    return [stat.pid for stat in live_processes() if stat.pgid == pgid]
+
+
+def children(pid: int) -> list[int]:
+    return [stat.pid for stat in live_processes() if stat.ppid == pid]
+
+
 def descendants(pid: int) -> list[int]:
-    """Live (not zombie) processes below `pid`, however deep, but for its warden (the one helper
-    a service keeps for its whole life: procgroup.Warden)."""
+    """Live processes below `pid`, however deep, but for its warden (the one helper a service
+    keeps for its whole life: procgroup.Warden)."""
     parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and not is_warden(int(entry.name)):
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    for stat in live_processes():
+        if not is_warden(stat.pid):
+            parents.setdefault(stat.ppid, []).append(stat.pid)
     found, todo = [], [pid]
     while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
+        below = parents.get(todo.pop(), [])
+        found += below
+        todo += below
     return found
 
 
@@ -230,26 +286,17 @@ def is_warden(pid: int) -> bool:
 
 def warden_of(pid: int) -> int:
     """The process that ends `pid`'s children when it dies (procgroup.Warden)."""
-    (warden,) = [int(p.name) for p in Path("/proc").glob("[0-9]*") if is_warden(int(p.name)) and _ppid(int(p.name)) == pid]
+    (warden,) = [child for child in children(pid) if is_warden(child)]
     return warden
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError):
-        return 0
 
 
 def processes_in(cwd: Path) -> list[int]:
     """Live processes whose working directory is `cwd` (aider runs in the workspace)."""
     found = []
-    for proc in Path("/proc").glob("[0-9]*"):
+    for stat in live_processes():
         try:
-            if Path(os.readlink(proc / "cwd")) == cwd.resolve():
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(proc.name))
+            if Path(os.readlink(f"/proc/{stat.pid}/cwd")) == cwd.resolve():
+                found.append(stat.pid)
         except OSError:
             continue
     return found

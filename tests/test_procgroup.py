@@ -13,15 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from aistack.procgroup import GroupIdentity, end_orphaned_group, identify_group
-from support import wait_until
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from support import alive, wait_until
 
 
 @contextmanager

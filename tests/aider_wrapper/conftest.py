@@ -8,24 +8,14 @@ from collections.abc import Iterator
 import pytest
 from wrapper_support import CODER, SMOL
 
-from support import ServiceProcess, StackEnv, new_stack_env
-
-
-def _llama(tmp_path_factory: pytest.TempPathFactory, values: dict[str, str]) -> Iterator[StackEnv]:
-    env = new_stack_env(tmp_path_factory.mktemp("llama")).set(**values)
-    proc = ServiceProcess("llama-cpp", env)
-    try:
-        proc.wait_healthy(timeout=300)
-        yield env
-    finally:
-        proc.stop()
+from support import StackEnv, serving_llama
 
 
 @pytest.fixture(scope="module")
 def smol_llama(tmp_path_factory) -> Iterator[StackEnv]:
-    yield from _llama(tmp_path_factory, SMOL)
+    yield from serving_llama(tmp_path_factory, SMOL)
 
 
 @pytest.fixture(scope="module")
 def coder_llama(tmp_path_factory) -> Iterator[StackEnv]:
-    yield from _llama(tmp_path_factory, CODER)
+    yield from serving_llama(tmp_path_factory, CODER)

@@ -12,32 +12,16 @@ import time
 from pathlib import Path
 
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
-from support import wait_until
+from support import alive, wait_until
 
 # Prints, starts a grandchild in the same group, then waits for a long time.
 TREE = "echo started; sleep 300 & echo $! > {pidfile}; sleep 300"
 
 
-def group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def ended_soon(pid: int, within: float = 10.0) -> bool:
     """A signal is delivered asynchronously: give the kernel a moment before calling it alive."""
     deadline = time.monotonic() + within
-    while pid_alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -107,7 +91,7 @@ def test_aider_dies_with_the_wrapper(tmp_path: Path) -> None:
     finally:
         wrapper.kill()
         wrapper.wait()
-        if pidfile.exists() and pid_alive(int(pidfile.read_text())):
+        if pidfile.exists() and alive(int(pidfile.read_text())):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 

@@ -14,7 +14,7 @@ import pytest
 from wrapper_support import check_result, llm_busy, point_at
 
 from aistack.ralph_wiggum.backends.aider import AiderBackend
-from support import git, make_git_repo, processes_in, wait_until
+from support import children, git, make_git_repo, processes_in, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -184,14 +184,3 @@ def test_llama_server_off_loopback_requires_the_key_and_the_wrapper_sends_it(sta
     assert result.tokens.prompt > 0 and result.tokens.completion > 0, result  # the model answered aider
     assert not (result.error or "").startswith("the LLM refused the API key"), result.error
     assert key not in wrapper.log() and key not in llama.log()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            continue
-    return found

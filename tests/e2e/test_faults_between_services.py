@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from support import ServiceProcess, StackEnv, free_port, make_git_repo, new_stack_env, processes_in, wait_until
+from support import StackEnv, free_port, make_git_repo, processes_in, serving_llama, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,13 +88,7 @@ class FaultProxy:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> Iterator[StackEnv]:
-    env = new_stack_env(tmp_path_factory.mktemp("llama")).set(**SMOL)
-    proc = ServiceProcess("llama-cpp", env)
-    try:
-        proc.wait_healthy(timeout=300)
-        yield env
-    finally:
-        proc.stop()
+    yield from serving_llama(tmp_path_factory, SMOL)
 
 
 @pytest.fixture

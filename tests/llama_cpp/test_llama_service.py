@@ -12,21 +12,9 @@ import httpx
 import pytest
 
 from aistack.llama_cpp.cpu import read_cpu
-from support import AISTACK, child_env, wait_until
+from support import AISTACK, alive, child_env, children, wait_until
 
 SMOL = {"LLAMA_CPP_MODEL": "smollm2-135m", "LLAMA_CPP_CONTEXT_SIZE": "2048", "LLAMA_CPP_PARALLEL": "2"}
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def exe_name(pid: int) -> str:
@@ -34,14 +22,6 @@ def exe_name(pid: int) -> str:
         return Path(f"/proc/{pid}/exe").resolve().name
     except OSError:
         return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def listening(port: int) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import AISTACK, StackEnv, child_env, git, make_git_repo, wait_until, warden_of
+from support import AISTACK, StackEnv, alive, child_env, git, group_alive, group_members, make_git_repo, wait_until, warden_of
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so
@@ -223,9 +223,9 @@ def test_stop_mid_iteration_ends_the_agents_process_group(ralph, stack_env):
     task = wait_for(client, task_id, {"stopped"}, timeout=20)  # not the agent's 300 s (its speed: bench_loop)
     assert task["iteration"] == 0 and task["completion_reason"] == "stopped by user"
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child), "the agent's child process survived the stop"
+    assert not alive(child), "the agent's child process survived the stop"
     assert client.post(f"/tasks/{task_id}/stop").status_code == 409
 
 
@@ -243,9 +243,9 @@ def test_agent_leaving_a_helper_behind_finishes_and_the_helper_is_ended(ralph, s
     iteration = client.get(f"/tasks/{task['id']}/iterations").json()[0]
     assert iteration["exit_code"] == 0 and "started a helper" in iteration["output_excerpt"]
     deadline = time.monotonic() + 2
-    while _alive(int(pidfile.read_text())) and time.monotonic() < deadline:
+    while alive(int(pidfile.read_text())) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(int(pidfile.read_text())), "the agent's background helper outlived its iteration"
+    assert not alive(int(pidfile.read_text())), "the agent's background helper outlived its iteration"
 
 
 def test_hung_agent_and_hung_check_are_ended_at_their_timeouts_with_their_groups(ralph, stack_env):
@@ -273,23 +273,7 @@ def test_hung_agent_and_hung_check_are_ended_at_their_timeouts_with_their_groups
     assert checked["check_output"].endswith("[check timed out after 2 s]")
     for name in ("agent", "check"):
         group = int((groups / name).read_text())
-        assert wait_until(lambda group=group: not _group_alive(group), 5), f"the {name}'s process group outlived its timeout"
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        assert wait_until(lambda group=group: not group_alive(group), 5), f"the {name}'s process group outlived its timeout"
 
 
 def test_stop_a_queued_task(ralph, stack_env):
@@ -404,35 +388,10 @@ def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     pids = [int(p.read_text()) for p in pidfiles]
     try:
         ralph.kill9()
-        assert wait_until(lambda: not any(_alive(pid) for pid in pids), 10), "the agent or the check outlived the orchestrator"
+        assert wait_until(lambda: not any(alive(pid) for pid in pids), 10), "the agent or the check outlived the orchestrator"
     finally:
-        for pid in filter(_alive, pids):
+        for pid in filter(alive, pids):
             os.kill(pid, signal.SIGKILL)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
-
-
-def _ppid(pid: int) -> int:
-    stat = _read(Path(f"/proc/{pid}/stat")).rsplit(b")", 1)
-    return int(stat[1].split()[1]) if len(stat) == 2 else 0
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group `pgid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_queued_tasks_run_fifo_within_the_concurrency_limit(ralph, stack_env):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from aistack.ralph_wiggum.shell import run_shell, shell_argv
-from support import wait_until
+from support import alive, wait_until
 
 
 @pytest.mark.parametrize(
@@ -99,11 +99,3 @@ def test_a_cancel_while_the_command_starts_ends_its_whole_group_at_once(tmp_path
     asyncio.run(scenario())
     helper = int(pidfile.read_text())
     assert wait_until(lambda: not alive(helper), 10), "the helper outlived the cancel"
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
