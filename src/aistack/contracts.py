@@ -7,11 +7,21 @@ here is renamed on both sides at once.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def first_error(errors: Sequence[Any]) -> tuple[str, str]:
+    """(field, message) of the first of pydantic's `errors()`, as every service says it: the
+    field's dotted path without FastAPI's body/query/path/header part, and our own validators'
+    words without pydantic's "Value error, " in front."""
+    first = errors[0]
+    field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")) or "body"
+    return field, first.get("msg", "invalid value").removeprefix("Value error, ")
 
 
 class TaskStatus(str, Enum):

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack.config import ConfigError
-from aistack.contracts import ErrorBody
+from aistack.contracts import ErrorBody, first_error
 
 API_KEY_HEADER = "X-API-Key"
 PREVIEW_CHARS = 80  # of a refused value, in an error answer
@@ -39,19 +39,13 @@ def check_bind(host: str, api_key: str | None) -> None:
         raise ConfigError(f"invalid setting AISTACK_BIND_ADDRESS={host!r}: binding beyond loopback needs RALPH_WIGGUM_API_KEY set")
 
 
-def _field_of(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every error becomes `{"detail": message, "field": name}`; nothing leaks a traceback."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        field = _field_of(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid value").removeprefix("Value error, ")  # our own validators' words, as they are
+        field, msg = first_error(exc.errors())
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("request body is not valid JSON", "body"), status_code=422)
         got = first.get("input")

@@ -58,12 +58,14 @@ def test_task_form_auto_limit_ignores_the_number_and_blank_fields_are_unset() ->
         ({"prompt": "x", "limit_mode": "fixed", "max_iterations": "two"}, "max_iterations", "'two'"),
         ({"prompt": "x", "context": "{nope"}, "context", "not valid JSON"),
         ({"prompt": "x", "context": "[1]"}, "context", "JSON object"),
+        ({"prompt": "fix\x00it"}, "prompt", "prompt: must not contain a NUL"),  # our words, as the API says them
     ],
 )
 def test_task_form_errors_name_the_field(values: dict, field: str, text: str) -> None:
     with pytest.raises(FormError) as err:
         task_from_form(values)
     assert err.value.field == field and text in str(err.value)
+    assert "Value error" not in str(err.value)
 
 
 def _limits(**changes: object) -> dict:

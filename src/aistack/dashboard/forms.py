@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from aistack.client import RalphError
 from aistack.config import allowed
-from aistack.contracts import IterationLimits, TaskCreate
+from aistack.contracts import IterationLimits, TaskCreate, first_error
 
 LIMIT_FIELDS = tuple(IterationLimits.model_fields)  # the settings the Iteration controls page edits
 _BELOW_THE_CAP = ("ralph_max_iterations_simple", "ralph_max_iterations_default", "ralph_max_iterations_complex")
@@ -54,9 +54,9 @@ def task_from_form(values: dict[str, str]) -> TaskCreate:
     try:
         return TaskCreate.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else None
-        raise FormError(f"{field}: {err['msg']}", field) from None
+        path, msg = first_error(exc.errors())
+        field = path.split(".")[0]  # the form's input
+        raise FormError(f"{field}: {msg}", field) from None
 
 
 def limits_from_form(form: dict[str, Any]) -> IterationLimits:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.contracts import TaskCreate, TaskView
+from aistack.contracts import TaskCreate, TaskView, first_error
 from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
@@ -80,8 +80,8 @@ def submit(
             context={"files": file} if file else {},
         )
     except ValidationError as exc:  # as the orchestrator would refuse it, without asking it
-        err = exc.errors()[0]
-        fail(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}")
+        field, msg = first_error(exc.errors())
+        fail(f"{field}: {msg}")
     accepted = _call(lambda c: c.submit(body))
     console.print(f"✓ task [bold]{accepted.task_id}[/bold] {accepted.message}")
     if wait:

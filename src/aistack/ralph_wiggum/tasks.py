@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from aistack import agentenv
 from aistack.config import Settings
-from aistack.contracts import FileList, TaskCreate, TaskStatus
+from aistack.contracts import FileList, TaskCreate, TaskStatus, first_error
 from aistack.paths import PathNotAllowed, confine
 from aistack.procgroup import end_orphaned_group
 from aistack.ralph_wiggum import rules
@@ -100,7 +100,7 @@ class TaskService:
             try:
                 _FILE_LIST.validate_python(body.context.get(key, []))
             except ValidationError as exc:
-                problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
