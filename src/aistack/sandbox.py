@@ -40,7 +40,10 @@ BWRAP_BASE = (
     "--unshare-all", "--share-net", "--die-with-parent",
     "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
 )  # fmt: skip
-BWRAP_HIDES = "worktree writable, the rest read-only; data dir, .env and other tasks hidden; git metadata read-only; private /tmp and pids"
+BWRAP_HIDES = (
+    "worktree writable, the rest read-only; data dir, .env and other tasks hidden; git metadata read-only "
+    "(writable for aider); private /tmp and pids"
+)
 
 
 @dataclass(frozen=True)

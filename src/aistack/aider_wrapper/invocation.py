@@ -128,7 +128,8 @@ def find_aider(settings: Settings) -> Path | None:
 def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
     """The environment aider runs in: the agents' allow-list (`agentenv`), its own HOME, and what
     it needs to run plainly. No AIDER_* setting of ours reaches it (aider reads AIDER_<OPTION>
-    variables as options), nor any key: the LLM endpoint and its dummy key are on the command line."""
+    variables as options). Its one key is the stack's (a dummy one without it), in OPENAI_API_KEY
+    and not in argv: llama-server requires it when one is set."""
     env = agentenv.environ(settings, files.home)
     llama_host = settings.url("llama-cpp").split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
     no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), llama_host]))

@@ -1,6 +1,6 @@
 """Shell commands that can always be ended: own process group, timeout, cancellation, the
-death of this process (its leader's parent-death signal; what the leader started is ended by the
-next process, which learns of the group through `on_group`)."""
+death of this process (the warden ends the whole group: procgroup.Warden; if the warden dies with
+it, the next process ends what is left, having learnt of the group through `on_group`)."""
 
 from __future__ import annotations
 
