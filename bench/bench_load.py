@@ -57,7 +57,14 @@ def burst(tmp: Path, args: argparse.Namespace, read: str | None) -> dict:
             ids = submit_all(client, repos, args.tasks)
             submitted = time.monotonic() - t0
             drained = threading.Event()
-            waiter = threading.Thread(target=lambda: (wait_terminal(client, ids, 3600), drained.set()), daemon=True)
+
+            def drain() -> None:
+                try:
+                    wait_terminal(client, ids, 3600)
+                finally:  # a drain that fails must still end the wrk rounds below
+                    drained.set()
+
+            waiter = threading.Thread(target=drain, daemon=True)
             waiter.start()
             loaded, paced = [], []
             if read == "paced":
