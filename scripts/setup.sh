@@ -39,7 +39,7 @@ apt_install() {
 if command -v dpkg >/dev/null; then
   apt_install git cmake g++ make bubblewrap  # bubblewrap: the agents' sandbox (aistack.sandbox)
   "$PY" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv  # Debian splits `python3 -m venv` out
-  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap; fi
+  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap procps; fi  # procps: pgrep in the lifecycle tests
   if ((WITH_BENCH)); then apt_install wrk; fi
 fi
 
