@@ -127,7 +127,8 @@ def test_a_git_lock_left_behind_fails_the_task_naming_it(stack_env, services):
         assert str(lock) in task["error"] and "remove" in task["error"] and not task["error"].startswith("internal error"), task
         assert [it["number"] for it in client.get(f"/tasks/{locked}/iterations").json()] == [1]  # the second is not counted
         assert git(repo, "show", f"aistack/{locked}:notes.txt") == "line 1"  # the first one's checkpoint stays
-        assert not Path(task["worktree"]).exists() and not lock.exists()  # its worktree (lock and all) is gone
+        # its worktree (lock and all) goes, just after the status is written (TaskService.finish, then release)
+        assert wait_until(lambda: not Path(task["worktree"]).exists() and not lock.exists(), 10)
         assert users_lock.exists()  # the person's lock is theirs: not removed, and it stops no task
         stack_env.set(RALPH_COMMAND_BACKEND=str(write_agent(stack_env.root / "agent.sh", AGENT)))
         other = wait_status(client, submit(client, "repo").json()["task_id"], TERMINAL)
