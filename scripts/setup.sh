@@ -39,7 +39,9 @@ apt_install() {
 if command -v dpkg >/dev/null; then
   apt_install git cmake g++ make bubblewrap  # bubblewrap: the agents' sandbox (aistack.sandbox)
   "$PY" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv  # Debian splits `python3 -m venv` out
-  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap procps; fi  # procps: pgrep in the lifecycle tests
+  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap procps systemd; fi  # procps: pgrep in the lifecycle tests; systemd: systemd-analyze verifies the units
+  # kubectl renders deploy/kubernetes in the tests; Debian's kubernetes-client (1.20) is too old for kustomize v5
+  if ((WITH_TESTS)) && ! command -v kubectl >/dev/null; then echo "please install kubectl >= 1.27 (the Kubernetes tests render with it)" >&2; fi
   if ((WITH_BENCH)); then apt_install wrk; fi
 fi
 

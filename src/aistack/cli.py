@@ -18,6 +18,7 @@ from aistack import __version__, demo
 from aistack.config import ENV_FILE_VARIABLE, ConfigError, effective_items, env_template, resolve_env_file
 from aistack.files import atomic_write
 from aistack.lifecycle import cli as lifecycle_cli
+from aistack.lifecycle import systemd
 from aistack.llama_cpp import cli as llama_cli
 from aistack.ralph_wiggum import cli as ralph_cli
 from aistack.terminal import console, fail, settings_or_exit
@@ -120,7 +121,7 @@ def _mount(sub: typer.Typer) -> None:
     app.registered_groups.extend(sub.registered_groups)
 
 
-for _sub in (ralph_cli.commands, llama_cli.commands, lifecycle_cli.commands, demo.commands):
+for _sub in (ralph_cli.commands, llama_cli.commands, lifecycle_cli.commands, systemd.commands, demo.commands):
     _mount(_sub)
 
 

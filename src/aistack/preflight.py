@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -83,10 +84,21 @@ def before_serve(settings: Settings, service: str) -> None:
         _say(f"⚠ {dependency} at {url} {what} after {timeout} s ({result.detail}) — continuing")
 
 
-def check_all(settings: Settings, timeout: float = health.PROBE_TIMEOUT_SECONDS) -> list[CheckResult]:
-    """One probe of every service of the stack, in start order (probes run in parallel)."""
+def check_all(
+    settings: Settings, timeout: float = health.PROBE_TIMEOUT_SECONDS, names: Sequence[str] = services.NAMES, wait: float = 0.0
+) -> list[CheckResult]:
+    """One probe of each named service (the whole stack by default), in start order and in
+    parallel. With `wait`, each is probed until it is ready or `wait` seconds have passed: a
+    systemd unit is started only when this says its service is ready."""
+    deadline = time.monotonic() + wait
+
+    def check(name: str) -> CheckResult:
+        if wait <= 0:
+            return probe(name, settings.url(name), timeout, settings.api_key)
+        return CheckResult(name, settings.url(name), health.wait_ready(settings.health_url(name), deadline))
+
     with ThreadPoolExecutor(max_workers=len(services.NAMES)) as pool:
-        return list(pool.map(lambda name: probe(name, settings.url(name), timeout, settings.api_key), services.NAMES))
+        return list(pool.map(check, [name for name in services.NAMES if name in names]))
 
 
 def _say(line: str) -> None:

@@ -132,3 +132,14 @@ def test_preflight_command_prints_a_table_and_fails_when_something_is_down(stack
     assert "ralph-wiggum (connection refused): start it: aistack up" in advice
     assert "check RALPH_WIGGUM_HOST and RALPH_WIGGUM_PORT" in advice
     assert "llama-cpp (" not in advice
+
+
+def test_preflight_waits_for_the_named_services_only(stack, health_server):
+    """`aistack preflight NAME --wait S`, a systemd unit's readiness: it returns 0 as soon as the
+    service turns ready (after its 503s), and checks nothing else of the stack."""
+    stack.set(LLAMA_CPP_PORT=health_server(ready_after=1.5))
+    result = aistack(stack, "preflight", "llama-cpp", "--wait", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(table_rows(result.stdout)) == {"llama-cpp"}
+    once = aistack(stack, "preflight", "aider-wrapper", "--wait", "1")  # nothing listens there
+    assert once.returncode == 1 and set(table_rows(once.stdout)) == {"aider-wrapper"}

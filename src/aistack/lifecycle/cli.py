@@ -69,11 +69,13 @@ ServicesArg = Annotated[list[str] | None, typer.Argument(help="Services (default
 
 @commands.command()
 def preflight(
+    services: ServicesArg = None,
     timeout: Annotated[float, typer.Option(help="Seconds each probe may take.")] = 2.0,
+    wait: Annotated[float, typer.Option(help="Check until every one is ready or this many seconds pass (0: once).", min=0)] = 0.0,
 ) -> None:
-    """Check every service of the stack: reachable, ready, latency, and what to do if not."""
+    """Check services of the stack: reachable, ready, latency, and what to do if not."""
     cfg = settings_or_exit()
-    results = preflight_checks.check_all(cfg, timeout)
+    results = preflight_checks.check_all(cfg, timeout, _selected(services), wait)
     table = _table("aistack pre-flight", "service", "URL", "reachable", "ready", "latency")
     yes_no = lambda ok: "[green]yes[/green]" if ok else "[red]no[/red]"  # noqa: E731
     for r in results:
