@@ -18,7 +18,7 @@ from lifecycle_support import aistack
 
 from aistack import services
 from aistack.lifecycle.systemd import MARKER, TARGET, unit_name
-from support import StackEnv, child_env, missing
+from support import StackEnv, child_env, missing, new_stack_env
 
 UNITS = [unit_name(name) for name in services.NAMES] + [TARGET]
 
@@ -40,8 +40,10 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
-def test_the_units_pass_systemd_analyze_verify(stack_env: StackEnv, tmp_path: Path, user: bool):
+def test_the_units_pass_systemd_analyze_verify(tmp_path: Path, user: bool):
+    """With the .env in a directory whose name systemd would misread unquoted or unescaped."""
     analyze = shutil.which("systemd-analyze") or missing("systemd-analyze is not installed (Debian's systemd package)")
+    stack_env = new_stack_env(tmp_path / "my stack, 100% $HOME")
     unit_dir = tmp_path / "units"
     result = aistack(stack_env, "systemd", "install", "--unit-dir", str(unit_dir), *(["--user"] if user else []))
     assert result.returncode == 0, result.stdout + result.stderr

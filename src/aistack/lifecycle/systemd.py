@@ -42,16 +42,21 @@ def user_unit_dir() -> Path:
     return (Path(base) if base else Path.home() / ".config") / "systemd" / "user"
 
 
-def _arg(word: str) -> str:
-    """One word of a unit's command line or value: `%` and `$` are systemd's own, blanks need quotes."""
-    word = word.replace("%", "%%").replace("$", "$$")
-    if re.search(r'[\s"\'\\;]', word):
-        return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return word
+def _literal(text: str) -> str:
+    """`text` as a unit file gives it: `%` starts a specifier there."""
+    return text.replace("%", "%%")
+
+
+def _word(text: str) -> str:
+    """One word of `Environment=` or a command line: quoted where it has blanks or quotes."""
+    if re.search(r'[\s"\'\\;]', text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def _command(python: Path, *args: str) -> str:
-    return " ".join(_arg(word) for word in (str(python), "-m", "aistack", *args))
+    """A command line: `$` there would expand a variable."""
+    return " ".join(_word(_literal(word).replace("$", "$$")) for word in (str(python), "-m", "aistack", *args))
 
 
 def service_unit(settings: Settings, name: str, python: Path, env_file: Path, run_as: str | None) -> str:
@@ -70,9 +75,9 @@ def service_unit(settings: Settings, name: str, python: Path, env_file: Path, ru
         "",
         "[Service]",
         "Type=exec",
-        *([f"User={_arg(run_as)}"] if run_as else []),
-        f"Environment={_arg(f'{ENV_FILE_VARIABLE}={env_file}')}",
-        f"EnvironmentFile=-{_arg(str(env_file))}",
+        *([f"User={_literal(run_as)}"] if run_as else []),
+        f"Environment={_word(_literal(f'{ENV_FILE_VARIABLE}={env_file}'))}",
+        f"EnvironmentFile=-{_literal(str(env_file))}",  # a path, taken as it is: never quoted
         f"ExecStart={_command(python, 'serve', name)}",
         f"ExecStartPost={_command(python, 'preflight', name, '--wait', f'{ready:g}')}",
         f"TimeoutStartSec={ready + 30:g}",
