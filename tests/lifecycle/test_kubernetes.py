@@ -250,3 +250,14 @@ def test_the_database_is_in_the_cluster_or_named_by_the_secret(objects):
         else:
             assert url["valueFrom"]["secretKeyRef"]["key"] == "AISTACK_DATABASE_URL", where
             assert "POSTGRES_PASSWORD" not in env, where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_ships_with_an_overlay(overlay):
+    """The example leaves every value to the operator (an empty key stops the services), and git
+    ignores the secret.env made of it."""
+    example = (KUBERNETES_DIR / "overlays" / overlay / "secret.env.example").read_text()
+    assigned = [line for line in example.splitlines() if line and not line.startswith("#")]
+    assert assigned and all(re.fullmatch(r"[A-Z_]+=", line) for line in assigned), assigned
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"deploy/kubernetes/overlays/{overlay}/secret.env"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, "secret.env is not ignored by git"

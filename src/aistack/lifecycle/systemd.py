@@ -132,17 +132,17 @@ def install(unit_dir: Path, texts: dict[str, str]) -> list[Path]:
 def uninstall(unit_dir: Path) -> list[Path]:
     """Remove the units install wrote here, and the links `systemctl enable` made to them."""
     names = {unit_name(name) for name in services.NAMES} | {TARGET}
-    units = [(unit_dir / name).resolve() for name in sorted(names) if ours(unit_dir / name)]
+    written = [(unit_dir / name).resolve() for name in sorted(names) if ours(unit_dir / name)]
     links = [
         link for wants in unit_dir.glob("*.target.*") if wants.is_dir()
-        for link in wants.iterdir() if link.is_symlink() and link.resolve() in units
+        for link in wants.iterdir() if link.is_symlink() and link.resolve() in written
     ]  # fmt: skip
-    for path in links + units:
+    for path in links + written:
         path.unlink()
     for wants in {link.parent for link in links}:
         if not any(wants.iterdir()):
             wants.rmdir()
-    return units + links
+    return written + links
 
 
 # --- the commands ----------------------------------------------------------------------------
