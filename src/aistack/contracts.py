@@ -132,6 +132,12 @@ class TaskCreate(BaseModel):
     workspace: PathText | None = Field(
         default=None, description="Git repository, relative to WORKSPACE_ROOT or absolute inside it; omitted = the root."
     )
+    repository: OsText | None = Field(
+        default=None, max_length=PATH_MAX_CHARS,
+        description="A git remote to work on instead of a workspace (https, ssh, git, or file:// inside WORKSPACE_ROOT or "
+                    "RALPH_REMOTE_FILE_ROOTS); no credentials in it. The branch aistack/<task> is pushed there.",
+    )  # fmt: skip
+    ref: OsText | None = Field(default=None, max_length=255, description="Branch or tag of `repository` to start from; omitted = its HEAD.")
     check_command: OsText | None = Field(default=None, max_length=10_000, description="Shell command; exit 0 = done.")
     completion_promise: Text | None = Field(
         default=None, max_length=1_000, description="Done when the reply ends with <promise>TEXT</promise>."
@@ -163,7 +169,8 @@ class TaskView(BaseModel):
     prompt: str
     status: TaskStatus
     backend: str
-    workspace: str
+    workspace: str = Field(description="The repository's path on the orchestrator's host, or the URL of `repository`.")
+    repository: str | None = Field(default=None, description="The git remote the task works on, if it names one.")
     worktree: str | None
     branch: str | None
     base_commit: str | None
