@@ -71,11 +71,11 @@ class Remotes:
                 "RALPH_GIT_CREDENTIALS_FILE or its git configuration", "repository",
             )  # fmt: skip
         if parts.scheme != "file":
-            if not parts.hostname:
-                raise RemoteRefused(f"repository {url[:80]} names no host", "repository")
+            if not parts.hostname or f"{parts.username or ''}{parts.hostname}".startswith("-"):  # ssh would take it for an option
+                raise RemoteRefused(f"repository {url[:80]} names no host (or one that starts with '-')", "repository")
             return None
-        if parts.netloc not in ("", "localhost"):
-            raise RemoteRefused("a file:// repository is on this host: file:///path", "repository")
+        if parts.netloc not in ("", "localhost") or "?" in url or "#" in url:  # git reads ?… and #… as part of the path
+            raise RemoteRefused("a file:// repository is a path on this host: file:///path (without ? or #)", "repository")
         try:
             return confine(unquote(parts.path), self.file_roots)
         except PathNotAllowed as exc:
@@ -126,7 +126,7 @@ class Remotes:
         if result.code != 0:
             lines = [line.strip() for line in (result.err or result.out).splitlines()]
             said = "; ".join(line for line in lines if line and not line.startswith(_NOISE)) or f"exit {result.code}"
-            raise RemoteError(self.mask(f"git {args[0]}: {said[:600]}"))
+            raise RemoteError(self.mask(f"git {args[0]}: {said}")[:600])  # masked first: a cut must not halve a secret
         return result.out
 
     def mask(self, text: str) -> str:

@@ -5,18 +5,23 @@ process, and real `aistack serve ralph-wiggum` processes with the `command` back
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
 
 from aistack.contracts import TaskStatus
 from aistack.gitremote import RemoteError, RemoteRefused, Remotes
+from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.workspace import GitWorktrees
 from support import AISTACK, StackEnv, child_env, free_port, git, make_git_repo, wait_until
@@ -66,7 +71,9 @@ def subjects(remote: Path, ref: str) -> list[str]:
         ("/srv/repos/r.git", "must be a URL git fetches"),
         ("file:///etc", "must lie inside WORKSPACE_ROOT or RALPH_REMOTE_FILE_ROOTS"),
         ("file://otherhost/srv/r.git", "file:///path"),
+        ("file:///ws/a?/../../../etc/r.git", "without \\? or #"),
         ("https:///r.git", "names no host"),
+        ("ssh://-oProxyCommand=x/r.git", "starts with '-'"),
     ],
 )
 def test_a_url_with_credentials_another_transport_or_outside_the_roots_is_refused(tmp_path, url, words):
@@ -184,6 +191,18 @@ def test_a_worker_taking_a_task_over_fetches_its_branch_from_the_remote(tmp_path
     assert git(resumed.path, "rev-parse", "HEAD^") == saved.commit  # continued from the fetched checkpoint
     assert interrupted.commit and again.push_error is None  # the unrecorded checkpoint is replaced, not kept twice
     assert subjects(remote, "aistack/t1") == ["iteration 2", "iteration 1", "initial"]
+
+
+def test_a_file_remote_swapped_for_a_link_out_of_the_roots_is_refused_before_any_fetch(tmp_path):
+    remote = bare_remote(tmp_path / "root" / "remote.git")
+    trees = GitWorktrees(tmp_path / "data" / "worktrees", tmp_path / "root")
+    task = remote_task(remote, git(remote, "rev-parse", "main"))
+    elsewhere = bare_remote(tmp_path / "elsewhere" / "private.git")
+    shutil.rmtree(remote)
+    remote.symlink_to(elsewhere)
+    with pytest.raises(PathNotAllowed, match="must lie inside WORKSPACE_ROOT or RALPH_REMOTE_FILE_ROOTS"):
+        asyncio.run(trees.prepare(task, None))
+    assert not (tmp_path / "data" / "worktrees" / "t1").exists()
 
 
 def test_a_checkpoint_that_reached_no_remote_is_a_clear_transient_failure(tmp_path):
@@ -388,3 +407,76 @@ def test_a_remote_that_does_not_answer_later_is_retried_then_fails_with_its_word
     assert "does not appear to be a git repository" in task["error"]
     assert any(e["type"] == "transient_retry" for e in events(client, task_id))
     assert client.get(f"/tasks/{task_id}/iterations").json() == []
+
+
+# --- a remote behind HTTP authentication: the credentials file is what opens it -----------------
+
+
+class GitOverHttp:
+    """`git http-backend` (git's smart HTTP server, a CGI program) behind HTTP basic
+    authentication, on loopback: a remote as a forge serves it, which refuses anonymous clients."""
+
+    def __init__(self, root: Path, user: str, password: str):
+        self.root, self.expected = root, "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.server = make_server("127.0.0.1", 0, self.app, handler_class=_QuietHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.refused = 0  # requests without the right credentials
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def app(self, environ, start_response):
+        if environ.get("HTTP_AUTHORIZATION") != self.expected:
+            self.refused += 1
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="git"'), ("Content-Length", "0")])
+            return [b""]
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        cgi = {"GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1", "REMOTE_USER": "bot", "PATH": os.environ["PATH"],
+               **{key: environ.get(key, "") for key in ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE")},
+               "CONTENT_LENGTH": str(len(body)), "GIT_PROTOCOL": environ.get("HTTP_GIT_PROTOCOL", ""),
+               "HTTP_CONTENT_ENCODING": environ.get("HTTP_CONTENT_ENCODING", "")}  # fmt: skip
+        out = subprocess.run(["git", "http-backend"], input=body, env=cgi, capture_output=True, check=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        headers = [tuple(line.split(": ", 1)) for line in head.decode().split("\r\n") if line]
+        status = next((value for name, value in headers if name.lower() == "status"), "200 OK")
+        start_response(status, [(name, value) for name, value in headers if name.lower() != "status"])
+        return [payload]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def http_remote(tmp_path: Path) -> Iterator[tuple[GitOverHttp, Path]]:
+    served = tmp_path / "served"
+    server = GitOverHttp(served, "bot", TOKEN)
+    remote = bare_remote(served / "project.git")
+    git(remote, "config", "http.receivepack", "true")
+    yield server, remote
+    server.close()
+
+
+def test_without_the_credentials_file_an_authenticating_remote_is_refused_at_submission(tmp_path, http_remote):
+    server, _ = http_remote
+    with pytest.raises(RemoteRefused, match="cannot be reached: git ls-remote: .*could not read Username") as refused:
+        asyncio.run(Remotes(None, (tmp_path,)).resolve(f"{server.url}/project.git", None))
+    assert refused.value.field == "repository" and server.refused > 0
+
+
+def test_a_task_on_an_authenticating_http_remote_pushes_with_the_credentials_file_which_no_output_shows(ralph, stack_env, http_remote):
+    server, remote = http_remote
+    credentials = stack_env.root / "secrets" / "git-credentials"
+    credentials.parent.mkdir()
+    credentials.write_text(f"{server.url.replace('http://', f'http://bot:{TOKEN}@')}\n")
+    client, proc = ralph(RALPH_GIT_CREDENTIALS_FILE=credentials)
+    task_id = submit(client, repository=f"{server.url}/project.git", check_command=THREE_LINES)
+    task = wait_for(client, task_id, TERMINAL)
+    assert task["status"] == "completed", task
+    assert_three_checkpoints_on(remote, client, task_id)
+    assert server.refused > 0  # git asked without credentials first, then took them from the file
+    shown = [client.get(path).text for path in (f"/tasks/{task_id}", f"/tasks/{task_id}/events.json", "/health")]
+    assert not any(TOKEN in text for text in [*shown, proc.log()])

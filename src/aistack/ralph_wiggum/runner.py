@@ -16,7 +16,7 @@ from aistack import agentenv
 from aistack.contracts import TaskStatus
 from aistack.gitremote import RemoteError
 from aistack.procgroup import identify_group
-from aistack.ralph_wiggum import rules
+from aistack.ralph_wiggum import rules, space
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
@@ -113,6 +113,8 @@ class TaskRunner:
             try:
                 return await self.workspace.prepare(task, last)
             except RemoteError as exc:
+                if space.reason(exc) is not None:  # this machine's disk, not the remote: the scheduler waits for space
+                    raise
                 attempt += 1
                 await self._back_off(task.id, attempt, t0, str(exc))
 

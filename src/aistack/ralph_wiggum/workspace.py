@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aistack.gitcli import IDENTITY, GitError, changes, confine_repository, failure, git, run_git
-from aistack.gitremote import RemoteError, Remotes
+from aistack.gitremote import RemoteError, RemoteRefused, Remotes
 from aistack.paths import PathNotAllowed
 from aistack.ralph_wiggum.records import TaskRecord
 from aistack.ralph_wiggum.shell import OnGroup, ProcResult, run_shell
@@ -169,6 +169,10 @@ class GitWorktrees:
         the tree starts from, if the mirror lacks it. RemoteError: the remote did not serve them."""
         if task.base_commit is None:  # resolved when it was submitted
             raise GitError(f"task {task.id} names no commit of {url} to start from")
+        try:
+            self.remotes.check(url)  # a file:// path may lead elsewhere now (a link put in its place)
+        except RemoteRefused as exc:
+            raise PathNotAllowed(str(exc)) from None
         branch, path, at = branch_name(task.id), self.root / task.id, last_checkpoint or task.base_commit
         mirror = await self._mirror(url)
         async with self._mirror_locks.setdefault(mirror, asyncio.Lock()):  # one fetch at a time writes the mirror
