@@ -92,6 +92,8 @@ class Workspace(Protocol):
 
 # What git commit says (LC_ALL=C) when status showed something it does not take.
 _NOTHING_TO_COMMIT = ("nothing to commit", "nothing added to commit", "no changes added to commit")
+# A fetch into a mirror: only what is named, and no FETCH_HEAD, which concurrent fetches would both write.
+_FETCH = ("fetch", "-q", "--no-tags", "--no-write-fetch-head")
 # git's summary line names the new commit: `[aistack/abc 0d29…] message` (whole with core.abbrev=no).
 _COMMITTED = re.compile(r"^\[[^\]\n]*? ([0-9a-f]{40}(?:[0-9a-f]{24})?)\] ")
 
@@ -179,7 +181,7 @@ class GitWorktrees:
             pushed = await self._fetch_branch(mirror, url, branch)
             if (await run_git(mirror, "cat-file", "-e", f"{at}^{{commit}}")).code != 0:
                 try:
-                    await self.remotes.git(mirror, "fetch", "-q", "--no-tags", "--", url, at)
+                    await self.remotes.git(mirror, *_FETCH, "--", url, at)
                 except RemoteError as exc:
                     what = "its last checkpoint" if last_checkpoint else "its base commit"
                     raise RemoteError(f"task {task.id}: {what} {at} is neither in this worker's mirror nor on the remote ({exc})") from None
@@ -207,7 +209,7 @@ class GitWorktrees:
         there (what its next push may replace); its commit, or None if the remote has no such branch."""
         tracking = f"refs/remotes/origin/{branch}"
         try:
-            await self.remotes.git(mirror, "fetch", "-q", "--no-tags", "--", url, f"+refs/heads/{branch}:{tracking}")
+            await self.remotes.git(mirror, *_FETCH, "--", url, f"+refs/heads/{branch}:{tracking}")
         except RemoteError as exc:
             if "couldn't find remote ref" not in str(exc):
                 raise
