@@ -109,7 +109,7 @@ class Remotes:
                 return commit
         if ref is None:
             raise RemoteRefused(f"repository {url[:80]} has no HEAD (no commits yet?); name a ref", "repository")
-        raise RemoteRefused(f"repository {url[:80]} has no branch or tag {ref!r}", "ref")
+        raise RemoteRefused(f"repository {url[:80]} has no branch or tag {ref[:80]!r}", "ref")
 
     async def git(self, cwd: Path, *args: str, timeout: float = TRANSFER_TIMEOUT_SECONDS) -> str:
         """`git ARGS` against a remote: only the allowed protocols, the credentials file as the

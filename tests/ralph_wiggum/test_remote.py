@@ -331,6 +331,9 @@ def test_what_cannot_be_worked_on_is_refused_at_submission_naming_the_field(ralp
         ({"repository": outside.as_uri()}, "repository", "RALPH_REMOTE_FILE_ROOTS"),
         ({"repository": remote.as_uri(), "workspace": "repo"}, "repository", "not both"),
         ({"ref": "main"}, "ref", "give repository too"),
+        ({"repository": "https://example.com/" + "x" * 5_000}, "repository", "at most 4096 characters"),
+        ({"repository": "https://example.com/r.git\x00"}, "repository", "NUL"),
+        ({"repository": remote.as_uri(), "ref": "v" * 300}, "ref", "at most 255 characters"),
     ]
     for body, field, words in cases:
         resp = client.post("/tasks", json={"backend": "command", "prompt": "p", **body})

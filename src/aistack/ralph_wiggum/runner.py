@@ -97,8 +97,7 @@ class TaskRunner:
         step = rules.transition(Action.start)
         change = TaskUpdate(status=step.target, worktree=str(tree.path))  # a worker that took the task over has it elsewhere
         if tree.created:
-            change = TaskUpdate(status=step.target, worktree=str(tree.path), branch=tree.branch, base_commit=tree.base_commit,
-                                started_at=utcnow())  # fmt: skip
+            change = replace(change, branch=tree.branch, base_commit=tree.base_commit, started_at=utcnow())
         running = await self.store.apply(task.id, change, step.sources)
         if running is None:
             await self.tasks.release(replace(task, worktree=str(tree.path)))

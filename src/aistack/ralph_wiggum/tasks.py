@@ -96,13 +96,13 @@ class TaskService:
         limits = self.settings.iteration_limits()
         if problem := rules.limit_error(body.max_iterations, limits.ralph_max_iterations_cap):
             raise TaskInvalid(problem, "max_iterations")
-        workspace, base_commit = await self._where(body)
         for key in ("files", "read_only_files"):  # what the aider backend sends the wrapper: held to its rules now
             try:
                 _FILE_LIST.validate_python(body.context.get(key, []))
             except ValidationError as exc:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
+        workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
