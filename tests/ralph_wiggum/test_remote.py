@@ -144,6 +144,25 @@ def test_a_refused_push_keeps_the_checkpoint_and_the_next_checkpoint_pushes_it(t
     assert subjects(remote, "aistack/t1") == ["iteration 2", "iteration 1", "initial"]
 
 
+def test_a_push_still_owed_when_the_task_ends_is_tried_once_more_as_its_tree_goes(tmp_path):
+    remote = bare_remote(tmp_path / "remote.git")
+    deny = deny_pushes(remote)
+    trees = GitWorktrees(tmp_path / "data" / "worktrees", tmp_path)
+    task = remote_task(remote, git(remote, "rev-parse", "main"))
+
+    async def scenario():
+        tree = await trees.prepare(task, None)
+        (tree.path / "a.txt").write_text("last\n")
+        refused = await trees.checkpoint(tree, "the last iteration")
+        deny.unlink()
+        await trees.remove(task)
+        return tree, refused
+
+    tree, refused = asyncio.run(scenario())
+    assert refused.push_error is not None and not tree.path.exists()
+    assert git(remote, "rev-parse", "aistack/t1") == refused.commit
+
+
 def test_a_branch_someone_else_moved_is_never_overwritten(tmp_path):
     remote = bare_remote(tmp_path / "remote.git")
     trees = GitWorktrees(tmp_path / "data" / "worktrees", tmp_path)
