@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     ralph_command_backend: str | None = Field(default=None, description="Shell command the `command` backend runs.")
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
+    ralph_git_credentials_file: Path | None = Field(
+        default=None, description="Credentials for task repositories on git remotes: a git-credential-store file "
+                                  "(https://user:token@host per line; else git's own configuration); hidden from agents.",
+    )  # fmt: skip
+    ralph_remote_file_roots: str = Field(
+        default="", description="Comma-separated directories that file:// task repositories may lie in, besides WORKSPACE_ROOT."
+    )
 
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
@@ -154,7 +161,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
 
-    @field_validator("llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", mode="after")
+    @field_validator("llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", "ralph_git_credentials_file", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value else None
@@ -165,7 +172,7 @@ class Settings(BaseSettings):
         shlex.split(value)  # unbalanced quotes fail here, with the field named, not in the build
         return value
 
-    @field_validator("ralph_command_backend", "ralph_wiggum_api_key", mode="before")
+    @field_validator("ralph_command_backend", "ralph_wiggum_api_key", "ralph_git_credentials_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -223,6 +230,17 @@ class Settings(BaseSettings):
     @property
     def worktrees_dir(self) -> Path:
         return self.aistack_data_dir / "worktrees"
+
+    @property
+    def repositories_dir(self) -> Path:
+        """A bare mirror of each git remote that tasks name."""
+        return self.aistack_data_dir / "repositories"
+
+    @property
+    def remote_file_roots(self) -> tuple[Path, ...]:
+        """Where `file://` task repositories may lie."""
+        extra = (Path(root.strip()).expanduser().absolute() for root in self.ralph_remote_file_roots.split(",") if root.strip())
+        return (self.workspace_root, *extra)
 
     @property
     def logs_dir(self) -> Path:

@@ -89,6 +89,7 @@ def _no_nul(value: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode)]
 OsText = Annotated[str, AfterValidator(_unicode), AfterValidator(_no_nul)]  # reaches a process or a path
 PathText = Annotated[str, Field(max_length=PATH_MAX_CHARS), AfterValidator(_unicode), AfterValidator(_no_nul)]
+RefText = Annotated[str, Field(max_length=255), AfterValidator(_unicode), AfterValidator(_no_nul)]  # a git branch or tag
 
 
 FileList = Annotated[list[PathText], Field(max_length=MAX_FILES)]  # relative to a workspace
@@ -132,6 +133,12 @@ class TaskCreate(BaseModel):
     workspace: PathText | None = Field(
         default=None, description="Git repository, relative to WORKSPACE_ROOT or absolute inside it; omitted = the root."
     )
+    repository: PathText | None = Field(
+        default=None,
+        description="A git remote to work on instead of a workspace (https, ssh, git, or file:// inside WORKSPACE_ROOT or "
+                    "RALPH_REMOTE_FILE_ROOTS); no credentials in it. The branch aistack/<task> is pushed there.",
+    )  # fmt: skip
+    ref: RefText | None = Field(default=None, description="Branch or tag of `repository` to start from; omitted = its HEAD.")
     check_command: OsText | None = Field(default=None, max_length=10_000, description="Shell command; exit 0 = done.")
     completion_promise: Text | None = Field(
         default=None, max_length=1_000, description="Done when the reply ends with <promise>TEXT</promise>."
@@ -163,7 +170,8 @@ class TaskView(BaseModel):
     prompt: str
     status: TaskStatus
     backend: str
-    workspace: str
+    workspace: str = Field(description="The repository's path on the orchestrator's host, or the URL of `repository`.")
+    repository: str | None = Field(default=None, description="The git remote the task works on, if it names one.")
     worktree: str | None
     branch: str | None
     base_commit: str | None

@@ -5,8 +5,8 @@ reviewed. Each runs with per-process limits (CPU seconds, heap, processes of the
 and, when `bwrap` (Debian's `bubblewrap`) works on this machine, in a sandbox of its own:
 
 - the whole file system read-only, the task's worktree (and its home) writable;
-- the data dir (the database, every task's worktree, home and prompt, aider's run folders) and the
-  `.env` hidden, then only this task's own places shown again;
+- the data dir (the database, every task's worktree, home and prompt, aider's run folders), the
+  `.env` and the git credentials file hidden, then only this task's own places shown again;
 - its git metadata read-only (the `.git` file, the repository's git dir): a writable git config
   or hook would run the agent's code in the service's own, unconfined git commands. aider, which
   runs no commands of the model's and stages the files it creates, gets them writable;
@@ -112,7 +112,8 @@ class Sandbox:
     def __init__(self, settings: Settings, env_file: Path):
         self.limits = Limits.of(settings)
         self.hidden_dirs = (settings.aistack_data_dir,)
-        self.hidden_files = (env_file, backup_path(env_file))
+        credentials = (settings.ralph_git_credentials_file,) if settings.ralph_git_credentials_file else ()
+        self.hidden_files = (env_file, backup_path(env_file), *credentials)  # the stack's secrets
         self.bwrap, self.reason = _choose(settings.ralph_sandbox)
         # the service's PATH is the agent's too: what lies on it under the private /tmp (a
         # checkout's venv) is shown again, read-only

@@ -96,8 +96,8 @@ def test_a_prompt_longer_than_exec_allows_reaches_the_agent(stack_env, services)
 
 
 def test_the_sandbox_hides_the_service_and_keeps_writes_in_the_worktree(stack_env, services):
-    """What an agent tries, and what it may do, under bwrap: it reads no database, `.env` or other
-    task's worktree, changes nothing outside its worktree and home (not the repository's git
+    """What an agent tries, and what it may do, under bwrap: it reads no database, `.env`, git
+    credentials or other task's worktree, changes nothing outside its worktree and home (not the repository's git
     config, not the `.git` file that points at it), and its task still completes."""
     needs("bwrap")
     repo = make_git_repo(stack_env.workspace_root / "repo")
@@ -105,9 +105,12 @@ def test_the_sandbox_hides_the_service_and_keeps_writes_in_the_worktree(stack_en
     (data / "worktrees" / "other-task").mkdir(parents=True)
     (data / "worktrees" / "other-task" / "work.txt").write_text("another task's work\n")
     disk = Path(tempfile.mkdtemp(dir="/var/tmp"))  # the machine's disk, not /tmp (a sandbox has its own)
+    credentials = Path(tempfile.mkdtemp(dir="/var/tmp")) / "git-credentials"  # as a mounted secret lies: outside /tmp
+    credentials.write_text("https://bot:s3cr3t@git.example.com\n")
     probes = {
         "read the database": f"test -s {data / 'aistack.db'}",
         "read the .env": f"grep -q RALPH_COMMAND_BACKEND {stack_env.env_file}",
+        "read the git credentials": f"grep -q s3cr3t {credentials}",
         "see another task": f"test -e {data / 'worktrees' / 'other-task' / 'work.txt'}",
         "write to the disk": f"echo x > {disk / 'agent.txt'}",
         "plant a git hook": f"git config core.fsmonitor 'touch {stack_env.root / 'pwned'}'",
@@ -121,7 +124,8 @@ def test_the_sandbox_hides_the_service_and_keeps_writes_in_the_worktree(stack_en
     )
     # The checkout and the test's directory lie under /tmp here: written there, they land in the private /tmp.
     lines += f"echo x > {repo / 'escaped.txt'}; echo x > {stack_env.root / 'outside.txt'}\n"
-    client = start(stack_env, services, f"#!/bin/sh\n{{\n{lines}}} > report.txt 2>&1\n", RALPH_SANDBOX="auto")
+    agent = f"#!/bin/sh\n{{\n{lines}}} > report.txt 2>&1\n"
+    client = start(stack_env, services, agent, RALPH_SANDBOX="auto", RALPH_GIT_CREDENTIALS_FILE=credentials)
     assert client.get("/health").json()["isolation"]["sandbox"] == "bwrap"
 
     try:
@@ -130,6 +134,7 @@ def test_the_sandbox_hides_the_service_and_keeps_writes_in_the_worktree(stack_en
         assert not list(disk.iterdir())
     finally:
         shutil.rmtree(disk)
+        shutil.rmtree(credentials.parent)
 
     assert task["status"] == "completed", (task, iteration)
     report = git(repo, "show", f"aistack/{task['id']}:report.txt").splitlines()

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from aistack import __version__
 from aistack.config import Settings, resolve_env_file
+from aistack.gitremote import Remotes
 from aistack.preflight import before_serve
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
@@ -39,7 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         notifier.bind(asyncio.get_running_loop())
         backends = configured_backends(settings, sandbox)
-        workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root)
+        remotes = Remotes(settings.ralph_git_credentials_file, settings.remote_file_roots)
+        workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root, remotes, settings.repositories_dir)
         tasks = TaskService(settings, store, workspace, backends, sandbox)
         scheduler = Scheduler(tasks)
         app.state.tasks, app.state.scheduler = tasks, scheduler

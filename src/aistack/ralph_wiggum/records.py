@@ -33,6 +33,7 @@ class NewTask:
     check_command: str | None = None
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    base_commit: str | None = None  # known at submission for a task on a git remote
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,16 @@ class TaskRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @property
+    def repository(self) -> str | None:
+        """The git remote the task works on, or None: its repository is on this host. The remote's
+        URL is kept as its `workspace`, where a local repository's absolute path is."""
+        return None if self.workspace.startswith("/") else self.workspace
+
     def view(self) -> TaskView:
         return TaskView(
             id=self.id, prompt=self.prompt, status=self.status, backend=self.backend, workspace=self.workspace,
+            repository=self.repository,
             worktree=self.worktree, branch=self.branch, base_commit=self.base_commit, iteration=self.iteration,
             max_iterations=self.max_iterations, limit_source=self.limit_source, complexity=self.complexity,
             complexity_reason=self.complexity_reason, require_approval=self.require_approval,

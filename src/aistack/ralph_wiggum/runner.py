@@ -8,13 +8,15 @@ person must decide. Every decision comes from `rules`; this module only does the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
 
 from aistack import agentenv
 from aistack.contracts import TaskStatus
+from aistack.gitremote import RemoteError
 from aistack.procgroup import identify_group
-from aistack.ralph_wiggum import rules
+from aistack.ralph_wiggum import rules, space
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
@@ -22,6 +24,7 @@ from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
 from aistack.ralph_wiggum.workspace import Tree
 
+log = logging.getLogger("aistack.ralph")
 OUTPUT_KEEP = 16_000  # characters of each reply kept in the database (its end)
 
 
@@ -90,17 +93,29 @@ class TaskRunner:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
         None if the task changed meanwhile (stopped before it started)."""
         last = next((it.checkpoint_commit for it in reversed(history) if it.checkpoint_commit), None)
-        tree = await self.workspace.prepare(task, last)
+        tree = await self._prepare(task, last)
         step = rules.transition(Action.start)
-        change = TaskUpdate(status=step.target)
+        change = TaskUpdate(status=step.target, worktree=str(tree.path))  # a worker that took the task over has it elsewhere
         if tree.created:
-            change = TaskUpdate(status=step.target, worktree=str(tree.path), branch=tree.branch, base_commit=tree.base_commit,
-                                started_at=utcnow())  # fmt: skip
+            change = replace(change, branch=tree.branch, base_commit=tree.base_commit, started_at=utcnow())
         running = await self.store.apply(task.id, change, step.sources)
         if running is None:
             await self.tasks.release(replace(task, worktree=str(tree.path)))
             return None
         return tree, running
+
+    async def _prepare(self, task: TaskRecord, last: str | None) -> Tree:
+        """The workspace's `prepare`; a git remote that does not answer is a transient failure,
+        retried as a backend's is."""
+        t0, attempt = time.monotonic(), 0
+        while True:
+            try:
+                return await self.workspace.prepare(task, last)
+            except RemoteError as exc:
+                if space.reason(exc) is not None:  # this machine's disk, not the remote: the scheduler waits for space
+                    raise
+                attempt += 1
+                await self._back_off(task.id, attempt, t0, str(exc))
 
     async def _iterate(
         self, task: TaskRecord, backend: Backend, tree: Tree, number: int, history: list[IterationRecord], attempt: int
@@ -122,6 +137,9 @@ class TaskRunner:
         )
         result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
+        if saved.push_error is not None:  # the commit stays on the local branch; the next checkpoint pushes again
+            log.warning("task %s: pushing iteration %d's checkpoint failed: %s", task.id, number, saved.push_error)
+            await self.store.add_event(task.id, "push_failed", {"iteration": number, "commit": saved.commit, "error": saved.push_error})
         check_exit, check_output = await self._check(task, tree, number, groups) if task.check_command else (None, None)
         it = IterationRecord(
             task_id=task.id, number=number, started_at=started, duration_seconds=round(time.monotonic() - t0, 4),
@@ -141,18 +159,23 @@ class TaskRunner:
     async def _run_with_retries(self, task_id: str, backend: Backend, request: IterationRequest) -> tuple[IterationResult, int]:
         """Run the iteration; transient failures (service down, 503, timeout) are retried with
         backoff and do not count as iterations, until RALPH_TRANSIENT_RETRY_SECONDS is spent."""
-        budget = float(self.settings.ralph_transient_retry_seconds)
         t0, attempt = time.monotonic(), 0
         while True:
             result = await backend.run(request)
             if not result.transient:
                 return result, attempt
             attempt += 1
-            delay = rules.retry_delay(attempt, time.monotonic() - t0, budget)
-            if delay is None:
-                raise TaskFailed(f"{result.error} — gave up after {budget:.0f} s of retries (RALPH_TRANSIENT_RETRY_SECONDS)")
-            await self.store.add_event(task_id, "transient_retry", {"attempt": attempt, "error": result.error, "retry_in": delay})
-            await asyncio.sleep(delay)
+            await self._back_off(task_id, attempt, t0, result.error)
+
+    async def _back_off(self, task_id: str, attempt: int, t0: float, error: str | None) -> None:
+        """Wait before the next try of what failed transiently since `t0`, said in a
+        `transient_retry` event; TaskFailed once RALPH_TRANSIENT_RETRY_SECONDS are spent."""
+        budget = float(self.settings.ralph_transient_retry_seconds)
+        delay = rules.retry_delay(attempt, time.monotonic() - t0, budget)
+        if delay is None:
+            raise TaskFailed(f"{error} — gave up after {budget:.0f} s of retries (RALPH_TRANSIENT_RETRY_SECONDS)")
+        await self.store.add_event(task_id, "transient_retry", {"attempt": attempt, "error": error, "retry_in": delay})
+        await asyncio.sleep(delay)
 
     async def _check(self, task: TaskRecord, tree: Tree, number: int, groups: _GroupRecorder) -> tuple[int | None, str]:
         """The check runs as the agent does: the allow-listed environment, the task's home, its jail."""

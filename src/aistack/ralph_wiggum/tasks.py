@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from aistack import agentenv
 from aistack.config import Settings
 from aistack.contracts import FileList, TaskCreate, TaskStatus, first_error
+from aistack.gitremote import RemoteRefused
 from aistack.paths import PathNotAllowed, confine
 from aistack.procgroup import end_orphaned_group
 from aistack.ralph_wiggum import rules
@@ -95,19 +96,20 @@ class TaskService:
         limits = self.settings.iteration_limits()
         if problem := rules.limit_error(body.max_iterations, limits.ralph_max_iterations_cap):
             raise TaskInvalid(problem, "max_iterations")
-        workspace = await self._workspace_path(body.workspace)
         for key in ("files", "read_only_files"):  # what the aider backend sends the wrapper: held to its rules now
             try:
                 _FILE_LIST.validate_python(body.context.get(key, []))
             except ValidationError as exc:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
+        workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
             prompt=body.prompt,
             backend=body.backend,
-            workspace=str(workspace),
+            workspace=workspace,
+            base_commit=base_commit,
             max_iterations=choice.max_iterations,
             limit_source=choice.source,
             complexity=choice.complexity.value if choice.complexity else None,
@@ -192,6 +194,20 @@ class TaskService:
             commit, base = (done[-1] if done else None), task.base_commit
         text = await self.workspace.diff(task, base, commit) if commit and base else ""
         return base, commit, text
+
+    async def _where(self, body: TaskCreate) -> tuple[str, str | None]:
+        """Where the task works: a repository on this host (its path), or a git remote (its URL,
+        and the commit its ref names now)."""
+        if body.repository is None:
+            if body.ref is not None:
+                raise TaskInvalid("ref names a branch or tag of repository; give repository too", "ref")
+            return str(await self._workspace_path(body.workspace)), None
+        if body.workspace is not None:
+            raise TaskInvalid("give workspace (a repository on this host) or repository (a git remote), not both", "repository")
+        try:
+            return body.repository, await self.workspace.resolve(body.repository, body.ref)
+        except RemoteRefused as exc:
+            raise TaskInvalid(str(exc), exc.field) from None
 
     async def _workspace_path(self, requested: str | None) -> Path:
         try:
