@@ -71,8 +71,7 @@ def before_serve(settings: Settings, service: str) -> None:
     timeout = settings.startup_timeout_seconds
     deadline = time.monotonic() + timeout
     for dependency in services.get(service).depends_on:
-        url = settings.url(dependency)
-        result = health.wait_ready(settings.health_url(dependency), deadline)
+        url, result = _wait_ready(settings, dependency, deadline)
         if result.ready:
             _say(f"✓ {dependency} is reachable at {url}")
             continue
@@ -81,6 +80,23 @@ def before_serve(settings: Settings, service: str) -> None:
             _say(f"✗ {dependency} at {url} {what} after {timeout} s ({result.detail}) — exiting")
             raise SystemExit(1)
         _say(f"⚠ {dependency} at {url} {what} after {timeout} s ({result.detail}) — continuing")
+
+
+def _wait_ready(settings: Settings, dependency: str, deadline: float) -> tuple[str, Health]:
+    """Where the dependency is, and its health once ready or at the deadline. Of several LLM
+    servers (LLAMA_CPP_URLS) one ready is enough: runs are routed around the others."""
+    path = services.get(dependency).health_path
+    urls = settings.llm_urls if dependency == "llama-cpp" else (settings.url(dependency),)
+    if len(urls) == 1:
+        return urls[0], health.wait_ready(urls[0] + path, deadline)
+    while True:
+        for url in urls:
+            result = health.check(url + path, timeout=max(0.1, min(health.PROBE_TIMEOUT_SECONDS, deadline - time.monotonic())))
+            if result.ready:
+                return url, result
+        if time.monotonic() >= deadline:
+            return ", ".join(urls), result
+        time.sleep(min(health.RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 def check_all(settings: Settings, timeout: float = health.PROBE_TIMEOUT_SECONDS) -> list[CheckResult]:
