@@ -14,7 +14,7 @@ from wrapper_support import SMOL, check_health, point_at
 
 from aistack.ralph_wiggum.backends.aider import AiderBackend
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
-from support import StackEnv, make_git_repo, new_stack_env, wait_until
+from support import StackEnv, free_port, make_git_repo, new_stack_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +46,17 @@ def test_a_tasks_runs_stay_on_one_server_and_move_when_it_stops(stack_env, servi
     llamas = [new_stack_env(tmp_path_factory.mktemp(f"llama-{name}")).set(**SMOL) for name in "ab"]
     procs = {llama.url("llama-cpp"): services("llama-cpp", llama, timeout=300) for llama in llamas}
     by_url = {llama.url("llama-cpp"): llama for llama in llamas}
-    env = point_at(stack_env, llamas[0]).set(LLAMA_CPP_URLS=",".join(by_url))
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: it gets no run, and does not stop the start
+    env = point_at(stack_env, llamas[0]).set(LLAMA_CPP_URLS=",".join([dead, *by_url]), STARTUP_DEPENDENCY_CHECK=True)
     wrapper = services("aider-wrapper", env)
     worktree = make_git_repo(stack_env.data_dir / "worktrees" / "task-route")
 
     health = check_health(httpx.get(wrapper.url + "/health", timeout=5).json())
-    assert [(e.url, e.healthy, e.slots, e.busy) for e in health.llm_endpoints] == [(url, True, 2, 0) for url in by_url]
+    assert [(e.url, e.healthy, e.slots, e.busy) for e in health.llm_endpoints] == [
+        (dead, False, None, None),
+        *[(url, True, 2, 0) for url in by_url],
+    ]
+    assert health.llama_cpp_url == dead and health.status == "healthy"  # one healthy server is enough
 
     def served(iteration: int, stop_midway: str | None = None) -> tuple[IterationResult, list[str]]:
         """Run one iteration (stopping that server once it works on it); which servers worked on it."""
@@ -82,5 +87,5 @@ def test_a_tasks_runs_stay_on_one_server_and_move_when_it_stops(stack_env, servi
     health = check_health(httpx.get(wrapper.url + "/health", timeout=5).json())
     state = {e.url: (e.healthy, e.detail) for e in health.llm_endpoints}
     assert state[other] == (True, None) and state[home][0] is False and "not reachable" in state[home][1]
-    assert health.status == "healthy" and health.llm_reachable  # one server is enough
+    assert health.status == "healthy" and health.llm_reachable
     assert wait_until(lambda: "moved from" in wrapper.log(), 5), wrapper.log()[-3000:]
