@@ -83,19 +83,21 @@ def before_serve(settings: Settings, service: str) -> None:
 
 
 def _wait_ready(settings: Settings, dependency: str, deadline: float) -> tuple[str, Health]:
-    """Where the dependency is, and its health once ready or at the deadline. Of several LLM
-    servers (LLAMA_CPP_URLS) one ready is enough: runs are routed around the others."""
-    path = services.get(dependency).health_path
-    urls = settings.llm_urls if dependency == "llama-cpp" else (settings.url(dependency),)
-    if len(urls) == 1:
-        return urls[0], health.wait_ready(urls[0] + path, deadline)
+    """Where the dependency is, and its health once ready or at the deadline. Of the LLM servers
+    of LLAMA_CPP_URLS one ready is enough (runs are routed around the others), and one without
+    /health (Ollama) is ready when its OpenAI API answers."""
+    if dependency != "llama-cpp" or not settings.llama_cpp_urls:
+        return settings.url(dependency), health.wait_ready(settings.health_url(dependency), deadline)
     while True:
-        for url in urls:
-            result = health.check(url + path, timeout=max(0.1, min(health.PROBE_TIMEOUT_SECONDS, deadline - time.monotonic())))
+        for url in settings.llm_urls:
+            timeout = max(0.1, min(health.PROBE_TIMEOUT_SECONDS, deadline - time.monotonic()))
+            result = health.check(url + "/health", timeout)
+            if result.detail == "HTTP 404":
+                result = health.check(url + "/v1/models", timeout, settings.api_key)
             if result.ready:
                 return url, result
         if time.monotonic() >= deadline:
-            return ", ".join(urls), result
+            return settings.llama_cpp_urls.replace(",", ", "), result
         time.sleep(min(health.RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
