@@ -44,6 +44,10 @@ def test_env_file_variable_and_explicit_file(tmp_path, monkeypatch):
         ("RALPH_AGENT_ENV_PASSTHROUGH=HTTPS_PROXY,RALPH_WIGGUM_API_KEY", "never the stack's own"),
         ("RALPH_AGENT_ENV_PASSTHROUGH=aistack_env_file", "never the stack's own"),
         ("RALPH_AGENT_ENV_PASSTHROUGH=MY VAR", "Comma-separated names"),
+        ("LLAMA_CPP_URLS=http://a:8080,ftp://b:21", "http(s)://host:port base URLs"),
+        ("LLAMA_CPP_URLS=http://a:99999", "http(s)://host:port base URLs"),
+        ("LLAMA_CPP_URLS=a:8080", "http(s)://host:port base URLs"),
+        ("LLAMA_CPP_URLS=http://a:8080/?x=1", "http(s)://host:port base URLs"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, words):
@@ -53,6 +57,22 @@ def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, w
         load_settings(env)
     message = str(err.value)
     assert "\n" not in message and line.split("=")[0] in message and words in message
+
+
+def test_llm_urls_are_normalised_and_default_to_llama_cpp(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("LLAMA_CPP_HOST=127.0.0.1\nLLAMA_CPP_PORT=8123\n")
+    assert load_settings(env).llm_urls == ("http://127.0.0.1:8123",)  # unset: the one llama-cpp, as before
+    env.write_text("LLAMA_CPP_URLS= http://a:8080/ ,https://b.example/v1,http://a:8080,http://[::1]:11434/v1/\n")
+    assert load_settings(env).llm_urls == ("http://a:8080", "https://b.example", "http://[::1]:11434")
+
+
+def test_a_password_in_an_llm_url_is_refused_and_not_shown(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("LLAMA_CPP_URLS=http://me:hunter2@a:8080\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    assert "LLAMA_CPP_URLS" in str(err.value) and "without credentials" in str(err.value) and "hunter2" not in str(err.value)
 
 
 def test_container_names_fall_back_to_loopback_only_when_unresolvable(monkeypatch):

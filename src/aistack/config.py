@@ -14,6 +14,7 @@ import socket
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +96,11 @@ class Settings(BaseSettings):
         default=2048, ge=-1, le=1_048_576, description="MiB of host memory for saved prompt caches; 0 = off, -1 = no limit."
     )
     llama_cpp_metrics: bool = Field(default=True, description="Serve Prometheus metrics at /metrics.")
+    llama_cpp_urls: str = Field(
+        default="",
+        description="Comma-separated http(s)://host:port base URLs of OpenAI-compatible LLM servers (llama-server, vLLM, Ollama)"
+        " to route tasks across, without credentials; empty: the one at LLAMA_CPP_HOST:LLAMA_CPP_PORT.",
+    )
 
     # --- aider-wrapper ------------------------------------------------------------------------
     aider_wrapper_host: str = Field(default="aider-wrapper", min_length=1, description="Host clients use to reach aider-wrapper.")
@@ -187,6 +193,12 @@ class Settings(BaseSettings):
             raise ValueError("an API key is printable ASCII, without spaces at either end")
         return value
 
+    @field_validator("llama_cpp_urls", mode="after")
+    @classmethod
+    def _base_urls(cls, value: str) -> str:
+        urls = [_base_url(part) for part in value.split(",") if part.strip()]
+        return ",".join(dict.fromkeys(urls))  # each server once, in the order given
+
     @field_validator("ralph_agent_env_passthrough", mode="after")
     @classmethod
     def _variable_names(cls, value: str) -> str:
@@ -203,6 +215,11 @@ class Settings(BaseSettings):
         host = resolve_host(getattr(self, f"{key}_host"))
         port = getattr(self, f"{key}_port")
         return f"http://{_bracket(host)}:{port}"
+
+    @property
+    def llm_urls(self) -> tuple[str, ...]:
+        """Base URLs (no `/v1`) of the LLM servers runs are routed across: LLAMA_CPP_URLS, else llama-cpp's."""
+        return tuple(self.llama_cpp_urls.split(",")) if self.llama_cpp_urls else (self.url("llama-cpp"),)
 
     def port(self, service: str) -> int:
         return int(getattr(self, f"{service.replace('-', '_')}_port"))
@@ -260,6 +277,20 @@ _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OWN_VARIABLES = frozenset({name.upper() for name in Settings.model_fields} | {ENV_FILE_VARIABLE})
 
 
+def _base_url(text: str) -> str:
+    """One LLM server's base URL, normalised: no trailing `/` or `/v1` (the stack adds `/v1`)."""
+    url = text.strip().rstrip("/").removesuffix("/v1")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number from 0 to 65535)
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a URL") from None
+    # Credentials in a URL would end up in logs and in /health: the key goes in RALPH_WIGGUM_API_KEY.
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{text.strip()!r} is not an http(s)://host:port URL")
+    return url
+
+
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -306,6 +337,7 @@ def describe_validation_error(exc: ValidationError, source: Path | None = None) 
     err = exc.errors()[0]
     name = str(err["loc"][0]) if err["loc"] else "?"
     value = "********" if name in SECRET_FIELDS else repr(err.get("input"))  # a secret is never shown, not even a wrong one
+    value = _CREDENTIALS.sub("//********@", value)  # nor a password in a URL
     where = f" (in {source})" if source and source.is_file() else ""
     return f"invalid setting {name.upper()}={value}: {allowed(name)}{where}"
 
@@ -335,6 +367,7 @@ def allowed(name: str) -> str:
 
 
 SECRET_FIELDS = frozenset({"ralph_wiggum_api_key"})
+_CREDENTIALS = re.compile(r"//[^/@\s]*@")
 
 
 def effective_items(settings: Settings) -> list[tuple[str, str, str]]:

@@ -318,6 +318,11 @@ class ExecuteRequest(BaseModel):
     run_id: OsText | None = Field(
         default=None, max_length=200, description="Caller's id for this run, so POST /api/runs/{run_id}/cancel can end it."
     )
+    task_id: Text | None = Field(
+        default=None,
+        max_length=200,
+        description="The task this run is an iteration of: its runs go to one LLM server (else the workspace's do).",
+    )
 
 
 class ExecuteResult(BaseModel):
@@ -333,12 +338,24 @@ class ExecuteResult(BaseModel):
     tokens: TokenCounts
 
 
+class LlmEndpoint(BaseModel):
+    """One LLM server runs are routed to, as last polled (`aistack.llm_routing`)."""
+
+    url: str
+    healthy: bool
+    detail: str | None = Field(description="Why it is not healthy; null when it is.")
+    busy: int | None = Field(description="Requests it is working on or holding; null: it does not say (no /slots, no /metrics).")
+    slots: int | None = Field(description="Requests it serves at once, where it says (llama-server's /slots).")
+    routed: int = Field(description="Runs of this process on it now.")
+
+
 class WrapperHealth(BaseModel):
     status: Literal["healthy", "degraded"]
     version: str
     aider_available: bool
     workspace: str
-    llama_cpp_url: str
-    llm_reachable: bool
+    llama_cpp_url: str = Field(description="The first of the LLM servers (LLAMA_CPP_URLS, else llama-cpp's).")
+    llm_reachable: bool = Field(description="At least one LLM server is healthy.")
+    llm_endpoints: list[LlmEndpoint] = Field(default_factory=list, description="Every LLM server; empty from older services.")
     isolation: Isolation | None = Field(default=None, description="Always sent; optional for clients of older services.")
     uptime_seconds: float

@@ -72,8 +72,7 @@ def before_serve(settings: Settings, service: str) -> None:
     timeout = settings.startup_timeout_seconds
     deadline = time.monotonic() + timeout
     for dependency in services.get(service).depends_on:
-        url = settings.url(dependency)
-        result = health.wait_ready(settings.health_url(dependency), deadline)
+        url, result = _wait_ready(settings, dependency, deadline)
         if result.ready:
             _say(f"✓ {dependency} is reachable at {url}")
             continue
@@ -82,6 +81,25 @@ def before_serve(settings: Settings, service: str) -> None:
             _say(f"✗ {dependency} at {url} {what} after {timeout} s ({result.detail}) — exiting")
             raise SystemExit(1)
         _say(f"⚠ {dependency} at {url} {what} after {timeout} s ({result.detail}) — continuing")
+
+
+def _wait_ready(settings: Settings, dependency: str, deadline: float) -> tuple[str, Health]:
+    """Where the dependency is, and its health once ready or at the deadline. Of the LLM servers
+    of LLAMA_CPP_URLS one ready is enough (runs are routed around the others), and one without
+    /health (Ollama) is ready when its OpenAI API answers."""
+    if dependency != "llama-cpp" or not settings.llama_cpp_urls:
+        return settings.url(dependency), health.wait_ready(settings.health_url(dependency), deadline)
+    while True:
+        for url in settings.llm_urls:
+            timeout = max(0.1, min(health.PROBE_TIMEOUT_SECONDS, deadline - time.monotonic()))
+            result = health.check(url + "/health", timeout)
+            if result.detail == "HTTP 404":
+                result = health.check(url + "/v1/models", timeout, settings.api_key)
+            if result.ready:
+                return url, result
+        if time.monotonic() >= deadline:
+            return settings.llama_cpp_urls.replace(",", ", "), result
+        time.sleep(min(health.RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
 def check_all(

@@ -51,7 +51,7 @@ def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Pat
     files = invocation.write_model_files(cfg)
     run = invocation.RunFiles(files.runs / "r1")
     ws = tmp_path / "ws" / "repo"
-    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [str(ws / "a.py")], [str(ws / "doc.md")], 60)
+    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [str(ws / "a.py")], [str(ws / "doc.md")], 60, cfg.llm_urls[0])
     assert cmd[0] == "/opt/aider"
     assert cmd[cmd.index("--model") + 1] == "openai/local-coder"
     assert cmd[cmd.index("--openai-api-base") + 1] == "http://127.0.0.1:8123/v1"

@@ -28,6 +28,8 @@ def test_health_reports_aider_and_an_unreachable_llm(stack_env, wrapper) -> None
     assert health.status == "degraded"
     assert health.workspace == str(stack_env.workspace_root)
     assert health.llama_cpp_url == f"http://127.0.0.1:{stack_env.values['LLAMA_CPP_PORT']}"
+    [llm] = health.llm_endpoints  # LLAMA_CPP_URLS unset: llama-cpp alone
+    assert llm.url == health.llama_cpp_url and llm.healthy is False and "not reachable" in llm.detail
     # aider runs sandboxed wherever bwrap works (the default RALPH_SANDBOX=auto), and always under the limits
     assert health.isolation.sandbox == ("none" if bwrap_problem() else "bwrap")
     assert health.isolation.limits == {"cpu_seconds": 3600, "memory_mb": 8192, "processes": 4096, "file_size_mb": 1024}

@@ -9,7 +9,7 @@ from support import StackEnv
 
 HEALTH_FIELDS = {
     "status": str, "version": str, "aider_available": bool, "workspace": str, "llama_cpp_url": str, "llm_reachable": bool,
-    "isolation": dict, "uptime_seconds": float,
+    "llm_endpoints": list, "isolation": dict, "uptime_seconds": float,
 }  # fmt: skip
 RESULT_FIELDS = {
     "status": str, "output": str, "error": (str, type(None)), "files_modified": list, "duration_seconds": float,

@@ -6,7 +6,9 @@
 
 A run holds its workspace (a second run there gets 409) and one of AIDER_MAX_PARALLEL slots;
 runs beyond the limit wait for a slot (the orchestrator already bounds its own concurrency, and
-waiting beats making it retry). A client that disconnects cancels its run.
+waiting beats making it retry). A client that disconnects cancels its run. Each run goes to one
+of the LLM servers (`LLAMA_CPP_URLS`), the same one for every run of a task while it is healthy
+(`aistack.llm_routing`).
 """
 
 from __future__ import annotations
@@ -17,22 +19,21 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI, Request
 
 from aistack import __version__
 from aistack.aider_wrapper import gitstate, invocation
-from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute, probe_llm
+from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute
 from aistack.config import Settings, resolve_env_file
 from aistack.contracts import ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
 from aistack.gitcli import GitError, confine_repository
+from aistack.llm_routing import Router
 from aistack.paths import PathNotAllowed, confine
 from aistack.sandbox import Sandbox
 from aistack.web import check_bind, error_responses, http_error, install_error_handlers, require_api_key, sends_key, serve
 
 log = logging.getLogger("aistack.aider_wrapper")
 
-LLM_POLL_SECONDS = 5.0
 DISCONNECT_POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 5.0
 
@@ -44,17 +45,7 @@ class WrapperState:
         self.files = invocation.write_model_files(settings)
         self.registry = RunRegistry(settings.aider_max_parallel)
         self.aider = AiderCheck(None, None, "not checked yet")
-        self.llm_problem: str | None = "not checked yet"
-        self.client = httpx.AsyncClient(trust_env=False)  # llama-cpp is dialled directly, never via a proxy
-
-    async def poll_llm(self) -> None:
-        while True:
-            try:
-                self.llm_problem = await probe_llm(self.settings, self.client)
-            except Exception as exc:  # keep polling whatever happens; /health shows the last answer
-                self.llm_problem = f"probe failed: {type(exc).__name__}"
-                log.exception("llama-cpp probe failed")
-            await asyncio.sleep(LLM_POLL_SECONDS)
+        self.router = Router.from_settings(settings)  # which LLM server each task's runs go to
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,12 +60,12 @@ def create_app(settings: Settings) -> FastAPI:
         else:
             log.warning("aider is not available: %s", state.aider.problem)
         log.info("aider runs in sandbox %s (%s)", "bwrap" if state.sandbox.bwrap else "none", state.sandbox.reason)
-        poller = asyncio.create_task(state.poll_llm())
+        await state.router.poll()  # the first request finds the LLM servers' health known
+        state.router.start()
         try:
             yield
         finally:
-            poller.cancel()
-            await state.client.aclose()
+            await state.router.close()
 
     app = FastAPI(title="aistack aider-wrapper", version=__version__, lifespan=lifespan)
     started = time.monotonic()
@@ -83,8 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health", response_model=WrapperHealth | HealthSummary)
     async def health(request: Request) -> WrapperHealth | HealthSummary:
-        """The details (workspace root, LLM URL) only with the API key, where one is set."""
-        llm_ok = state.llm_problem is None
+        """The details (workspace root, the LLM servers) only with the API key, where one is set."""
+        llm_ok = state.router.problem() is None
         status = "healthy" if state.aider.available and llm_ok else "degraded"
         if not sends_key(request.headers, settings.api_key):
             return HealthSummary(status=status)
@@ -93,8 +84,9 @@ def create_app(settings: Settings) -> FastAPI:
             version=__version__,
             aider_available=state.aider.available,
             workspace=str(settings.workspace_root),
-            llama_cpp_url=settings.url("llama-cpp"),
+            llama_cpp_url=settings.llm_urls[0],
             llm_reachable=llm_ok,
+            llm_endpoints=state.router.endpoints(),
             isolation=state.sandbox.isolation(),
             uptime_seconds=round(time.monotonic() - started, 1),
         )
@@ -111,7 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise http_error(409, str(exc), exc.field) from None
         watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         try:
-            return await execute(settings, state.files, state.aider, state.sandbox, state.client, job, run, state.registry)
+            return await execute(settings, state.files, state.aider, state.sandbox, state.router, job, run, state.registry)
         finally:
             watcher.cancel()
             state.registry.release(run)
@@ -187,6 +179,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
         files=inside(body.files, "files", must_exist=False),  # aider creates a missing one
         read_only_files=inside(body.read_only_files, "read_only_files", must_exist=True),
         timeout_seconds=min(body.timeout_seconds or limit, limit),
+        task=body.task_id or str(workspace),  # a task's iterations share its worktree
     )
 
 

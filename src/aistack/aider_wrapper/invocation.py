@@ -14,6 +14,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aistack import agentenv
 from aistack.config import Settings
@@ -49,8 +50,9 @@ def map_tokens(settings: Settings) -> int:
     return REPO_MAP_TOKENS if settings.llama_cpp_context_size >= REPO_MAP_MIN_CONTEXT else 0
 
 
-def api_base(settings: Settings) -> str:
-    return settings.url("llama-cpp") + "/v1"
+def api_base(llm_url: str) -> str:
+    """The OpenAI API of an LLM server at base URL `llm_url` (one of `Settings.llm_urls`)."""
+    return llm_url + "/v1"
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,8 @@ def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
     variables as options). Its one key is the stack's (a dummy one without it), in OPENAI_API_KEY
     and not in argv: llama-server requires it when one is set."""
     env = agentenv.environ(settings, files.home)
-    llama_host = settings.url("llama-cpp").split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), llama_host]))
+    llm_hosts = [urlsplit(url).hostname or "" for url in settings.llm_urls]
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), *dict.fromkeys(llm_hosts)]))
     env.update(
         TERM="dumb",  # plain output, no prompt_toolkit
         NO_COLOR="1",
@@ -143,7 +145,7 @@ def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
         # llama-server requires the stack's key when one is set; in the environment, not in argv
         # where `ps` would show it
         OPENAI_API_KEY=settings.api_key or DUMMY_API_KEY,
-        NO_PROXY=no_proxy,  # a proxy the user passes through is never used for llama-cpp
+        NO_PROXY=no_proxy,  # a proxy the user passes through is never used for the LLM servers
         no_proxy=no_proxy,
     )
     return env
@@ -172,13 +174,15 @@ def aider_command(
     edit: list[str],
     read_only: list[str],
     timeout_seconds: int,
+    llm_url: str,
 ) -> list[str]:
-    """The full command line. The prompt goes in a file (`--message-file`), never in argv."""
+    """The full command line, for the LLM server at `llm_url`. The prompt goes in a file
+    (`--message-file`), never in argv."""
     folder = run.folder
     cmd = [
         str(aider),
         "--model", model_name(settings),
-        "--openai-api-base", api_base(settings),
+        "--openai-api-base", api_base(llm_url),
         "--model-settings-file", str(files.model_settings),
         "--model-metadata-file", str(files.model_metadata),
         "--edit-format", edit_format(settings),

@@ -13,21 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
 from aistack.config import Settings
 from aistack.contracts import ExecuteResult, TokenCounts
 from aistack.gitcli import GitError
-from aistack.health import acheck
+from aistack.llm_routing import Router
 from aistack.sandbox import Sandbox, installation
 
 log = logging.getLogger("aistack.aider_wrapper")
 
 VERSION_TIMEOUT_SECONDS = 60
-LLM_PROBE_TIMEOUT_SECONDS = 1.0
 KEEP_RUN_FOLDERS = 50
 # aider's repo map keeps a tags cache in the repository root; the wrapper removes one a run made.
 TAGS_CACHE_GLOB = ".aider.tags.cache.v*"
@@ -112,19 +109,6 @@ class RunRegistry:
         return self._by_id.get(run_id)
 
 
-async def probe_llm(settings: Settings, client: httpx.AsyncClient) -> str | None:
-    """None when llama-cpp is ready, else why not (one short request)."""
-    url = settings.url("llama-cpp")
-    result = await acheck(client, settings.health_url("llama-cpp"), LLM_PROBE_TIMEOUT_SECONDS)
-    if result.ready:
-        return None
-    if result.state == "loading":
-        return f"llama-cpp at {url} is still loading its model (HTTP 503)"
-    if result.reachable:
-        return f"llama-cpp at {url} is unhealthy ({result.detail})"
-    return f"llama-cpp at {url} is not reachable ({result.detail})"
-
-
 @dataclass(frozen=True)
 class Job:
     """A validated request: every path resolved and confined already."""
@@ -134,6 +118,7 @@ class Job:
     files: list[Path]
     read_only_files: list[Path]
     timeout_seconds: int
+    task: str  # which LLM server it goes to follows this (the caller's task id, else the workspace)
 
 
 async def execute(
@@ -141,7 +126,7 @@ async def execute(
     files: invocation.AiderFiles,
     aider: AiderCheck,
     sandbox: Sandbox,
-    client: httpx.AsyncClient,
+    router: Router,
     job: Job,
     run: ActiveRun,
     registry: RunRegistry,
@@ -169,7 +154,10 @@ async def execute(
             registry.slots.release()
         return result("error", error="cancelled")
     try:
-        return await _run_in_slot(settings, files, aider, sandbox, client, job, run, result)
+        with router.route(job.task) as llm_url:
+            if llm_url is None:
+                return result("error", error=router.problem(), transient=True)
+            return await _run_in_slot(settings, files, aider, sandbox, router, llm_url, job, run, result)
     except GitError as exc:
         return result("error", error=str(exc))
     except OSError as exc:  # aider vanished since the start, or the data dir is not writable
@@ -183,15 +171,17 @@ async def _run_in_slot(
     files: invocation.AiderFiles,
     aider: AiderCheck,
     sandbox: Sandbox,
-    client: httpx.AsyncClient,
+    router: Router,
+    llm_url: str,
     job: Job,
     run: ActiveRun,
     result: Callable[..., ExecuteResult],
 ) -> ExecuteResult:
     if aider.path is None:  # the app answers 503 before this: said here for the type's sake too
         return result("error", error="aider is not installed")
-    # aider would retry an unreachable LLM for a minute; find out in a moment instead.
-    problem = await probe_llm(settings, client)
+    # aider would retry an unreachable LLM for a minute; find out in a moment instead (and the
+    # router moves the task: the orchestrator's retry goes to another server).
+    problem = await router.confirm(llm_url)
     if problem:
         return result("error", error=problem, transient=True)
 
@@ -206,9 +196,9 @@ async def _run_in_slot(
     cmd = invocation.aider_command(
         settings, aider.path, files, run_files,
         edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
-        timeout_seconds=job.timeout_seconds,
+        timeout_seconds=job.timeout_seconds, llm_url=llm_url,
     )  # fmt: skip
-    log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
+    log.info("run %s of task %s in %s: %s", run.run_id, job.task, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable
     jail = sandbox.jail(
         job.workspace, writable=[files.home, folder],
@@ -234,6 +224,8 @@ async def _run_in_slot(
         return result("error", error=f"aider timed out after {job.timeout_seconds} s", **common)
     fatal = outcome.fatal or find_fatal(outcome.output)
     if fatal:
+        if fatal.transient:
+            await router.confirm(llm_url)  # gone, not just busy: its tasks move (the probe says which)
         return result("error", error=fatal.error, transient=fatal.transient, **common)
     if outcome.exit_code != 0:
         last = next((line.strip() for line in reversed(outcome.output.splitlines()) if line.strip()), "no output")

@@ -53,7 +53,7 @@ class AiderBackend:
             p
             for p, bad in (
                 ("aider is not installed", not body.aider_available),
-                (f"LLM unreachable at {body.llama_cpp_url}", not body.llm_reachable),
+                (f"LLM unreachable at {_llm_urls(body)}", not body.llm_reachable),
             )
             if bad
         ]
@@ -73,6 +73,7 @@ class AiderBackend:
             iteration=request.iteration,
             context=request.context,
             run_id=run_id,
+            task_id=request.task_id,  # every iteration to the same LLM server: its prompt cache
         )
         where = f"aider-wrapper at {self.base_url}"
         try:
@@ -122,6 +123,10 @@ class AiderBackend:
 def _run_id(task_id: str, iteration: int) -> str:
     """A run's id at the wrapper: the same for every attempt at one iteration."""
     return f"{task_id}-{iteration}"
+
+
+def _llm_urls(body: WrapperHealth) -> str:
+    return ", ".join(e.url for e in body.llm_endpoints) or body.llama_cpp_url
 
 
 def _detail(resp: httpx.Response) -> str:
