@@ -8,12 +8,13 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.routing import Route
 
 from aistack import __version__
-from aistack.config import Settings, resolve_env_file
+from aistack.config import ConfigError, Settings, resolve_env_file
 from aistack.preflight import before_serve
+from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
@@ -32,7 +33,7 @@ log = logging.getLogger("aistack.ralph")
 def create_app(settings: Settings) -> FastAPI:
     sandbox = Sandbox(settings, resolve_env_file())  # ConfigError when RALPH_SANDBOX=bwrap cannot be had
     notifier = Notifier()
-    store = Store.sqlite(settings.db_path, on_event=notifier.notify)
+    store = open_store(settings, on_event=notifier.notify)
     mcp = HttpEndpoint(settings.api_key, settings.aistack_bind_address)
 
     @asynccontextmanager
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
             backend.start()
         scheduler.start()
         log.info("ralph-wiggum %s ready: backends %s, data in %s", __version__, ", ".join(backends), settings.aistack_data_dir)
+        log.info("store: %s (schema %s)", settings.database_shown, migrations.head())
         log.info("agents and checks: sandbox %s (%s)", "bwrap" if sandbox.bwrap else "none", sandbox.reason)
         try:
             async with mcp.serving(app):
@@ -76,6 +78,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # inside the API-key middleware, like every route
     return app
+
+
+def open_store(settings: Settings, on_event=None) -> Store:
+    """The configured store, its schema upgraded; one that cannot be opened stops the service with
+    one line (the URL's password masked, as everywhere)."""
+    if settings.aistack_database_url is None:
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Store(settings.database_url, on_event)
+    except DBAPIError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
 
 
 def run(settings: Settings) -> int:

@@ -1,18 +1,22 @@
 """Durable state: tasks, iterations and events, in and out as typed records (`records.py`).
 
-SQLAlchemy Core over SQLite (WAL) by default; only portable constructs are used, so PostgreSQL can
-replace it. Everything that belongs together (an iteration, the task's new state and their
-events) is one transaction: a crash leaves all or none of it. The process groups of a running
-iteration are recorded too, so that after a crash the next process ends what is left of them.
-`create_all` adds a table that an existing database lacks; columns are never added to a table.
+SQLAlchemy Core, one code path for SQLite (WAL, the default: a file in the data dir) and
+PostgreSQL (psycopg 3, `AISTACK_DATABASE_URL`). Everything that belongs together (an iteration,
+the task's new state and their events) is one transaction: a crash leaves all or none of it. The
+process groups of a running iteration are recorded too, so that after a crash the next process
+ends what is left of them. The schema is Alembic's (`migrations/`): opening a store upgrades it
+to the newest revision, a database from before the migrations included.
 
-The store is async-facing, so callers read as a story and a networked database can slot in
-later. With SQLite the short work runs on the event loop itself, on one connection: a read by key
-takes ~0.05 ms and a write transaction ~1 ms (WAL, no sync per commit; the checkpoint that syncs
-runs in a thread of its own), while handing either to a worker thread cost ~0.3 ms more and,
-under 50 concurrent clients, made the API's p99 twice as long (docs/benchmarks.md). The scans
-(statistics, metrics) run in worker threads on connections of their own. This process is the
-database's only writer; another one holding the write lock would make a write wait (busy_timeout).
+The store is async-facing, so callers read as a story. With SQLite the short work runs on the
+event loop itself, on one connection: a read by key takes ~0.05 ms and a write transaction ~1 ms
+(WAL, no sync per commit; the checkpoint that syncs runs in a thread of its own), while handing
+either to a worker thread cost ~0.3 ms more and, under 50 concurrent clients, made the API's p99
+twice as long (docs/benchmarks.md). This process is then the database's only writer; another one
+holding the write lock would make a write wait (busy_timeout). With PostgreSQL every call is a
+network round trip: it runs in a thread of the store's own, on a connection from a pool as large.
+The scans (statistics, metrics) run in worker threads on connections of their own, on both.
+A write to a task locks its row first (FOR UPDATE; SQLite's writer lock does it there), so the
+events of one task are numbered in the order they commit, which the event streams rely on.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -48,6 +52,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
     select,
     update,
 )
@@ -56,7 +61,11 @@ from sqlalchemy.types import TypeDecorator
 
 from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
 from aistack.procgroup import GroupIdentity
+from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
+
+T = TypeVar("T")
+POOL_SIZE = 10  # PostgreSQL connections (and threads) per process: the loop's slots and the API's requests share them
 
 
 class UTCDateTime(TypeDecorator):
@@ -154,21 +163,28 @@ process_groups = Table(
 log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
+_TASK_TO_CHANGE = _TASK_BY_ID.with_for_update()  # SQLite leaves FOR UPDATE out: its one writer holds the lock
 
 
 class Store:
-    """Every method is one short transaction on the store's connection, run on the event loop."""
+    """Every method is one short transaction: with SQLite on the store's connection, on the event
+    loop; with PostgreSQL on a pooled connection, in one of the store's threads."""
 
     def __init__(self, url: str, on_event: Callable[[str], None] | None = None):
-        sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"connect_args": {"check_same_thread": False}} if sqlite else {}
-        if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
-            options["poolclass"] = StaticPool
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        options: dict[str, Any]
+        if sqlite:
+            options = {"connect_args": {"check_same_thread": False}}
+            if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
+                options["poolclass"] = StaticPool
+        else:  # pre-ping: a connection the server dropped (a restart) is replaced, not handed out
+            options = {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10}
         self.engine = create_engine(url, **options)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._db = self.engine.connect()
+        migrations.upgrade(self.engine)
+        self._db = self.engine.connect() if sqlite else None
+        self._threads = None if sqlite else ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="store")
         self._on_event = on_event or (lambda task_id: None)
         self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
 
@@ -186,15 +202,17 @@ class Store:
     async def add_task(self, new: NewTask) -> TaskRecord:
         now = utcnow()
         task = TaskRecord(**_fields(new), status=TaskStatus.queued, created_at=now, updated_at=now)  # the columns' defaults
-        with self._tx() as db:
+
+        def work(db: Connection) -> None:
             db.execute(insert(tasks), {**_fields(task), "status": task.status.value})
             db.execute(insert(events), {"task_id": new.id, "type": "status", "data": {"status": "queued"}, "created_at": now})
+
+        await self._run(work)
         self._on_event(new.id)
         return task
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        with self._tx() as db:
-            return self._task(db, task_id)
+        return await self._run(lambda db: self._task(db, task_id))
 
     async def apply(
         self, task_id: str, change: TaskUpdate, allowed_from: Iterable[TaskStatus] | None = None, extra: Sequence[Event] = ()
@@ -202,14 +220,20 @@ class Store:
         """Change the task and append `extra` events in one transaction, only while its status is
         in `allowed_from` (compare-and-set; None: any). None when it did not apply."""
         now = utcnow()
-        with self._tx() as db:
-            before = self._task(db, task_id)
-            if before is None or (allowed_from is not None and before.status not in allowed_from):
+        sources = None if allowed_from is None else frozenset(allowed_from)
+
+        def work(db: Connection) -> TaskRecord | None:
+            before = self._task(db, task_id, to_change=True)
+            if before is None or (sources is not None and before.status not in sources):
                 return None
             after = update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
-        self._on_event(task_id)
+            return task
+
+        task = await self._run(work)
+        if task is not None:
+            self._on_event(task_id)
         return task
 
     async def record_iteration(
@@ -219,9 +243,11 @@ class Store:
         while the task's status is in `allowed_from` (compare-and-set), and forget its process
         groups (ended by then). None when it did not apply."""
         now = utcnow()
-        with self._tx() as db:
-            before = self._task(db, it.task_id)
-            if before is None or before.status not in allowed_from:
+        sources = frozenset(allowed_from)
+
+        def work(db: Connection) -> TaskRecord | None:
+            before = self._task(db, it.task_id, to_change=True)
+            if before is None or before.status not in sources:
                 return None
             db.execute(insert(iterations), {**_fields(it), "finished_at": now})
             db.execute(delete(process_groups).where(process_groups.c.task_id == it.task_id))
@@ -233,16 +259,23 @@ class Store:
             after = update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
-        self._on_event(it.task_id)
+            return task
+
+        task = await self._run(work)
+        if task is not None:
+            self._on_event(it.task_id)
         return task
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> tuple[list[TaskRecord], int]:
         query, count = select(tasks), select(func.count()).select_from(tasks)
         if status is not None:
             query, count = query.where(tasks.c.status == status.value), count.where(tasks.c.status == status.value)
-        with self._tx() as db:
+
+        def work(db: Connection) -> tuple[list[TaskRecord], int]:
             rows = db.execute(query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
             return [_task_record(r) for r in rows], db.scalar(count) or 0
+
+        return await self._run(work)
 
     async def ready_tasks(self, statuses: Iterable[TaskStatus], exclude: set[str], limit: int) -> list[TaskRecord]:
         """Tasks in `statuses` a worker may pick up: running ones first (interrupted, approved),
@@ -251,30 +284,29 @@ class Store:
         if exclude:
             query = query.where(tasks.c.id.not_in(exclude))
         query = query.order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc()).limit(limit)
-        with self._tx() as db:
-            return [_task_record(r) for r in db.execute(query)]
+        return await self._run(lambda db: [_task_record(r) for r in db.execute(query)])
 
     # --- iterations and events ---------------------------------------------------------------------
 
     async def iterations(self, task_id: str) -> list[IterationRecord]:
         query = select(iterations).where(iterations.c.task_id == task_id).order_by(iterations.c.number)
-        with self._tx() as db:
-            return [_iteration_record(r) for r in db.execute(query)]
+        return await self._run(lambda db: [_iteration_record(r) for r in db.execute(query)])
 
     async def checkpoints(self, task_id: str) -> dict[int, str | None]:
         """Each iteration's checkpoint commit, by number (None: it changed nothing)."""
         query = select(iterations.c.number, iterations.c.checkpoint_commit).where(iterations.c.task_id == task_id)
-        with self._tx() as db:
-            return dict(db.execute(query.order_by(iterations.c.number)).tuples().all())
+        return await self._run(lambda db: dict(db.execute(query.order_by(iterations.c.number)).all()))
 
     async def events_after(self, task_id: str, after_id: int, limit: int = 500) -> list[EventRecord]:
         query = select(events).where(events.c.task_id == task_id, events.c.id > after_id).order_by(events.c.id).limit(limit)
-        with self._tx() as db:
-            return [EventRecord(**r._mapping) for r in db.execute(query)]
+        return await self._run(lambda db: [EventRecord(**r._mapping) for r in db.execute(query)])
 
     async def add_event(self, task_id: str, kind: str, data: dict) -> None:
-        with self._tx() as db:
+        def work(db: Connection) -> None:
+            self._task(db, task_id, to_change=True)  # the task's events are numbered in commit order
             db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
+
+        await self._run(work)
         self._on_event(task_id)
 
     async def starts(self, task_id: str, number: int) -> int:
@@ -282,25 +314,22 @@ class Store:
         query = select(func.count()).where(
             events.c.task_id == task_id, events.c.type == "iteration_started", events.c.data["iteration"].as_integer() == number
         )
-        with self._tx() as db:
-            return db.scalar(query) or 0
+        return await self._run(lambda db: db.scalar(query) or 0)
 
     # --- process groups ----------------------------------------------------------------------------
 
     async def add_group(self, task_id: str, iteration: int, group: GroupIdentity) -> None:
         row = {"task_id": task_id, "iteration": iteration, "pgid": group.pgid, "leader_start": group.leader_start,
                "boot_id": group.boot_id, "created_at": utcnow()}  # fmt: skip
-        with self._tx() as db:
-            db.execute(insert(process_groups), row)
+        await self._run(lambda db: db.execute(insert(process_groups), row))
 
     async def groups(self, task_id: str) -> list[GroupIdentity]:
         query = select(process_groups.c.pgid, process_groups.c.leader_start, process_groups.c.boot_id)
-        with self._tx() as db:
-            return [GroupIdentity(*row) for row in db.execute(query.where(process_groups.c.task_id == task_id))]
+        return await self._run(lambda db: [GroupIdentity(*row) for row in db.execute(query.where(process_groups.c.task_id == task_id))])
 
     async def remove_group(self, task_id: str, group: GroupIdentity) -> None:
-        with self._tx() as db:
-            db.execute(delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid))
+        gone = delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid)
+        await self._run(lambda db: db.execute(gone))
 
     # --- statistics --------------------------------------------------------------------------------
 
@@ -350,17 +379,26 @@ class Store:
     def close(self) -> None:
         if self._checkpointer:
             self._checkpointer.stop()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
         self.engine.dispose()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self._db.begin():
-            yield self._db
+    async def _run(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one transaction: SQLite's on the loop, PostgreSQL's in a thread (see the module's docstring)."""
+        if self._db is not None:
+            with self._db.begin():
+                return work(self._db)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._in_pool, work)
+
+    def _in_pool(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as db:
+            return work(db)
 
     @staticmethod
-    def _task(db: Connection, task_id: str) -> TaskRecord | None:
-        row = db.execute(_TASK_BY_ID, {"task_id": task_id}).first()
+    def _task(db: Connection, task_id: str, to_change: bool = False) -> TaskRecord | None:
+        row = db.execute(_TASK_TO_CHANGE if to_change else _TASK_BY_ID, {"task_id": task_id}).first()
         return _task_record(row) if row is not None else None
 
 
