@@ -60,7 +60,11 @@ class PostgresServer:
         password_file.unlink()
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr}")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server (again, after `stop`), on the same port and data."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=300"
         done = self._as_server_user(
             str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start"
         )
@@ -88,10 +92,8 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """As a crash does: every connection cut at once."""
         self._as_server_user(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
-    def restart(self) -> None:
-        self._as_server_user(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "restart")
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

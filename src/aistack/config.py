@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     ralph_command_backend: str | None = Field(default=None, description="Shell command the `command` backend runs.")
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
+    ralph_worker_id: str = Field(
+        default="", max_length=128, description="This worker's name in the task leases; empty: hostname-pid (one per process)."
+    )
+    ralph_lease_seconds: int = Field(
+        default=15, ge=3, le=3600, description="A task whose worker has not renewed its lease this long is taken over by another."
+    )
 
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
@@ -244,6 +250,10 @@ class Settings(BaseSettings):
         from sqlalchemy import make_url
 
         return make_url(self.database_url).render_as_string(hide_password=True)
+
+    @property
+    def worker_id(self) -> str:
+        return self.ralph_worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def worktrees_dir(self) -> Path:

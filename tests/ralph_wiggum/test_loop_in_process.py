@@ -7,11 +7,13 @@ import asyncio
 
 import pytest
 from loop_fakes import Loop, Step, make_loop, wait_until
+from sqlalchemy import update
 
 from aistack.contracts import TaskCreate, TaskStatus
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.records import TaskUpdate
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
+from aistack.ralph_wiggum.store import leases
 from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
 
 pytestmark = pytest.mark.timeout(120)  # in process, seconds each: a hang is a failure, soon
@@ -287,7 +289,8 @@ def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_pat
 
     async def scenario():
         task_id = await submit(loop)
-        loop.scheduler._launch(task_id)  # noqa: SLF001 - a drive created, not yet run
+        (lease,) = await loop.store.claim("w", [TaskStatus.queued], set(), 1, 30)
+        loop.scheduler._launch(lease)  # noqa: SLF001 - a drive created, not yet run
         await loop.tasks.stop(task_id)  # cancels it before its first step
         await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
         assert loop.scheduler.active_count == 0 and loop.agent.requests == []
@@ -313,5 +316,41 @@ def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_reco
         task = await loop.store.get(task_id)
         assert task.status is TaskStatus.stopped and task.iteration == 0
         assert await loop.store.iterations(task_id) == [] and loop.workspace.removed == [task_id]
+
+    run(scenario())
+
+
+def test_a_stop_written_through_another_process_ends_the_running_iteration(tmp_path, store):
+    """An API replica only marks the task (`stop_requested`); the worker that runs it sees that in
+    its heartbeat, ends the iteration and records the stop."""
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await mid_iteration(loop)
+        await loop.store.apply(task_id, TaskUpdate(stop_requested=True))
+        await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
+        assert loop.agent.cancelled == 1 and await loop.store.iterations(task_id) == [] and loop.workspace.removed == [task_id]
+        await loop.scheduler.shutdown()
+
+    run(scenario())
+
+
+def test_a_drive_whose_lease_another_worker_took_over_is_dropped_and_records_nothing(tmp_path, store):
+    """This worker was cut off past its lease, and another claimed the task: the heartbeat finds
+    the lease gone and ends the iteration here; nothing of it is recorded, nothing is cleaned up
+    (the tree is the new holder's to put back), and the task stays `running` for its new worker."""
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await mid_iteration(loop)
+        held = loop.scheduler._leases[task_id]  # noqa: SLF001
+        take_over = update(leases).where(leases.c.task_id == task_id).values(worker_id="other", epoch=held.epoch + 1)
+        await loop.store._run(lambda db: db.execute(take_over))  # noqa: SLF001 - what the other worker's claim writes
+        await wait_until(lambda: loop.scheduler.active_count == 0)
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.running and task.iteration == 0 and loop.agent.cancelled == 1
+        assert await loop.store.iterations(task_id) == [] and loop.workspace.removed == []
+        assert [e.type for e in await loop.store.events_after(task_id, 0)][-1] == "iteration_started"
+        await loop.scheduler.shutdown()
 
     run(scenario())

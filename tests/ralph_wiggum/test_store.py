@@ -19,7 +19,7 @@ from aistack.contracts import TaskStatus
 from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskUpdate, utcnow
-from aistack.ralph_wiggum.store import Store, metadata, process_groups
+from aistack.ralph_wiggum.store import LeaseLost, Store, metadata
 
 RELEASE_1 = Path(__file__).parent / "data" / "release1.sql"
 
@@ -49,7 +49,7 @@ def test_tasks_go_in_and_come_back_as_they_were_written(open_store):
         page, total = await store.list_tasks(None, limit=1, offset=0)
         assert total == 2 and [t.id for t in page] == ["t2"]  # newest first
         assert ([t.id for t in (await store.list_tasks(TaskStatus.queued, 10, 0))[0]]) == ["t2", "t1"]
-        assert [t.id for t in await store.ready_tasks([TaskStatus.queued], exclude={"t1"}, limit=5)] == ["t2"]
+        assert [lease.task_id for lease in await store.claim("w", [TaskStatus.queued], exclude={"t1"}, limit=5, seconds=30)] == ["t2"]
 
     asyncio.run(scenario())
     assert seen == ["t1", "t2"]
@@ -70,8 +70,7 @@ def test_apply_is_a_compare_and_set_with_its_events(open_store):
         assert kinds == [("status", "queued"), ("note", None), ("status", "running"), ("status", "stopped")]
         first = (await store.events_after("t1", 0))[0].id
         assert [e.type for e in await store.events_after("t1", first, limit=1)] == ["note"]
-        ready = await store.ready_tasks([TaskStatus.running, TaskStatus.queued], set(), 5)
-        assert ready == []
+        assert await store.claim("w", [TaskStatus.running, TaskStatus.queued], set(), 5, 30) == []
 
     asyncio.run(scenario())
 
@@ -157,7 +156,8 @@ def test_a_database_of_the_first_release_upgrades_in_place_with_every_row(tmp_pa
         assert await store.checkpoints("done1") == {1: "c" * 40, 2: None}
         assert len(await store.events_after("done1", 0)) == 7 and await store.starts("done1", 2) == 1
         assert await store.groups("run3") == [GroupIdentity(4242, 17, "boot-1")]
-        assert [t.id for t in await store.ready_tasks([TaskStatus.running, TaskStatus.queued], set(), 5)] == ["run3", "queued2"]
+        claimed = await store.claim("w", [TaskStatus.running, TaskStatus.queued], set(), 5, 30)
+        assert [lease.task_id for lease in claimed] == ["run3", "queued2"]  # running first, then oldest first
         await store.add_task(new_task("new4"))  # and it takes new rows
         assert (await store.list_tasks(None, 10, 0))[1] == 4
 
@@ -175,7 +175,7 @@ def test_a_database_of_the_first_release_upgrades_in_place_with_every_row(tmp_pa
 def test_a_database_from_before_process_groups_gains_the_table(tmp_path):
     path = tmp_path / "aistack.db"
     old = create_engine(f"sqlite:///{path}")
-    metadata.create_all(old, tables=[table for table in metadata.sorted_tables if table is not process_groups])
+    metadata.create_all(old, tables=[table for table in metadata.sorted_tables if table.name in ("tasks", "iterations", "events")])
     assert "process_groups" not in inspect(old).get_table_names()
     old.dispose()
 
@@ -192,3 +192,93 @@ def test_a_database_from_before_process_groups_gains_the_table(tmp_path):
         asyncio.run(scenario(store))
     finally:
         store.close()
+
+
+# --- leases: many workers on PostgreSQL, one process on SQLite ---------------------------------------
+
+
+def running_task(store: Store, task_id: str):
+    async def make():
+        await store.add_task(new_task(task_id))
+
+    return make()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_workers_claiming_at_once_never_take_the_same_task(open_store):
+    first, second = open_store(), open_store()  # two processes' stores: two pools
+
+    async def scenario():
+        for n in range(12):
+            await first.add_task(new_task(f"t{n:02d}"))
+        ready = [TaskStatus.queued]
+        rounds = await asyncio.gather(*[store.claim(f"w{i}", ready, set(), 3, 30) for i in range(4) for store in (first, second)])
+        taken = [lease.task_id for leases in rounds for lease in leases]
+        assert sorted(taken) == [f"t{n:02d}" for n in range(12)]  # each exactly once
+        assert await first.claim("w9", ready, set(), 5, 30) == []  # all held
+        assert await first.leased("t00") and not await first.leased("nope")
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_that_lost_its_lease_records_nothing_more(open_store):
+    store = open_store()
+
+    async def scenario():
+        await store.add_task(new_task("t1"))
+        (old,) = await store.claim("paused", [TaskStatus.queued], set(), 1, seconds=0.2)
+        with store.fenced(old):
+            await store.apply("t1", TaskUpdate(status=TaskStatus.running), [TaskStatus.queued])
+        assert await store.claim("other", [TaskStatus.running], set(), 1, 30) == []  # still held
+        await asyncio.sleep(0.3)  # the paused worker misses its renewal
+        (new,) = await store.claim("other", [TaskStatus.running], set(), 1, 30)
+        assert new.epoch == old.epoch + 1
+        assert await store.renew([old], 30) == ({"t1"}, set())
+        events = await store.events_after("t1", 0)
+        with store.fenced(old):
+            for write in (
+                store.add_event("t1", "iteration_started", {"iteration": 1, "attempt": 1}),
+                store.record_iteration(iteration("t1", 1), TaskUpdate(), [], RUNNING),
+                store.apply("t1", TaskUpdate(status=TaskStatus.failed), RUNNING),
+                store.add_group("t1", 1, GroupIdentity(1, 2, "b")),
+            ):
+                with pytest.raises(LeaseLost):
+                    await write
+        assert await store.events_after("t1", 0) == events and await store.iterations("t1") == [] and await store.groups("t1") == []
+        assert (await store.get("t1")).status is TaskStatus.running
+        with store.fenced(new):  # the new holder writes, and another task is not fenced by this lease
+            assert await store.record_iteration(iteration("t1", 1), TaskUpdate(), [], RUNNING) is not None
+            await store.add_task(new_task("t2"))
+            await store.add_event("t2", "note", {})
+        assert await store.renew([new], 30) == (set(), set())
+        await store.apply("t1", TaskUpdate(stop_requested=True))  # e.g. through an API replica
+        assert await store.renew([new], 30) == (set(), {"t1"})
+        await store.release_lease(new)
+        assert not await store.leased("t1")
+        (third,) = await store.claim("third", [TaskStatus.running], set(), 1, 30)  # given back: free at once
+        assert third.epoch == new.epoch + 1
+
+    asyncio.run(scenario())
+
+
+def test_on_sqlite_the_leases_of_an_earlier_process_are_void(tmp_path):
+    path = tmp_path / "aistack.db"
+    store = Store.sqlite(path)
+
+    async def crashed():
+        await store.add_task(new_task("t1"))
+        await store.claim("earlier-pid", [TaskStatus.queued], set(), 1, 3600)
+
+    asyncio.run(crashed())
+    store.close()
+    again = Store.sqlite(path)
+
+    async def restarted():
+        (lease,) = await again.claim("this-pid", [TaskStatus.queued], set(), 1, 30)  # at once, not after an hour
+        assert lease.epoch == 2 and not await again.leased("t1")  # a stop here is this process's own to end
+
+    try:
+        asyncio.run(restarted())
+    finally:
+        again.close()

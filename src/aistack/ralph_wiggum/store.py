@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,16 +55,20 @@ from sqlalchemy import (
     func,
     insert,
     make_url,
+    or_,
     select,
+    true,
     update,
 )
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
 from aistack.procgroup import GroupIdentity
-from aistack.ralph_wiggum import migrations
-from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
+from aistack.ralph_wiggum import migrations, space
+from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, Lease, NewTask, TaskRecord, TaskUpdate, utcnow
 
 T = TypeVar("T")
 POOL_SIZE = 10  # PostgreSQL connections (and threads) per process: the loop's slots and the API's requests share them
@@ -160,10 +166,29 @@ process_groups = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )  # fmt: skip
 
+# A worker's claim on running a task (one row per task that was ever claimed; the epoch only grows).
+leases = Table(
+    "leases", metadata,
+    Column("task_id", ForeignKey("tasks.id"), primary_key=True),
+    Column("worker_id", String(128), nullable=False),
+    Column("epoch", Integer, nullable=False),  # the fencing token
+    Column("expires_at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
 log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
 _TASK_TO_CHANGE = _TASK_BY_ID.with_for_update()  # SQLite leaves FOR UPDATE out: its one writer holds the lock
+_EPOCH_OF_TASK = (
+    select(leases.c.epoch).select_from(tasks.outerjoin(leases, leases.c.task_id == tasks.c.id))
+    .where(tasks.c.id == bindparam("task_id")).with_for_update(of=tasks)
+)  # fmt: skip
+# The lease the current asyncio task (a worker's drive of one task) writes under: set by `Store.fenced`.
+_FENCE: ContextVar[Lease | None] = ContextVar("aistack_fence", default=None)
+
+
+class LeaseLost(Exception):
+    """A write under a lease another worker has claimed since: nothing of it was recorded."""
 
 
 class Store:
@@ -178,12 +203,14 @@ class Store:
             if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
                 options["poolclass"] = StaticPool
         else:  # pre-ping: a connection the server dropped (a restart) is replaced, not handed out
-            options = {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10}
+            options = {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10,
+                       "connect_args": {"connect_timeout": 5}}  # fmt: skip
         self.engine = create_engine(url, **options)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrations.upgrade(self.engine)
         self._db = self.engine.connect() if sqlite else None
+        self.shared = not sqlite  # other processes write to it too: what they write is seen by reading again
         self._threads = None if sqlite else ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="store")
         self._on_event = on_event or (lambda task_id: None)
         self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
@@ -231,7 +258,7 @@ class Store:
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
             return task
 
-        task = await self._run(work)
+        task = await self._run(work, task_id)
         if task is not None:
             self._on_event(task_id)
         return task
@@ -261,7 +288,7 @@ class Store:
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
             return task
 
-        task = await self._run(work)
+        task = await self._run(work, it.task_id)
         if task is not None:
             self._on_event(it.task_id)
         return task
@@ -276,15 +303,6 @@ class Store:
             return [_task_record(r) for r in rows], db.scalar(count) or 0
 
         return await self._run(work)
-
-    async def ready_tasks(self, statuses: Iterable[TaskStatus], exclude: set[str], limit: int) -> list[TaskRecord]:
-        """Tasks in `statuses` a worker may pick up: running ones first (interrupted, approved),
-        then the others, each oldest first."""
-        query = select(tasks).where(tasks.c.status.in_([status.value for status in statuses]))
-        if exclude:
-            query = query.where(tasks.c.id.not_in(exclude))
-        query = query.order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc()).limit(limit)
-        return await self._run(lambda db: [_task_record(r) for r in db.execute(query)])
 
     # --- iterations and events ---------------------------------------------------------------------
 
@@ -306,7 +324,7 @@ class Store:
             self._task(db, task_id, to_change=True)  # the task's events are numbered in commit order
             db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
 
-        await self._run(work)
+        await self._run(work, task_id)
         self._on_event(task_id)
 
     async def starts(self, task_id: str, number: int) -> int:
@@ -321,7 +339,7 @@ class Store:
     async def add_group(self, task_id: str, iteration: int, group: GroupIdentity) -> None:
         row = {"task_id": task_id, "iteration": iteration, "pgid": group.pgid, "leader_start": group.leader_start,
                "boot_id": group.boot_id, "created_at": utcnow()}  # fmt: skip
-        await self._run(lambda db: db.execute(insert(process_groups), row))
+        await self._run(lambda db: db.execute(insert(process_groups), row), task_id)
 
     async def groups(self, task_id: str) -> list[GroupIdentity]:
         query = select(process_groups.c.pgid, process_groups.c.leader_start, process_groups.c.boot_id)
@@ -329,7 +347,89 @@ class Store:
 
     async def remove_group(self, task_id: str, group: GroupIdentity) -> None:
         gone = delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid)
-        await self._run(lambda db: db.execute(gone))
+        await self._run(lambda db: db.execute(gone), task_id)
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    async def claim(self, worker: str, statuses: Iterable[TaskStatus], exclude: set[str], limit: int, seconds: float) -> list[Lease]:
+        """Lease up to `limit` tasks in `statuses` to `worker` for `seconds`: running ones first
+        (interrupted, approved), then the others, each oldest first. A task is free when nobody
+        ever leased it, its lease expired (its worker died or was cut off: this is the reaper),
+        or it is `worker`'s own (a restart under the same RALPH_WORKER_ID). On PostgreSQL the
+        tasks' rows are locked FOR UPDATE SKIP LOCKED, so workers claiming at once never wait on
+        or take the same task; on SQLite, this process is the only worker, so every lease left
+        in the database is an earlier process's and void."""
+        now = utcnow()
+        free = true() if self._db is not None else or_(leases.c.task_id.is_(None), leases.c.expires_at < now, leases.c.worker_id == worker)
+        query = (
+            select(tasks.c.id)
+            .select_from(tasks.outerjoin(leases, leases.c.task_id == tasks.c.id))
+            .where(tasks.c.status.in_([status.value for status in statuses]), free)
+            .order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc())
+            .limit(limit)
+            .with_for_update(of=tasks, skip_locked=True)
+        )
+        if exclude:
+            query = query.where(tasks.c.id.not_in(exclude))
+        until = now + timedelta(seconds=seconds)
+
+        def work(db: Connection) -> list[Lease]:
+            claimed = []
+            for task_id in db.scalars(query).all():
+                # read again: the statement above saw the leases as they were when it began, and
+                # another worker may have leased a task between then and our lock on its row
+                epoch = db.scalar(select(leases.c.epoch).where(leases.c.task_id == task_id))
+                if epoch is None:
+                    db.execute(insert(leases), {"task_id": task_id, "worker_id": worker, "epoch": 1, "expires_at": until})
+                else:  # only while still free
+                    take = update(leases).where(leases.c.task_id == task_id, leases.c.epoch == epoch, free)
+                    if db.execute(take.values(worker_id=worker, epoch=epoch + 1, expires_at=until)).rowcount != 1:
+                        continue
+                claimed.append(Lease(task_id, worker, (epoch or 0) + 1))
+            return claimed
+
+        return await self._run(work)
+
+    async def renew(self, held: Sequence[Lease], seconds: float) -> tuple[set[str], set[str]]:
+        """Extend the leases by `seconds` from now. (lost, stop): the tasks whose lease another
+        worker holds now, and those a person asked to stop (through any process)."""
+        until = utcnow() + timedelta(seconds=seconds)
+
+        def work(db: Connection) -> tuple[set[str], set[str]]:
+            lost = set()
+            for lease in held:
+                mine = (leases.c.task_id == lease.task_id, leases.c.worker_id == lease.worker_id, leases.c.epoch == lease.epoch)
+                if db.execute(update(leases).where(*mine).values(expires_at=until)).rowcount != 1:
+                    lost.add(lease.task_id)
+            ids = [lease.task_id for lease in held]
+            stop = set(db.scalars(select(tasks.c.id).where(tasks.c.id.in_(ids), tasks.c.stop_requested))) if ids else set()
+            return lost, stop
+
+        return await self._run(work)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the task back at once (it ended, waits for a person, or this worker stops); the epoch stays."""
+        mine = (leases.c.task_id == lease.task_id, leases.c.epoch == lease.epoch)
+        await self._run(lambda db: db.execute(update(leases).where(*mine).values(expires_at=datetime.fromtimestamp(0, UTC))))
+
+    async def leased(self, task_id: str) -> bool:
+        """Whether another process's worker holds a live lease on the task (so it, not the caller,
+        ends a stop). Never on SQLite, where this process is the only worker."""
+        if not self.shared:
+            return False
+        query = select(func.count()).where(leases.c.task_id == task_id, leases.c.expires_at > utcnow())
+        return bool(await self._run(lambda db: db.scalar(query)))
+
+    @staticmethod
+    @contextmanager
+    def fenced(lease: Lease) -> Iterator[None]:
+        """Every write to the lease's task made within (in this asyncio task and what it awaits)
+        is fenced: refused with `LeaseLost` once another worker claimed the task."""
+        token = _FENCE.set(lease)
+        try:
+            yield
+        finally:
+            _FENCE.reset(token)
 
     # --- statistics --------------------------------------------------------------------------------
 
@@ -385,8 +485,13 @@ class Store:
             self._threads.shutdown(wait=True)
         self.engine.dispose()
 
-    async def _run(self, work: Callable[[Connection], T]) -> T:
-        """`work` in one transaction: SQLite's on the loop, PostgreSQL's in a thread (see the module's docstring)."""
+    async def _run(self, work: Callable[[Connection], T], task_id: str | None = None) -> T:
+        """`work` in one transaction: SQLite's on the loop, PostgreSQL's in a thread (see the
+        module's docstring). A write to `task_id` under a lease (`fenced`) first checks that the
+        lease's epoch is still the task's, holding the task's row until the commit."""
+        lease = _FENCE.get() if task_id is not None else None
+        if lease is not None and lease.task_id == task_id:
+            work = _fenced_work(work, lease)
         if self._db is not None:
             with self._db.begin():
                 return work(self._db)
@@ -400,6 +505,26 @@ class Store:
     def _task(db: Connection, task_id: str, to_change: bool = False) -> TaskRecord | None:
         row = db.execute(_TASK_TO_CHANGE if to_change else _TASK_BY_ID, {"task_id": task_id}).first()
         return _task_record(row) if row is not None else None
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why the database could not be reached (down, restarting, cut off, every connection busy),
+    in one line; None when `exc` is something else (a full disk is `space.reason`'s)."""
+    if isinstance(exc, SATimeoutError):
+        return "no database connection free in time"
+    if not isinstance(exc, OperationalError) or space.reason(exc) is not None:
+        return None
+    return "database unreachable: " + (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+
+
+def _fenced_work(work: Callable[[Connection], T], lease: Lease) -> Callable[[Connection], T]:
+    def checked(db: Connection) -> T:
+        epoch = db.execute(_EPOCH_OF_TASK, {"task_id": lease.task_id}).scalar()
+        if epoch != lease.epoch:
+            raise LeaseLost(f"task {lease.task_id}: lease epoch {lease.epoch} of {lease.worker_id} is now {epoch}")
+        return work(db)
+
+    return checked
 
 
 def _fields(record: Any) -> dict[str, Any]:
