@@ -335,6 +335,7 @@ def test_a_stop_written_through_another_process_ends_the_running_iteration(tmp_p
     run(scenario())
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # on SQLite this process is the only worker
 def test_a_drive_whose_lease_another_worker_took_over_is_dropped_and_records_nothing(tmp_path, store):
     """This worker was cut off past its lease, and another claimed the task: the heartbeat finds
     the lease gone and ends the iteration here; nothing of it is recorded, nothing is cleaned up

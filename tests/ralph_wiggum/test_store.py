@@ -20,6 +20,7 @@ from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskUpdate, utcnow
 from aistack.ralph_wiggum.store import LeaseLost, Store, metadata
+from support import wait_until
 
 RELEASE_1 = Path(__file__).parent / "data" / "release1.sql"
 
@@ -52,7 +53,7 @@ def test_tasks_go_in_and_come_back_as_they_were_written(open_store):
         assert [lease.task_id for lease in await store.claim("w", [TaskStatus.queued], exclude={"t1"}, limit=5, seconds=30)] == ["t2"]
 
     asyncio.run(scenario())
-    assert seen == ["t1", "t2"]
+    assert wait_until(lambda: seen == ["t1", "t2"], 10), seen  # PostgreSQL's: through NOTIFY
 
 
 def test_apply_is_a_compare_and_set_with_its_events(open_store):
@@ -282,3 +283,21 @@ def test_on_sqlite_the_leases_of_an_earlier_process_are_void(tmp_path):
         asyncio.run(restarted())
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_events_another_process_appends_are_announced_here(open_store):
+    """LISTEN/NOTIFY: the API replica's store learns of the events a worker's store appends (it
+    wakes the event streams), without polling."""
+    heard: list[str] = []
+    worker = open_store()
+    open_store(on_event=heard.append)  # the replica's: it listens from a thread of its own
+
+    async def scenario():
+        await worker.add_task(new_task("t1"))
+        await worker.add_group("t1", 1, GroupIdentity(1, 2, "b"))  # no event: nothing said
+        await worker.apply("t1", TaskUpdate(status=TaskStatus.running))
+        await worker.add_event("t1", "iteration_started", {"iteration": 1, "attempt": 1})
+
+    asyncio.run(scenario())
+    assert wait_until(lambda: heard.count("t1") == 3, 10), heard

@@ -6,6 +6,7 @@ worker writes stream from the API; PostgreSQL going away fails no task and spend
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -30,11 +31,11 @@ def cluster(tmp_path: Path, postgres_server):
     )  # fmt: skip - the agents note their pids outside their trees
     started: list[ServiceProcess] = []
 
-    def start(role: str, worker_id: str = "") -> ServiceProcess:
+    def start(role: str, worker_id: str = "", wait: bool = True) -> ServiceProcess:
         extra = {"RALPH_WIGGUM_PORT": str(free_port()), "RALPH_WORKER_ID": worker_id}
         proc = ServiceProcess("ralph-wiggum", env, extra, args=("--role", role))
         started.append(proc)
-        return proc.wait_healthy(60)
+        return proc.wait_healthy(60) if wait else proc
 
     start.env, start.url = env, url  # type: ignore[attr-defined]
     yield start
@@ -151,4 +152,32 @@ def test_postgresql_going_away_fails_no_task_and_spends_no_iteration(cluster, po
     (task,) = terminal(api, [task_id])
     assert_each_iteration_once_with_its_checkpoint(api, env, task, 4)
     assert "failed" not in json.dumps(api.get(f"/tasks/{task_id}/events.json").json())
+    api.close()
+
+
+def test_chaos_workers_killed_at_random_lose_nothing(cluster):
+    """3 workers, 30 tasks; every few seconds one worker, picked at random, is killed with kill -9
+    and a new one (a new RALPH_WORKER_ID, as a restarted process gets) starts, for a bounded time.
+    At the end every task is terminal, each has its iterations 1..n exactly once, and its branch
+    holds one checkpoint per iteration that changed something."""
+    env, rng = cluster.env, random.Random(10)
+    agent(env, 0.3)
+    repos = [make_git_repo(env.workspace_root / f"repo{i}").name for i in range(3)]
+    api_proc = cluster("api")
+    workers = [cluster("worker", f"w{i}") for i in range(3)]
+    api = httpx.Client(base_url=api_proc.url, timeout=30)
+    task_ids = [submit(api, repos[n % 3], check_command="test $(wc -l < notes.txt) -ge 3") for n in range(30)]
+    kills, deadline = 0, time.monotonic() + 40
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(2, 5))
+        workers.pop(rng.randrange(len(workers))).kill9()  # maybe one still starting: a crash at any time
+        kills += 1
+        workers.append(cluster("worker", f"w{2 + kills}", wait=False))
+    workers[-1].wait_healthy(60)
+    tasks = terminal(api, task_ids, timeout=240)
+    for task in tasks:
+        assert_each_iteration_once_with_its_checkpoint(api, env, task, 3)
+        changing = [it for it in api.get(f"/tasks/{task['id']}/iterations").json() if it["checkpoint_commit"]]
+        assert len(changing) == 3
+    assert kills >= 5
     api.close()

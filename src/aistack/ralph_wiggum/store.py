@@ -71,7 +71,8 @@ from aistack.ralph_wiggum import migrations, space
 from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, Lease, NewTask, TaskRecord, TaskUpdate, utcnow
 
 T = TypeVar("T")
-POOL_SIZE = 10  # PostgreSQL connections (and threads) per process: the loop's slots and the API's requests share them
+EVENTS_CHANNEL = "aistack_events"  # PostgreSQL's NOTIFY channel: the payload is the id of a task with new events
+POOL_SIZE = 10  # PostgreSQL connections (and threads) per process: the loop's slots and the API's requests share them (+1 LISTENs)
 
 
 class UTCDateTime(TypeDecorator):
@@ -203,7 +204,7 @@ class Store:
             if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
                 options["poolclass"] = StaticPool
         else:  # pre-ping: a connection the server dropped (a restart) is replaced, not handed out
-            options = {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10,
+            options = {"pool_size": POOL_SIZE + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10,
                        "connect_args": {"connect_timeout": 5}}  # fmt: skip
         self.engine = create_engine(url, **options)
         if sqlite:
@@ -213,7 +214,11 @@ class Store:
         self.shared = not sqlite  # other processes write to it too: what they write is seen by reading again
         self._threads = None if sqlite else ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="store")
         self._on_event = on_event or (lambda task_id: None)
+        self._said = self._on_event  # what this process appended; on PostgreSQL its NOTIFY says it, to every process
         self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
+        self._listener = None if sqlite or on_event is None else _EventListener(self.engine, self._on_event)
+        if self._listener is not None:
+            self._said = lambda task_id: None
 
     @classmethod
     def sqlite(cls, path: Path, on_event: Callable[[str], None] | None = None) -> Store:
@@ -234,8 +239,8 @@ class Store:
             db.execute(insert(tasks), {**_fields(task), "status": task.status.value})
             db.execute(insert(events), {"task_id": new.id, "type": "status", "data": {"status": "queued"}, "created_at": now})
 
-        await self._run(work)
-        self._on_event(new.id)
+        await self._run(work, new.id, events=True)
+        self._said(new.id)
         return task
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -258,9 +263,9 @@ class Store:
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
             return task
 
-        task = await self._run(work, task_id)
+        task = await self._run(work, task_id, events=True)
         if task is not None:
-            self._on_event(task_id)
+            self._said(task_id)
         return task
 
     async def record_iteration(
@@ -288,9 +293,9 @@ class Store:
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
             return task
 
-        task = await self._run(work, it.task_id)
+        task = await self._run(work, it.task_id, events=True)
         if task is not None:
-            self._on_event(it.task_id)
+            self._said(it.task_id)
         return task
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> tuple[list[TaskRecord], int]:
@@ -324,8 +329,8 @@ class Store:
             self._task(db, task_id, to_change=True)  # the task's events are numbered in commit order
             db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
 
-        await self._run(work, task_id)
-        self._on_event(task_id)
+        await self._run(work, task_id, events=True)
+        self._said(task_id)
 
     async def starts(self, task_id: str, number: int) -> int:
         """How often iteration `number` of the task was started (its `iteration_started` events)."""
@@ -479,19 +484,24 @@ class Store:
     def close(self) -> None:
         if self._checkpointer:
             self._checkpointer.stop()
+        if self._listener:
+            self._listener.stop()
         if self._db is not None:
             self._db.close()
         if self._threads is not None:
             self._threads.shutdown(wait=True)
         self.engine.dispose()
 
-    async def _run(self, work: Callable[[Connection], T], task_id: str | None = None) -> T:
+    async def _run(self, work: Callable[[Connection], T], task_id: str | None = None, events: bool = False) -> T:
         """`work` in one transaction: SQLite's on the loop, PostgreSQL's in a thread (see the
         module's docstring). A write to `task_id` under a lease (`fenced`) first checks that the
-        lease's epoch is still the task's, holding the task's row until the commit."""
+        lease's epoch is still the task's, holding the task's row until the commit. `events`: it
+        appends the task's events, which PostgreSQL tells every listening process at the commit."""
         lease = _FENCE.get() if task_id is not None else None
         if lease is not None and lease.task_id == task_id:
             work = _fenced_work(work, lease)
+        if events and task_id is not None and self._db is None:
+            work = _notifying_work(work, task_id)
         if self._db is not None:
             with self._db.begin():
                 return work(self._db)
@@ -515,6 +525,15 @@ def unreachable(exc: BaseException) -> str | None:
     if not isinstance(exc, OperationalError) or space.reason(exc) is not None:
         return None
     return "database unreachable: " + (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+
+
+def _notifying_work(work: Callable[[Connection], T], task_id: str) -> Callable[[Connection], T]:
+    def notifying(db: Connection) -> T:
+        done = work(db)
+        db.execute(select(func.pg_notify(EVENTS_CHANNEL, task_id)))
+        return done
+
+    return notifying
 
 
 def _fenced_work(work: Callable[[Connection], T], lease: Lease) -> Callable[[Connection], T]:
@@ -589,6 +608,40 @@ class _WalCheckpointer:
                     db.commit()
             except Exception:  # a missed checkpoint is made up by the next; the thread must live on
                 log.warning("WAL checkpoint failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+
+class _EventListener:
+    """LISTENs on PostgreSQL for the events other processes append and passes each task id to the
+    store's `on_event` (which wakes the event streams), from a thread and a connection of its
+    own. It reconnects after a lost connection; the streams also read the store every
+    SSE_POLL_SECONDS, so what is said while it reconnects is seen all the same."""
+
+    WAIT_SECONDS = 1.0
+
+    def __init__(self, engine, on_event: Callable[[str], None]):
+        self._engine, self._on_event = engine, on_event
+        self._stopped, self._listening = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-listen", daemon=True)
+        self._thread.start()
+        self._listening.wait(5)  # what this process appends from now on is heard (the store just connected)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+                    db.exec_driver_sql(f"LISTEN {EVENTS_CHANNEL}")
+                    self._listening.set()
+                    driver = db.connection.driver_connection
+                    while not self._stopped.is_set():
+                        for note in driver.notifies(timeout=self.WAIT_SECONDS):
+                            self._on_event(note.payload)
+            except Exception as exc:  # the database went away: listen again once it is back
+                log.debug("event listener reconnects: %s", exc)
+                self._stopped.wait(self.WAIT_SECONDS)
 
     def stop(self) -> None:
         self._stopped.set()
