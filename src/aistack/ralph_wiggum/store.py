@@ -17,6 +17,9 @@ network round trip: it runs in a thread of the store's own, on a connection from
 The scans (statistics, metrics) run in worker threads on connections of their own, on both.
 A write to a task locks its row first (FOR UPDATE; SQLite's writer lock does it there), so the
 events of one task are numbered in the order they commit, which the event streams rely on.
+Leases say which worker drives which task (`claim`, `renew`, `release_lease`); a write made under
+one (`fenced`) is refused once another worker holds it. Their times are the workers' clocks, so
+machines that share a database keep theirs in sync (NTP): the lease (15 s) dwarfs the skew.
 """
 
 from __future__ import annotations
