@@ -5,7 +5,7 @@
 #     pydantic, fastapi, rich... that the stack's services should not be tied to
 #   - llama.cpp's llama-server (found on PATH or built once from source into the cache)
 #   - the bundled default model (assembled once into the cache)
-# With --test, also what the test suites need: system packages (Chromium, podman) when root.
+# With --test, also what the test suites need: system packages (Chromium, podman, PostgreSQL) when root.
 # With --bench, also what `make bench` needs (wrk, the HTTP load generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ apt_install() {
 if command -v dpkg >/dev/null; then
   apt_install git cmake g++ make bubblewrap  # bubblewrap: the agents' sandbox (aistack.sandbox)
   "$PY" -c 'import ensurepip' 2>/dev/null || apt_install python3-venv  # Debian splits `python3 -m venv` out
-  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap procps systemd; fi  # procps: pgrep in the lifecycle tests; systemd: systemd-analyze verifies the units
+  if ((WITH_TESTS)); then apt_install chromium podman runc debootstrap procps systemd postgresql; fi  # procps: pgrep in the lifecycle tests; systemd: systemd-analyze verifies the units; postgresql: the store suites start a server
   # kubectl renders deploy/kubernetes in the tests; Debian's kubernetes-client (1.20) is too old for kustomize v5
   if ((WITH_TESTS)) && ! command -v kubectl >/dev/null; then echo "please install kubectl >= 1.27 (the Kubernetes tests render with it)" >&2; fi
   if ((WITH_BENCH)); then apt_install wrk; fi

@@ -35,3 +35,39 @@ def services():
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the whole run (initdb + pg_ctl in a temp dir); stopped at the end."""
+    from postgres import start_server
+
+    server = start_server()
+    yield server
+    server.stop()
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path: Path) -> str:
+    """Each store the stack runs on, empty: a SQLite file, or a new database on the suite's server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aistack.db'}"
+    return request.getfixturevalue("postgres_server").database()
+
+
+@pytest.fixture
+def open_store(database_url: str):
+    """Opens `Store`s on `database_url` (a plain libpq URL, as an operator writes it); all closed at the end."""
+    from aistack.config import database_url as engine_url
+    from aistack.ralph_wiggum.store import Store
+
+    opened: list[Store] = []
+
+    def open_(**kwargs) -> Store:
+        opened.append(Store(engine_url(database_url), **kwargs))
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()

@@ -138,12 +138,13 @@ def child_env(env: StackEnv, extra: dict[str, str] | None = None) -> dict[str, s
 class ServiceProcess:
     """`aistack serve NAME` as a real child process in its own process group."""
 
-    def __init__(self, name: str, env: StackEnv, extra_env: dict[str, str] | None = None):
+    def __init__(self, name: str, env: StackEnv, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
         self.name, self.env = name, env
+        self.port = (extra_env or {}).get(name.upper().replace("-", "_") + "_PORT")  # one of several of a kind
         self.log_path = env.root / f"{name}.{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*AISTACK, "serve", name],
+            [*AISTACK, "serve", name, *args],
             env=child_env(env, extra_env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -152,7 +153,7 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return self.env.url(self.name)
+        return f"http://127.0.0.1:{self.port}" if self.port else self.env.url(self.name)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

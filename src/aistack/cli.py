@@ -75,11 +75,17 @@ def config_init(force: Annotated[bool, typer.Option("--force", help="Overwrite a
 
 
 @serve_app.command("ralph-wiggum")
-def serve_ralph() -> None:
+def serve_ralph(
+    role: Annotated[
+        str, typer.Option("--role", help="all: the task API and the loop; api: the API only; worker: the loop only (RALPH_WORKER_ID).")
+    ] = "all",
+) -> None:
     """The orchestrator: task API and the loop."""
-    from aistack.ralph_wiggum.app import run
+    from aistack.ralph_wiggum.app import ROLES, run
 
-    _run_service(run)
+    if role not in ROLES:
+        fail(f"--role {role!r}: allowed: {', '.join(ROLES)}", code=2)
+    _run_service(lambda settings: run(settings, role))
 
 
 @serve_app.command("aider-wrapper")

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     startup_dependency_check: bool = Field(default=True, description="Check a service's dependencies before it serves.")
     startup_timeout_seconds: int = Field(default=30, ge=1, le=3600, description="How long the pre-flight checks wait.")
     startup_fail_fast: bool = Field(default=True, description="Exit when a dependency stays unreachable (false: serve degraded).")
+    aistack_database_url: SecretStr | None = Field(
+        default=None,
+        description="The task store: empty for the SQLite file in the data dir, or postgresql://user:password@host:5432/db.",
+    )
 
     # --- llama-cpp ----------------------------------------------------------------------------
     llama_cpp_host: str = Field(default="llama-cpp", min_length=1, description="Host clients use to reach llama-cpp.")
@@ -137,6 +141,12 @@ class Settings(BaseSettings):
     ralph_remote_file_roots: str = Field(
         default="", description="Comma-separated directories that file:// task repositories may lie in, besides WORKSPACE_ROOT."
     )
+    ralph_worker_id: str = Field(
+        default="", max_length=128, description="This worker's name in the task leases; empty: hostname-pid (one per process)."
+    )
+    ralph_lease_seconds: int = Field(
+        default=15, ge=3, le=3600, description="A task whose worker has not renewed its lease this long is taken over by another."
+    )
 
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
@@ -178,7 +188,7 @@ class Settings(BaseSettings):
         shlex.split(value)  # unbalanced quotes fail here, with the field named, not in the build
         return value
 
-    @field_validator("ralph_command_backend", "ralph_wiggum_api_key", "ralph_git_credentials_file", mode="before")
+    @field_validator("ralph_command_backend", "ralph_wiggum_api_key", "ralph_git_credentials_file", "aistack_database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -198,6 +208,13 @@ class Settings(BaseSettings):
     def _base_urls(cls, value: str) -> str:
         urls = [_base_url(part) for part in value.split(",") if part.strip()]
         return ",".join(dict.fromkeys(urls))  # each server once, in the order given
+
+    @field_validator("aistack_database_url", mode="after")
+    @classmethod
+    def _database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            database_url(value.get_secret_value())  # a URL no store takes fails here, at start
+        return value
 
     @field_validator("ralph_agent_env_passthrough", mode="after")
     @classmethod
@@ -245,6 +262,24 @@ class Settings(BaseSettings):
         return self.aistack_data_dir / "aistack.db"
 
     @property
+    def database_url(self) -> str:
+        """The store's SQLAlchemy URL, password in clear (for the engine only; never print it)."""
+        if self.aistack_database_url is None:
+            return f"sqlite:///{self.db_path}"
+        return database_url(self.aistack_database_url.get_secret_value())
+
+    @property
+    def database_shown(self) -> str:
+        """The store's URL as it may be shown: the password masked."""
+        from sqlalchemy import make_url
+
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    @property
+    def worker_id(self) -> str:
+        return self.ralph_worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
     def worktrees_dir(self) -> Path:
         return self.aistack_data_dir / "worktrees"
 
@@ -289,6 +324,33 @@ def _base_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError(f"{text.strip()!r} is not an http(s)://host:port URL")
     return url
+
+
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+
+
+def database_url(url: str) -> str:
+    """A database URL as SQLAlchemy takes it: a plain libpq URL (postgresql://user:pw@host/db, as
+    operators and managed databases write it) goes through psycopg 3. The errors never quote the
+    URL: it may hold a password."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError("not a database URL; allowed: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE") from None
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ValueError(f"the database {parsed.drivername!r} is not supported; allowed: sqlite, postgresql")
+    if driver == "sqlite" and not parsed.database:
+        raise ValueError("a SQLite URL names a file: sqlite:///PATH")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def _bracket(host: str) -> str:
@@ -366,7 +428,7 @@ def allowed(name: str) -> str:
     return f"allowed: {field.description or 'a value of the right type'}"
 
 
-SECRET_FIELDS = frozenset({"ralph_wiggum_api_key"})
+SECRET_FIELDS = frozenset({"ralph_wiggum_api_key", "aistack_database_url"})
 _CREDENTIALS = re.compile(r"//[^/@\s]*@")
 
 
@@ -375,7 +437,9 @@ def effective_items(settings: Settings) -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
-        if name in SECRET_FIELDS:
+        if name == "aistack_database_url":
+            shown = settings.database_shown if value else ""
+        elif name in SECRET_FIELDS:
             shown = "********" if value else ""
         elif isinstance(value, Enum):
             shown = str(value.value)

@@ -145,11 +145,11 @@ class Loop:
     scheduler: Scheduler
 
 
-def make_loop(tmp_path: Path, steps: list[Step], **settings) -> Loop:
+def make_loop(tmp_path: Path, store: Store, steps: list[Step], **settings) -> Loop:
     (tmp_path / "ws" / "repo").mkdir(parents=True, exist_ok=True)
     values = {"ralph_transient_retry_seconds": 0, "ralph_max_iterations_cap": 50, "ralph_sandbox": "off", **settings}
     config = Settings(_env_file=None, aistack_data_dir=tmp_path / "data", workspace_root=tmp_path / "ws", **values)
-    store, workspace = Store.memory(), FakeWorkspace()
+    workspace = FakeWorkspace()
     agent = ScriptedAgent(workspace, steps)
     tasks = TaskService(config, store, workspace, {"scripted": agent}, Sandbox(config, tmp_path / ".env"))
     scheduler = Scheduler(tasks)

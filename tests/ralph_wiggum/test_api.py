@@ -1,5 +1,6 @@
 """Contract tests of the orchestrator: a real `aistack serve ralph-wiggum` process, a real SQLite
-file, real git repositories and the `command` backend running real shell scripts."""
+file (and PostgreSQL server, for the kill -9 test), real git repositories and the `command` backend
+running real shell scripts."""
 
 from __future__ import annotations
 
@@ -291,9 +292,10 @@ def test_stop_a_queued_task(ralph, stack_env):
 # --- durability -----------------------------------------------------------------------------------------
 
 
-def test_kill_9_mid_task_resumes_after_last_finished_iteration(stack_env, services):
+def test_kill_9_mid_task_resumes_after_last_finished_iteration(stack_env, services, database_url):
+    """On each store (a SQLite file, PostgreSQL): the one end-to-end run of the service on both."""
     agent = write_script(stack_env.root / "slow.sh", '#!/bin/sh\necho "line $AISTACK_ITERATION" >> notes.txt\nsleep 0.7\necho done\n')
-    stack_env.set(RALPH_COMMAND_BACKEND=str(agent))
+    stack_env.set(RALPH_COMMAND_BACKEND=str(agent), AISTACK_DATABASE_URL=database_url)
     workspace = repo(stack_env)
     first = services("ralph-wiggum", stack_env)
     client = httpx.Client(base_url=first.url, timeout=10)

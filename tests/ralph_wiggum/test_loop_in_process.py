@@ -1,4 +1,4 @@
-"""The loop in process: the real runner, scheduler, task service and store (in-memory SQLite),
+"""The loop in process: the real runner, scheduler, task service and store (SQLite and PostgreSQL),
 driven by a scripted agent in a workspace without git. Every rule and every transition, in seconds."""
 
 from __future__ import annotations
@@ -7,14 +7,21 @@ import asyncio
 
 import pytest
 from loop_fakes import Loop, Step, make_loop, wait_until
+from sqlalchemy import update
 
 from aistack.contracts import TaskCreate, TaskStatus
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.records import TaskUpdate
 from aistack.ralph_wiggum.runner import StopRequested, TaskFailed
+from aistack.ralph_wiggum.store import leases
 from aistack.ralph_wiggum.tasks import TaskError, TaskInvalid, TaskNotFound
 
 pytestmark = pytest.mark.timeout(120)  # in process, seconds each: a hang is a failure, soon
+
+
+@pytest.fixture
+def store(open_store):
+    return open_store()
 
 
 def run(coro):
@@ -42,9 +49,9 @@ async def drive(loop: Loop, **body):
     return task, await loop.store.iterations(task_id), await loop.store.events_after(task_id, 0)
 
 
-def test_iterates_until_the_check_passes_and_records_the_evidence(tmp_path):
+def test_iterates_until_the_check_passes_and_records_the_evidence(tmp_path, store):
     steps = [Step(writes=("a.py",), check_exit=1), Step(writes=("b.py",), check_exit=2), Step(writes=("a.py",), check_exit=0)]
-    loop = make_loop(tmp_path, steps)
+    loop = make_loop(tmp_path, store, steps)
     task, its, events = run(drive(loop, check_command="pytest"))
     assert task.status is TaskStatus.completed and task.iteration == 3 and task.completion_reason == "check_command"
     assert task.evidence["rule"] == "check_command" and task.evidence["iteration"] == 3
@@ -60,36 +67,36 @@ def test_iterates_until_the_check_passes_and_records_the_evidence(tmp_path):
     assert prompts[0] == "make it pass" and "exit code 1" in prompts[1] and "check said 2" in prompts[2]
 
 
-def test_without_check_or_promise_a_real_diff_is_the_evidence(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=()), Step(writes=("x.txt",))])
+def test_without_check_or_promise_a_real_diff_is_the_evidence(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=()), Step(writes=("x.txt",))])
     task, its, _ = run(drive(loop))
     assert task.status is TaskStatus.completed and task.completion_reason == "diff" and task.iteration == 2
     assert its[0].files_modified == () and its[1].files_modified == ("x.txt",)
 
 
-def test_a_promise_counts_only_on_the_replys_last_line(tmp_path):
+def test_a_promise_counts_only_on_the_replys_last_line(tmp_path, store):
     steps = [Step(reply="I will say <promise>DONE</promise> later\nworking"), Step(reply="all good\n<promise>DONE</promise>")]
-    loop = make_loop(tmp_path, steps)
+    loop = make_loop(tmp_path, store, steps)
     task, _, _ = run(drive(loop, completion_promise="DONE"))
     assert task.status is TaskStatus.completed and task.iteration == 2 and task.evidence["promise_line"] == "<promise>DONE</promise>"
 
 
-def test_the_limit_without_evidence_is_exhausted_never_completed(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("f",), check_exit=1)])
+def test_the_limit_without_evidence_is_exhausted_never_completed(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("f",), check_exit=1)])
     task, its, _ = run(drive(loop, check_command="false", max_iterations=4))
     assert task.status is TaskStatus.exhausted and task.completion_reason == "max_iterations" and len(its) == 4
     assert task.evidence is None
 
 
-def test_the_same_reply_without_changes_is_stuck(tmp_path):
-    loop = make_loop(tmp_path, [Step(reply="nothing to do (took 1.5 s)")], ralph_stuck_iterations=3)
+def test_the_same_reply_without_changes_is_stuck(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(reply="nothing to do (took 1.5 s)")], ralph_stuck_iterations=3)
     task, its, _ = run(drive(loop, check_command="false", max_iterations=10))
     assert task.status is TaskStatus.failed and task.completion_reason == "stuck" and len(its) == 3
     assert task.error.startswith("stuck: 3 iterations in a row")
 
 
-def test_approval_gates_every_iteration_and_a_rejection_ends_the_task(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1)])
+def test_approval_gates_every_iteration_and_a_rejection_ends_the_task(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1)])
 
     async def scenario():
         task_id = await submit(loop, check_command="false", require_approval=True)
@@ -112,23 +119,23 @@ def test_approval_gates_every_iteration_and_a_rejection_ends_the_task(tmp_path):
     run(scenario())
 
 
-def test_transient_failures_are_retried_without_spending_iterations(tmp_path, monkeypatch):
+def test_transient_failures_are_retried_without_spending_iterations(tmp_path, store, monkeypatch):
     steps = [Step(transient=True), Step(transient=True), Step(writes=("a",), check_exit=0)]
-    loop = make_loop(tmp_path, steps, ralph_transient_retry_seconds=60)
+    loop = make_loop(tmp_path, store, steps, ralph_transient_retry_seconds=60)
     monkeypatch.setattr(rules, "retry_delay", lambda attempt, elapsed, budget: 0.0)  # no real backoff in a test
     task, its, events = run(drive(loop, check_command="true"))
     assert task.status is TaskStatus.completed and len(its) == 1 and its[0].transient_retries == 2
     assert [e.data["attempt"] for e in events if e.type == "transient_retry"] == [1, 2]
 
 
-def test_a_backend_that_stays_unreachable_fails_the_task_after_the_retry_budget(tmp_path):
-    loop = make_loop(tmp_path, [Step(transient=True)], ralph_transient_retry_seconds=0)
+def test_a_backend_that_stays_unreachable_fails_the_task_after_the_retry_budget(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(transient=True)], ralph_transient_retry_seconds=0)
     with pytest.raises(TaskFailed, match="llm unreachable — gave up after 0 s of retries"):
         run(drive(loop))
 
 
-def test_a_stop_seen_in_the_store_ends_the_run(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("a",))])
+def test_a_stop_seen_in_the_store_ends_the_run(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",))])
 
     async def scenario():
         task_id = await submit(loop, check_command="false")
@@ -140,8 +147,8 @@ def test_a_stop_seen_in_the_store_ends_the_run(tmp_path):
     run(scenario())
 
 
-def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1), Step(wait=30)])
+def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1), Step(wait=30)])
 
     async def scenario():
         task_id = await submit(loop, check_command="pytest", max_iterations=5)
@@ -160,8 +167,8 @@ def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path):
     run(scenario())
 
 
-def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1), Step(wait=30)])
+def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1), Step(wait=30)])
 
     async def scenario():
         task_id = await submit(loop, check_command="pytest", max_iterations=5)
@@ -182,8 +189,8 @@ def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(
     run(scenario())
 
 
-def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path):
-    loop = make_loop(tmp_path, [Step()])
+def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step()])
 
     async def scenario():
         task_id = await submit(loop)
@@ -194,8 +201,8 @@ def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path):
     run(scenario())
 
 
-def test_submissions_are_validated_before_anything_is_stored(tmp_path):
-    loop = make_loop(tmp_path, [Step()])
+def test_submissions_are_validated_before_anything_is_stored(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step()])
     loop.workspace.problems["repo"] = "workspace repo is not a git repository"
 
     async def scenario():
@@ -216,8 +223,8 @@ def test_submissions_are_validated_before_anything_is_stored(tmp_path):
     run(scenario())
 
 
-def test_the_scheduler_runs_tasks_first_in_first_out_within_its_slots(tmp_path):
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=0, wait=0.05)], ralph_max_concurrent_tasks=1)
+def test_the_scheduler_runs_tasks_first_in_first_out_within_its_slots(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=0, wait=0.05)], ralph_max_concurrent_tasks=1)
 
     async def scenario():
         first, second = await submit(loop, check_command="t"), await submit(loop, check_command="t")
@@ -231,8 +238,8 @@ def test_the_scheduler_runs_tasks_first_in_first_out_within_its_slots(tmp_path):
     run(scenario())
 
 
-def test_a_stop_ends_the_running_iteration_at_once(tmp_path):
-    loop = make_loop(tmp_path, [Step(wait=30)])
+def test_a_stop_ends_the_running_iteration_at_once(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
 
     async def scenario():
         task_id = await mid_iteration(loop)
@@ -248,8 +255,8 @@ def test_a_stop_ends_the_running_iteration_at_once(tmp_path):
     run(scenario())
 
 
-def test_a_queued_task_stops_without_running(tmp_path):
-    loop = make_loop(tmp_path, [Step()])
+def test_a_queued_task_stops_without_running(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step()])
 
     async def scenario():
         task_id = await submit(loop)
@@ -260,8 +267,8 @@ def test_a_queued_task_stops_without_running(tmp_path):
     run(scenario())
 
 
-def test_shutdown_leaves_a_running_task_running_to_resume(tmp_path):
-    loop = make_loop(tmp_path, [Step(wait=30)])
+def test_shutdown_leaves_a_running_task_running_to_resume(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
 
     async def scenario():
         task_id = await mid_iteration(loop)
@@ -277,12 +284,13 @@ async def _status(loop: Loop, task_id: str, status: TaskStatus) -> bool:
     return task is not None and task.status is status
 
 
-def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_path):
-    loop = make_loop(tmp_path, [Step(wait=30)])
+def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
 
     async def scenario():
         task_id = await submit(loop)
-        loop.scheduler._launch(task_id)  # noqa: SLF001 - a drive created, not yet run
+        (lease,) = await loop.store.claim("w", [TaskStatus.queued], set(), 1, 30)
+        loop.scheduler._launch(lease)  # noqa: SLF001 - a drive created, not yet run
         await loop.tasks.stop(task_id)  # cancels it before its first step
         await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
         assert loop.scheduler.active_count == 0 and loop.agent.requests == []
@@ -291,11 +299,11 @@ def test_a_stop_that_arrives_before_the_drive_begins_still_ends_the_task(tmp_pat
     run(scenario())
 
 
-def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_recorded(tmp_path):
+def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_recorded(tmp_path, store):
     """A stop written by another process (the task is `stopped` in the store) while an iteration
     runs here: the iteration's result must not bring the task back to life."""
     reply = asyncio.Event()
-    loop = make_loop(tmp_path, [Step(writes=("a",), check_exit=1, until=reply)])
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1, until=reply)])
 
     async def scenario():
         task_id = await submit(loop, check_command="false")
@@ -308,5 +316,42 @@ def test_an_iteration_that_ends_after_its_task_was_stopped_elsewhere_is_not_reco
         task = await loop.store.get(task_id)
         assert task.status is TaskStatus.stopped and task.iteration == 0
         assert await loop.store.iterations(task_id) == [] and loop.workspace.removed == [task_id]
+
+    run(scenario())
+
+
+def test_a_stop_written_through_another_process_ends_the_running_iteration(tmp_path, store):
+    """An API replica only marks the task (`stop_requested`); the worker that runs it sees that in
+    its heartbeat, ends the iteration and records the stop."""
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await mid_iteration(loop)
+        await loop.store.apply(task_id, TaskUpdate(stop_requested=True))
+        await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
+        assert loop.agent.cancelled == 1 and await loop.store.iterations(task_id) == [] and loop.workspace.removed == [task_id]
+        await loop.scheduler.shutdown()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # on SQLite this process is the only worker
+def test_a_drive_whose_lease_another_worker_took_over_is_dropped_and_records_nothing(tmp_path, store):
+    """This worker was cut off past its lease, and another claimed the task: the heartbeat finds
+    the lease gone and ends the iteration here; nothing of it is recorded, nothing is cleaned up
+    (the tree is the new holder's to put back), and the task stays `running` for its new worker."""
+    loop = make_loop(tmp_path, store, [Step(wait=30)])
+
+    async def scenario():
+        task_id = await mid_iteration(loop)
+        held = loop.scheduler._leases[task_id]  # noqa: SLF001
+        take_over = update(leases).where(leases.c.task_id == task_id).values(worker_id="other", epoch=held.epoch + 1)
+        await loop.store._run(lambda db: db.execute(take_over))  # noqa: SLF001 - what the other worker's claim writes
+        await wait_until(lambda: loop.scheduler.active_count == 0)
+        task = await loop.store.get(task_id)
+        assert task.status is TaskStatus.running and task.iteration == 0 and loop.agent.cancelled == 1
+        assert await loop.store.iterations(task_id) == [] and loop.workspace.removed == []
+        assert [e.type for e in await loop.store.events_after(task_id, 0)][-1] == "iteration_started"
+        await loop.scheduler.shutdown()
 
     run(scenario())

@@ -31,7 +31,7 @@ from aistack.contracts import (
 )
 from aistack.ralph_wiggum import space
 from aistack.ralph_wiggum.scheduler import Scheduler
-from aistack.ralph_wiggum.store import Store
+from aistack.ralph_wiggum.store import Store, unreachable
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
 from aistack.web import error_body, error_responses, http_error, sends_key
 
@@ -39,6 +39,7 @@ router = APIRouter(responses=error_responses(401, 422))  # 401 when RALPH_WIGGUM
 NOT_FOUND = error_responses(404)
 BAD_BODY = error_responses(400)  # a body that is not even text (FastAPI's own answer)
 SSE_KEEPALIVE_SECONDS = 15.0
+SSE_POLL_SECONDS = 0.5  # a store other processes write to (PostgreSQL) is read this often, woken or not
 
 
 def _tasks(request: Request) -> TaskService:
@@ -60,8 +61,11 @@ async def task_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def storage_error(request: Request, exc: Exception) -> JSONResponse:
-    """A write the full data dir could not take as 507, with the reason; anything else stays a
-    500 (raised on to the generic handler). Installed by `app.py` for the database's errors."""
+    """A write the full data dir could not take as 507, and a database that cannot be reached
+    (PostgreSQL restarting, cut off) as 503, each with the reason; anything else stays a 500
+    (raised on to the generic handler). Installed by `app.py` for the database's errors."""
+    if (down := unreachable(exc)) is not None:
+        return JSONResponse(error_body(f"{down}; try again shortly"), status_code=503, headers={"Retry-After": "2"})
     why = space.reason(exc)
     if why is None:
         raise exc
@@ -157,7 +161,7 @@ async def stream_events(
                     yield ServerSentEvent(event="end", data=json.dumps({"task_id": task_id, "status": task.status.value}))
                     return
                 try:  # asyncio.timeout: a client's disconnect (a cancel) is never lost to a wake-up
-                    async with asyncio.timeout(SSE_KEEPALIVE_SECONDS):
+                    async with asyncio.timeout(SSE_POLL_SECONDS if store.shared else SSE_KEEPALIVE_SECONDS):
                         await wake.wait()
                 except TimeoutError:
                     pass

@@ -7,14 +7,16 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.routing import Route
 
 from aistack import __version__
-from aistack.config import Settings, resolve_env_file
+from aistack.config import ConfigError, Settings, resolve_env_file
 from aistack.gitremote import Remotes
 from aistack.preflight import before_serve
+from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
@@ -30,10 +32,14 @@ from aistack.web import check_bind, install_error_handlers, require_api_key, ser
 log = logging.getLogger("aistack.ralph")
 
 
-def create_app(settings: Settings) -> FastAPI:
+ROLES = ("all", "api", "worker")  # api: the routes without the loop; worker: the loop (and /health); all: both
+WORKER_PATHS = ("/health", "/metrics")
+
+
+def create_app(settings: Settings, role: str = "all") -> FastAPI:
     sandbox = Sandbox(settings, resolve_env_file())  # ConfigError when RALPH_SANDBOX=bwrap cannot be had
     notifier = Notifier()
-    store = Store.sqlite(settings.db_path, on_event=notifier.notify)
+    store = open_store(settings, on_event=notifier.notify)
     mcp = HttpEndpoint(settings.api_key, settings.aistack_bind_address)
 
     @asynccontextmanager
@@ -43,13 +49,16 @@ def create_app(settings: Settings) -> FastAPI:
         remotes = Remotes(settings.ralph_git_credentials_file, settings.remote_file_roots)
         workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root, remotes, settings.repositories_dir)
         tasks = TaskService(settings, store, workspace, backends, sandbox)
-        scheduler = Scheduler(tasks)
+        scheduler = Scheduler(tasks, settings.worker_id)
         app.state.tasks, app.state.scheduler = tasks, scheduler
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():
             backend.start()
-        scheduler.start()
-        log.info("ralph-wiggum %s ready: backends %s, data in %s", __version__, ", ".join(backends), settings.aistack_data_dir)
+        if role != "api":
+            scheduler.start()
+        who = role if role == "api" else f"{role}, worker {settings.worker_id}"
+        log.info("ralph-wiggum %s ready (%s): backends %s, data in %s", __version__, who, ", ".join(backends), settings.aistack_data_dir)
+        log.info("store: %s (schema %s)", settings.database_shown, migrations.head())
         log.info("agents and checks: sandbox %s (%s)", "bwrap" if sandbox.bwrap else "none", sandbox.reason)
         try:
             async with mcp.serving(app):
@@ -74,18 +83,34 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(TaskError, task_error)
     app.add_exception_handler(OperationalError, storage_error)
+    app.add_exception_handler(SATimeoutError, storage_error)
     require_api_key(app, settings.api_key, open_paths=("/health",))
-    app.include_router(router)
-    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # inside the API-key middleware, like every route
+    if role == "worker":  # what a probe or Prometheus asks of a worker; tasks are reached through an API replica
+        app.include_router(APIRouter(routes=[route for route in router.routes if getattr(route, "path", "") in WORKER_PATHS]))
+    else:
+        app.include_router(router)
+        app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))  # inside the API-key middleware, like every route
     return app
 
 
-def run(settings: Settings) -> int:
+def open_store(settings: Settings, on_event=None) -> Store:
+    """The configured store, its schema upgraded; one that cannot be opened stops the service with
+    one line (the URL's password masked, as everywhere)."""
+    if settings.aistack_database_url is None:
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Store(settings.database_url, on_event)
+    except DBAPIError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
+
+
+def run(settings: Settings, role: str = "all") -> int:
     key = settings.api_key
     check_bind(settings.aistack_bind_address, key)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "mcp.server.streamable_http"):  # not a line per MCP call (each is an in-process API request)
         logging.getLogger(name).setLevel(logging.WARNING)
     before_serve(settings, "ralph-wiggum")
-    serve(create_app(settings), settings.aistack_bind_address, settings.ralph_wiggum_port, settings.log_level)
+    serve(create_app(settings, role), settings.aistack_bind_address, settings.ralph_wiggum_port, settings.log_level)
     return 0

@@ -229,3 +229,45 @@ def mcp() -> None:
     from aistack.ralph_wiggum.mcp_server import serve_stdio  # the MCP SDK loads only for this command
 
     asyncio.run(serve_stdio(settings.url("ralph-wiggum"), settings.api_key))
+
+
+# --- the store's schema ----------------------------------------------------------------------------
+
+db_app = typer.Typer(help="The task store's schema (AISTACK_DATABASE_URL): see or upgrade its revision.", no_args_is_help=True)
+commands.add_typer(db_app, name="db")
+
+
+def _with_engine(work):
+    """Run `work(engine)` on the configured database; an error is one line, the password masked."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+
+    settings = settings_or_exit()
+    if settings.aistack_database_url is None:
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database_url)
+    try:
+        return settings.database_shown, work(engine)
+    except DBAPIError as exc:
+        fail(f"database {settings.database_shown}: {str(exc.orig or exc).strip().splitlines()[0]}")
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the schema to this version's newest revision (every service start does too)."""
+    from aistack.ralph_wiggum import migrations
+
+    shown, _ = _with_engine(migrations.upgrade)
+    console.print(f"✓ {shown} is at revision {migrations.head()}", highlight=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's revision and this version's newest."""
+    from aistack.ralph_wiggum import migrations
+
+    shown, revision = _with_engine(migrations.current)
+    state = "up to date" if revision == migrations.head() else f"behind: `aistack db upgrade` brings it to {migrations.head()}"
+    console.print(f"{shown}: revision {revision or 'none (not under migrations yet)'}, {state}", highlight=False)

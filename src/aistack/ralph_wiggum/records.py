@@ -161,3 +161,13 @@ class TaskUpdate:
 
 
 Event = tuple[str, dict[str, Any]]  # (type, data), as the store appends it
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on running a task. `epoch` is the fencing token: it grows with every claim,
+    and a write made under an older one is refused (`store.LeaseLost`)."""
+
+    task_id: str
+    worker_id: str
+    epoch: int

@@ -1,18 +1,25 @@
 """Durable state: tasks, iterations and events, in and out as typed records (`records.py`).
 
-SQLAlchemy Core over SQLite (WAL) by default; only portable constructs are used, so PostgreSQL can
-replace it. Everything that belongs together (an iteration, the task's new state and their
-events) is one transaction: a crash leaves all or none of it. The process groups of a running
-iteration are recorded too, so that after a crash the next process ends what is left of them.
-`create_all` adds a table that an existing database lacks; columns are never added to a table.
+SQLAlchemy Core, one code path for SQLite (WAL, the default: a file in the data dir) and
+PostgreSQL (psycopg 3, `AISTACK_DATABASE_URL`). Everything that belongs together (an iteration,
+the task's new state and their events) is one transaction: a crash leaves all or none of it. The
+process groups of a running iteration are recorded too, so that after a crash the next process
+ends what is left of them. The schema is Alembic's (`migrations/`): opening a store upgrades it
+to the newest revision, a database from before the migrations included.
 
-The store is async-facing, so callers read as a story and a networked database can slot in
-later. With SQLite the short work runs on the event loop itself, on one connection: a read by key
-takes ~0.05 ms and a write transaction ~1 ms (WAL, no sync per commit; the checkpoint that syncs
-runs in a thread of its own), while handing either to a worker thread cost ~0.3 ms more and,
-under 50 concurrent clients, made the API's p99 twice as long (docs/benchmarks.md). The scans
-(statistics, metrics) run in worker threads on connections of their own. This process is the
-database's only writer; another one holding the write lock would make a write wait (busy_timeout).
+The store is async-facing, so callers read as a story. With SQLite the short work runs on the
+event loop itself, on one connection: a read by key takes ~0.05 ms and a write transaction ~1 ms
+(WAL, no sync per commit; the checkpoint that syncs runs in a thread of its own), while handing
+either to a worker thread cost ~0.3 ms more and, under 50 concurrent clients, made the API's p99
+twice as long (docs/benchmarks.md). This process is then the database's only writer; another one
+holding the write lock would make a write wait (busy_timeout). With PostgreSQL every call is a
+network round trip: it runs in a thread of the store's own, on a connection from a pool as large.
+The scans (statistics, metrics) run in worker threads on connections of their own, on both.
+A write to a task locks its row first (FOR UPDATE; SQLite's writer lock does it there), so the
+events of one task are numbered in the order they commit, which the event streams rely on.
+Leases say which worker drives which task (`claim`, `renew`, `release_lease`); a write made under
+one (`fenced`) is refused once another worker holds it. Their times are the workers' clocks, so
+machines that share a database keep theirs in sync (NTP): the lease (15 s) dwarfs the skew.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -48,15 +57,25 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    make_url,
+    or_,
     select,
+    true,
     update,
 )
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
 from aistack.procgroup import GroupIdentity
-from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
+from aistack.ralph_wiggum import migrations, space
+from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, Lease, NewTask, TaskRecord, TaskUpdate, utcnow
+
+T = TypeVar("T")
+EVENTS_CHANNEL = "aistack_events"  # PostgreSQL's NOTIFY channel: the payload is the id of a task with new events
+POOL_SIZE = 10  # PostgreSQL connections (and threads) per process: the loop's slots and the API's requests share them (+1 LISTENs)
 
 
 class UTCDateTime(TypeDecorator):
@@ -151,26 +170,58 @@ process_groups = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )  # fmt: skip
 
+# A worker's claim on running a task (one row per task that was ever claimed; the epoch only grows).
+leases = Table(
+    "leases", metadata,
+    Column("task_id", ForeignKey("tasks.id"), primary_key=True),
+    Column("worker_id", String(128), nullable=False),
+    Column("epoch", Integer, nullable=False),  # the fencing token
+    Column("expires_at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
 log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
+_TASK_TO_CHANGE = _TASK_BY_ID.with_for_update()  # SQLite leaves FOR UPDATE out: its one writer holds the lock
+_EPOCH_OF_TASK = (
+    select(leases.c.epoch).select_from(tasks.outerjoin(leases, leases.c.task_id == tasks.c.id))
+    .where(tasks.c.id == bindparam("task_id")).with_for_update(of=tasks)
+)  # fmt: skip
+# The lease the current asyncio task (a worker's drive of one task) writes under: set by `Store.fenced`.
+_FENCE: ContextVar[Lease | None] = ContextVar("aistack_fence", default=None)
+
+
+class LeaseLost(Exception):
+    """A write under a lease another worker has claimed since: nothing of it was recorded."""
 
 
 class Store:
-    """Every method is one short transaction on the store's connection, run on the event loop."""
+    """Every method is one short transaction: with SQLite on the store's connection, on the event
+    loop; with PostgreSQL on a pooled connection, in one of the store's threads."""
 
     def __init__(self, url: str, on_event: Callable[[str], None] | None = None):
-        sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"connect_args": {"check_same_thread": False}} if sqlite else {}
-        if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
-            options["poolclass"] = StaticPool
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        options: dict[str, Any]
+        if sqlite:
+            options = {"connect_args": {"check_same_thread": False}}
+            if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database, for tests
+                options["poolclass"] = StaticPool
+        else:  # pre-ping: a connection the server dropped (a restart) is replaced, not handed out
+            options = {"pool_size": POOL_SIZE + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10,
+                       "connect_args": {"connect_timeout": 5}}  # fmt: skip
         self.engine = create_engine(url, **options)
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        self._db = self.engine.connect()
+        migrations.upgrade(self.engine)
+        self._db = self.engine.connect() if sqlite else None
+        self.shared = not sqlite  # other processes write to it too: what they write is seen by reading again
+        self._threads = None if sqlite else ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="store")
         self._on_event = on_event or (lambda task_id: None)
+        self._said = self._on_event  # what this process appended; on PostgreSQL its NOTIFY says it, to every process
         self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
+        self._listener = None if sqlite or on_event is None else _EventListener(self.engine, self._on_event)
+        if self._listener is not None:
+            self._said = lambda task_id: None
 
     @classmethod
     def sqlite(cls, path: Path, on_event: Callable[[str], None] | None = None) -> Store:
@@ -186,15 +237,17 @@ class Store:
     async def add_task(self, new: NewTask) -> TaskRecord:
         now = utcnow()
         task = TaskRecord(**_fields(new), status=TaskStatus.queued, created_at=now, updated_at=now)  # the columns' defaults
-        with self._tx() as db:
+
+        def work(db: Connection) -> None:
             db.execute(insert(tasks), {**_fields(task), "status": task.status.value})
             db.execute(insert(events), {"task_id": new.id, "type": "status", "data": {"status": "queued"}, "created_at": now})
-        self._on_event(new.id)
+
+        await self._run(work, new.id, events=True)
+        self._said(new.id)
         return task
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        with self._tx() as db:
-            return self._task(db, task_id)
+        return await self._run(lambda db: self._task(db, task_id))
 
     async def apply(
         self, task_id: str, change: TaskUpdate, allowed_from: Iterable[TaskStatus] | None = None, extra: Sequence[Event] = ()
@@ -202,14 +255,20 @@ class Store:
         """Change the task and append `extra` events in one transaction, only while its status is
         in `allowed_from` (compare-and-set; None: any). None when it did not apply."""
         now = utcnow()
-        with self._tx() as db:
-            before = self._task(db, task_id)
-            if before is None or (allowed_from is not None and before.status not in allowed_from):
+        sources = None if allowed_from is None else frozenset(allowed_from)
+
+        def work(db: Connection) -> TaskRecord | None:
+            before = self._task(db, task_id, to_change=True)
+            if before is None or (sources is not None and before.status not in sources):
                 return None
             after = update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
-        self._on_event(task_id)
+            return task
+
+        task = await self._run(work, task_id, events=True)
+        if task is not None:
+            self._said(task_id)
         return task
 
     async def record_iteration(
@@ -219,9 +278,11 @@ class Store:
         while the task's status is in `allowed_from` (compare-and-set), and forget its process
         groups (ended by then). None when it did not apply."""
         now = utcnow()
-        with self._tx() as db:
-            before = self._task(db, it.task_id)
-            if before is None or before.status not in allowed_from:
+        sources = frozenset(allowed_from)
+
+        def work(db: Connection) -> TaskRecord | None:
+            before = self._task(db, it.task_id, to_change=True)
+            if before is None or before.status not in sources:
                 return None
             db.execute(insert(iterations), {**_fields(it), "finished_at": now})
             db.execute(delete(process_groups).where(process_groups.c.task_id == it.task_id))
@@ -233,74 +294,150 @@ class Store:
             after = update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
-        self._on_event(it.task_id)
+            return task
+
+        task = await self._run(work, it.task_id, events=True)
+        if task is not None:
+            self._said(it.task_id)
         return task
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int) -> tuple[list[TaskRecord], int]:
         query, count = select(tasks), select(func.count()).select_from(tasks)
         if status is not None:
             query, count = query.where(tasks.c.status == status.value), count.where(tasks.c.status == status.value)
-        with self._tx() as db:
+
+        def work(db: Connection) -> tuple[list[TaskRecord], int]:
             rows = db.execute(query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit).offset(offset))
             return [_task_record(r) for r in rows], db.scalar(count) or 0
 
-    async def ready_tasks(self, statuses: Iterable[TaskStatus], exclude: set[str], limit: int) -> list[TaskRecord]:
-        """Tasks in `statuses` a worker may pick up: running ones first (interrupted, approved),
-        then the others, each oldest first."""
-        query = select(tasks).where(tasks.c.status.in_([status.value for status in statuses]))
-        if exclude:
-            query = query.where(tasks.c.id.not_in(exclude))
-        query = query.order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc()).limit(limit)
-        with self._tx() as db:
-            return [_task_record(r) for r in db.execute(query)]
+        return await self._run(work)
 
     # --- iterations and events ---------------------------------------------------------------------
 
     async def iterations(self, task_id: str) -> list[IterationRecord]:
         query = select(iterations).where(iterations.c.task_id == task_id).order_by(iterations.c.number)
-        with self._tx() as db:
-            return [_iteration_record(r) for r in db.execute(query)]
+        return await self._run(lambda db: [_iteration_record(r) for r in db.execute(query)])
 
     async def checkpoints(self, task_id: str) -> dict[int, str | None]:
         """Each iteration's checkpoint commit, by number (None: it changed nothing)."""
         query = select(iterations.c.number, iterations.c.checkpoint_commit).where(iterations.c.task_id == task_id)
-        with self._tx() as db:
-            return dict(db.execute(query.order_by(iterations.c.number)).tuples().all())
+        return await self._run(lambda db: dict(db.execute(query.order_by(iterations.c.number)).all()))
 
     async def events_after(self, task_id: str, after_id: int, limit: int = 500) -> list[EventRecord]:
         query = select(events).where(events.c.task_id == task_id, events.c.id > after_id).order_by(events.c.id).limit(limit)
-        with self._tx() as db:
-            return [EventRecord(**r._mapping) for r in db.execute(query)]
+        return await self._run(lambda db: [EventRecord(**r._mapping) for r in db.execute(query)])
 
     async def add_event(self, task_id: str, kind: str, data: dict) -> None:
-        with self._tx() as db:
+        def work(db: Connection) -> None:
+            self._task(db, task_id, to_change=True)  # the task's events are numbered in commit order
             db.execute(insert(events), {"task_id": task_id, "type": kind, "data": data, "created_at": utcnow()})
-        self._on_event(task_id)
+
+        await self._run(work, task_id, events=True)
+        self._said(task_id)
 
     async def starts(self, task_id: str, number: int) -> int:
         """How often iteration `number` of the task was started (its `iteration_started` events)."""
         query = select(func.count()).where(
             events.c.task_id == task_id, events.c.type == "iteration_started", events.c.data["iteration"].as_integer() == number
         )
-        with self._tx() as db:
-            return db.scalar(query) or 0
+        return await self._run(lambda db: db.scalar(query) or 0)
 
     # --- process groups ----------------------------------------------------------------------------
 
     async def add_group(self, task_id: str, iteration: int, group: GroupIdentity) -> None:
         row = {"task_id": task_id, "iteration": iteration, "pgid": group.pgid, "leader_start": group.leader_start,
                "boot_id": group.boot_id, "created_at": utcnow()}  # fmt: skip
-        with self._tx() as db:
-            db.execute(insert(process_groups), row)
+        await self._run(lambda db: db.execute(insert(process_groups), row), task_id)
 
     async def groups(self, task_id: str) -> list[GroupIdentity]:
         query = select(process_groups.c.pgid, process_groups.c.leader_start, process_groups.c.boot_id)
-        with self._tx() as db:
-            return [GroupIdentity(*row) for row in db.execute(query.where(process_groups.c.task_id == task_id))]
+        return await self._run(lambda db: [GroupIdentity(*row) for row in db.execute(query.where(process_groups.c.task_id == task_id))])
 
     async def remove_group(self, task_id: str, group: GroupIdentity) -> None:
-        with self._tx() as db:
-            db.execute(delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid))
+        gone = delete(process_groups).where(process_groups.c.task_id == task_id, process_groups.c.pgid == group.pgid)
+        await self._run(lambda db: db.execute(gone), task_id)
+
+    # --- leases ------------------------------------------------------------------------------------
+
+    async def claim(self, worker: str, statuses: Iterable[TaskStatus], exclude: set[str], limit: int, seconds: float) -> list[Lease]:
+        """Lease up to `limit` tasks in `statuses` to `worker` for `seconds`: running ones first
+        (interrupted, approved), then the others, each oldest first. A task is free when nobody
+        ever leased it, its lease expired (its worker died or was cut off: this is the reaper),
+        or it is `worker`'s own (a restart under the same RALPH_WORKER_ID). On PostgreSQL the
+        tasks' rows are locked FOR UPDATE SKIP LOCKED, so workers claiming at once never wait on
+        or take the same task; on SQLite, this process is the only worker, so every lease left
+        in the database is an earlier process's and void."""
+        now = utcnow()
+        free = true() if self._db is not None else or_(leases.c.task_id.is_(None), leases.c.expires_at < now, leases.c.worker_id == worker)
+        query = (
+            select(tasks.c.id)
+            .select_from(tasks.outerjoin(leases, leases.c.task_id == tasks.c.id))
+            .where(tasks.c.status.in_([status.value for status in statuses]), free)
+            .order_by((tasks.c.status != TaskStatus.running.value).asc(), tasks.c.created_at.asc())
+            .limit(limit)
+            .with_for_update(of=tasks, skip_locked=True)
+        )
+        if exclude:
+            query = query.where(tasks.c.id.not_in(exclude))
+        until = now + timedelta(seconds=seconds)
+
+        def work(db: Connection) -> list[Lease]:
+            claimed = []
+            for task_id in db.scalars(query).all():
+                # read again: the statement above saw the leases as they were when it began, and
+                # another worker may have leased a task between then and our lock on its row
+                epoch = db.scalar(select(leases.c.epoch).where(leases.c.task_id == task_id))
+                if epoch is None:
+                    db.execute(insert(leases), {"task_id": task_id, "worker_id": worker, "epoch": 1, "expires_at": until})
+                else:  # only while still free
+                    take = update(leases).where(leases.c.task_id == task_id, leases.c.epoch == epoch, free)
+                    if db.execute(take.values(worker_id=worker, epoch=epoch + 1, expires_at=until)).rowcount != 1:
+                        continue
+                claimed.append(Lease(task_id, worker, (epoch or 0) + 1))
+            return claimed
+
+        return await self._run(work)
+
+    async def renew(self, held: Sequence[Lease], seconds: float) -> tuple[set[str], set[str]]:
+        """Extend the leases by `seconds` from now. (lost, stop): the tasks whose lease another
+        worker holds now, and those a person asked to stop (through any process)."""
+        until = utcnow() + timedelta(seconds=seconds)
+
+        def work(db: Connection) -> tuple[set[str], set[str]]:
+            lost = set()
+            for lease in held:
+                mine = (leases.c.task_id == lease.task_id, leases.c.worker_id == lease.worker_id, leases.c.epoch == lease.epoch)
+                if db.execute(update(leases).where(*mine).values(expires_at=until)).rowcount != 1:
+                    lost.add(lease.task_id)
+            ids = [lease.task_id for lease in held]
+            stop = set(db.scalars(select(tasks.c.id).where(tasks.c.id.in_(ids), tasks.c.stop_requested))) if ids else set()
+            return lost, stop
+
+        return await self._run(work)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give the task back at once (it ended, waits for a person, or this worker stops); the epoch stays."""
+        mine = (leases.c.task_id == lease.task_id, leases.c.epoch == lease.epoch)
+        await self._run(lambda db: db.execute(update(leases).where(*mine).values(expires_at=datetime.fromtimestamp(0, UTC))))
+
+    async def leased(self, task_id: str) -> bool:
+        """Whether another process's worker holds a live lease on the task (so it, not the caller,
+        ends a stop). Never on SQLite, where this process is the only worker."""
+        if not self.shared:
+            return False
+        query = select(func.count()).where(leases.c.task_id == task_id, leases.c.expires_at > utcnow())
+        return bool(await self._run(lambda db: db.scalar(query)))
+
+    @staticmethod
+    @contextmanager
+    def fenced(lease: Lease) -> Iterator[None]:
+        """Every write to the lease's task made within (in this asyncio task and what it awaits)
+        is fenced: refused with `LeaseLost` once another worker claimed the task."""
+        token = _FENCE.set(lease)
+        try:
+            yield
+        finally:
+            _FENCE.reset(token)
 
     # --- statistics --------------------------------------------------------------------------------
 
@@ -350,18 +487,66 @@ class Store:
     def close(self) -> None:
         if self._checkpointer:
             self._checkpointer.stop()
-        self._db.close()
+        if self._listener:
+            self._listener.stop()
+        if self._db is not None:
+            self._db.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
         self.engine.dispose()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self._db.begin():
-            yield self._db
+    async def _run(self, work: Callable[[Connection], T], task_id: str | None = None, events: bool = False) -> T:
+        """`work` in one transaction: SQLite's on the loop, PostgreSQL's in a thread (see the
+        module's docstring). A write to `task_id` under a lease (`fenced`) first checks that the
+        lease's epoch is still the task's, holding the task's row until the commit. `events`: it
+        appends the task's events, which PostgreSQL tells every listening process at the commit."""
+        lease = _FENCE.get() if task_id is not None else None
+        if lease is not None and lease.task_id == task_id:
+            work = _fenced_work(work, lease)
+        if events and task_id is not None and self._db is None:
+            work = _notifying_work(work, task_id)
+        if self._db is not None:
+            with self._db.begin():
+                return work(self._db)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._in_pool, work)
+
+    def _in_pool(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as db:
+            return work(db)
 
     @staticmethod
-    def _task(db: Connection, task_id: str) -> TaskRecord | None:
-        row = db.execute(_TASK_BY_ID, {"task_id": task_id}).first()
+    def _task(db: Connection, task_id: str, to_change: bool = False) -> TaskRecord | None:
+        row = db.execute(_TASK_TO_CHANGE if to_change else _TASK_BY_ID, {"task_id": task_id}).first()
         return _task_record(row) if row is not None else None
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why the database could not be reached (down, restarting, cut off, every connection busy),
+    in one line; None when `exc` is something else (a full disk is `space.reason`'s)."""
+    if isinstance(exc, SATimeoutError):
+        return "no database connection free in time"
+    if not isinstance(exc, OperationalError) or space.reason(exc) is not None:
+        return None
+    return "database unreachable: " + (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+
+
+def _notifying_work(work: Callable[[Connection], T], task_id: str) -> Callable[[Connection], T]:
+    def notifying(db: Connection) -> T:
+        done = work(db)
+        db.execute(select(func.pg_notify(EVENTS_CHANNEL, task_id)))
+        return done
+
+    return notifying
+
+
+def _fenced_work(work: Callable[[Connection], T], lease: Lease) -> Callable[[Connection], T]:
+    def checked(db: Connection) -> T:
+        epoch = db.execute(_EPOCH_OF_TASK, {"task_id": lease.task_id}).scalar()
+        if epoch != lease.epoch:
+            raise LeaseLost(f"task {lease.task_id}: lease epoch {lease.epoch} of {lease.worker_id} is now {epoch}")
+        return work(db)
+
+    return checked
 
 
 def _fields(record: Any) -> dict[str, Any]:
@@ -426,6 +611,40 @@ class _WalCheckpointer:
                     db.commit()
             except Exception:  # a missed checkpoint is made up by the next; the thread must live on
                 log.warning("WAL checkpoint failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+
+class _EventListener:
+    """LISTENs on PostgreSQL for the events other processes append and passes each task id to the
+    store's `on_event` (which wakes the event streams), from a thread and a connection of its
+    own. It reconnects after a lost connection; the streams also read the store every
+    SSE_POLL_SECONDS, so what is said while it reconnects is seen all the same."""
+
+    WAIT_SECONDS = 1.0
+
+    def __init__(self, engine, on_event: Callable[[str], None]):
+        self._engine, self._on_event = engine, on_event
+        self._stopped, self._listening = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-listen", daemon=True)
+        self._thread.start()
+        self._listening.wait(5)  # what this process appends from now on is heard (the store just connected)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+                    db.exec_driver_sql(f"LISTEN {EVENTS_CHANNEL}")
+                    self._listening.set()
+                    driver = db.connection.driver_connection
+                    while not self._stopped.is_set():
+                        for note in driver.notifies(timeout=self.WAIT_SECONDS):
+                            self._on_event(note.payload)
+            except Exception as exc:  # the database went away: listen again once it is back
+                log.debug("event listener reconnects: %s", exc)
+                self._stopped.wait(self.WAIT_SECONDS)
 
     def stop(self) -> None:
         self._stopped.set()

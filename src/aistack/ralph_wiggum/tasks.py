@@ -127,8 +127,8 @@ class TaskService:
         task = await self.get(task_id)
         if task.status.terminal:
             raise TaskError(f"task {task_id} already ended as {task.status.value}")
-        await self.store.apply(task_id, TaskUpdate(stop_requested=True))  # seen by a runner in any process
-        if not self.driver.interrupt(task_id):  # nothing runs it here: it ends now
+        await self.store.apply(task_id, TaskUpdate(stop_requested=True))  # seen by the worker that runs it, in any process
+        if not self.driver.interrupt(task_id) and not await self.store.leased(task_id):  # nobody runs it: it ends now
             await self.finish(task_id, Action.stop, Reason.stopped)
         return task
 
