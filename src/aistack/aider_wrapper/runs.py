@@ -134,6 +134,7 @@ class Job:
     files: list[Path]
     read_only_files: list[Path]
     timeout_seconds: int
+    test_command: str | None = None  # context.test_command: aider's --auto-test
 
 
 async def execute(
@@ -206,7 +207,7 @@ async def _run_in_slot(
     cmd = invocation.aider_command(
         settings, aider.path, files, run_files,
         edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
-        timeout_seconds=job.timeout_seconds,
+        timeout_seconds=job.timeout_seconds, test_command=job.test_command,
     )  # fmt: skip
     log.info("run %s in %s: %s", run.run_id, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable
