@@ -64,6 +64,17 @@ def test_command_line_keeps_aider_offline_and_out_of_the_workspace(tmp_path: Pat
     assert cmd[cmd.index("--read") + 1] == str(ws / "doc.md")
     assert cmd[-1] == str(ws / "a.py")
     assert "--openai-api-key" not in cmd  # a key in argv is there for `ps` to show: it goes in the environment
+    assert "--auto-test" not in cmd and "--test-cmd" not in cmd  # aider tests its edits only when asked
+
+
+def test_a_test_command_makes_aider_test_and_reflect(tmp_path: Path) -> None:
+    cfg = settings_for(tmp_path)
+    files = invocation.write_model_files(cfg)
+    ws = tmp_path / "ws" / "repo"
+    test = "timeout 60 python3 -m pytest -q -x test_a.py"
+    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, invocation.RunFiles(files.runs / "r1"), [str(ws / "a.py")], [], 60, test)
+    assert "--auto-test" in cmd and cmd[cmd.index("--test-cmd") + 1] == test  # one argument, as given
+    assert cmd[-1] == str(ws / "a.py")
 
 
 def test_environment_hides_our_settings_and_secrets_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

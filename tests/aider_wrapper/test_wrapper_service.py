@@ -94,6 +94,9 @@ def test_bad_requests_get_4xx_naming_the_field(stack_env, wrapper, tmp_path: Pat
         ({"workspace": "repo", "files": ["a" * 256]}, "files[0]", "at most 255"),
         ({"workspace": "repo", "read_only_files": ["a.py\x00"]}, "read_only_files.0", "NUL"),
         ({"workspace": "repo", "context": {"k": "v" * 70_000}}, "context", "at most 65536"),
+        ({"workspace": "repo", "context": {"test_command": ["pytest"]}}, "context.test_command", "shell command"),
+        ({"workspace": "repo", "context": {"test_command": ""}}, "context.test_command", "1 to 10000 characters"),
+        ({"workspace": "repo", "context": {"test_command": "x" * 10_001}}, "context.test_command", "1 to 10000 characters"),
     ]
     for overrides, field, words in cases:
         body = {"prompt": "Create x.py"} | overrides

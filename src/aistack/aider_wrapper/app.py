@@ -4,6 +4,9 @@
     POST /api/execute              ExecuteRequest -> ExecuteResult (200 also when status=error)
     POST /api/runs/{run_id}/cancel ends that run's whole process group
 
+A request's `context.test_command` (a shell command, as a task's check) makes aider test its own
+edits and reflect on a failure (`--auto-test --test-cmd`): in aider's sandbox, within its timeout.
+
 A run holds its workspace (a second run there gets 409) and one of AIDER_MAX_PARALLEL slots;
 runs beyond the limit wait for a slot (the orchestrator already bounds its own concurrency, and
 waiting beats making it retry). A client that disconnects cancels its run. Each run goes to one
@@ -36,6 +39,7 @@ log = logging.getLogger("aistack.aider_wrapper")
 
 DISCONNECT_POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 5.0
+TEST_COMMAND_MAX_CHARS = 10_000  # as a task's check_command
 
 
 class WrapperState:
@@ -172,6 +176,10 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
             paths.append(path)
         return paths
 
+    test_command = body.context.get("test_command")
+    if test_command is not None and not (isinstance(test_command, str) and 0 < len(test_command) <= TEST_COMMAND_MAX_CHARS):
+        raise http_error(422, f"context.test_command must be a shell command of 1 to {TEST_COMMAND_MAX_CHARS} characters",
+                         "context.test_command")  # fmt: skip
     limit = settings.aider_timeout_seconds
     return Job(
         prompt=body.prompt,
@@ -180,6 +188,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
         read_only_files=inside(body.read_only_files, "read_only_files", must_exist=True),
         timeout_seconds=min(body.timeout_seconds or limit, limit),
         task=body.task_id or str(workspace),  # a task's iterations share its worktree
+        test_command=test_command,
     )
 
 

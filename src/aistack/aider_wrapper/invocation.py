@@ -175,9 +175,12 @@ def aider_command(
     read_only: list[str],
     timeout_seconds: int,
     llm_url: str,
+    test_command: str | None = None,
 ) -> list[str]:
     """The full command line, for the LLM server at `llm_url`. The prompt goes in a file
-    (`--message-file`), never in argv."""
+    (`--message-file`), never in argv. With a `test_command`, aider runs it after its edits and,
+    while it fails, shows the model its output and asks again (`--auto-test`, at most aider's 3
+    reflections); it runs in aider's sandbox."""
     folder = run.folder
     cmd = [
         str(aider),
@@ -207,6 +210,8 @@ def aider_command(
         "--timeout", str(timeout_seconds),
         "--message-file", str(run.message),
     ]  # fmt: skip
+    if test_command:
+        cmd += ["--auto-test", "--test-cmd", test_command]
     for path in read_only:
         cmd += ["--read", path]
     return cmd + edit

