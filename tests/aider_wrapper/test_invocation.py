@@ -72,7 +72,9 @@ def test_a_test_command_makes_aider_test_and_reflect(tmp_path: Path) -> None:
     files = invocation.write_model_files(cfg)
     ws = tmp_path / "ws" / "repo"
     test = "timeout 60 python3 -m pytest -q -x test_a.py"
-    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, invocation.RunFiles(files.runs / "r1"), [str(ws / "a.py")], [], 60, test)
+    cmd = invocation.aider_command(
+        cfg, Path("/opt/aider"), files, invocation.RunFiles(files.runs / "r1"), [str(ws / "a.py")], [], 60, cfg.llm_urls[0], test
+    )
     assert "--auto-test" in cmd and cmd[cmd.index("--test-cmd") + 1] == test  # one argument, as given
     assert cmd[-1] == str(ws / "a.py")
 
