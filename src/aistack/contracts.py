@@ -169,7 +169,7 @@ class TaskView(BaseModel):
     base_commit: str | None
     iteration: int
     max_iterations: int
-    limit_source: str = Field(description="request, adaptive or default")
+    limit_source: str = Field(description="request, backend, adaptive or default")
     complexity: Complexity | None
     complexity_reason: str | None
     require_approval: bool
@@ -267,6 +267,8 @@ class RateRow(BaseModel):
     total: int
     completed: int
     success_rate: float | None
+    iterations_per_solved: float | None = Field(default=None, description="Mean iterations of the completed tasks.")
+    tokens_per_solved: float | None = Field(default=None, description="Mean tokens (prompt + completion) of the completed tasks.")
 
 
 class Stats(BaseModel):
