@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
+import pytest
+
 from aistack.config import Settings
 from aistack.ralph_wiggum.backends.agents import NPM_PACKAGES, cli_agents, opencode_tokens, qwen_tokens
 from aistack.ralph_wiggum.backends.command import not_on_path, program
+from support import make_git_repo, missing, wait_until
 
 # `opencode run --format json` against llama-server with the bundled model (1.18.33), as printed.
 OPENCODE_OUTPUT = """\
@@ -67,3 +71,20 @@ def test_a_preset_is_available_once_its_program_is_on_path(tmp_path, monkeypatch
     (tmp_path / "goose").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     assert not_on_path("GOOSE_PROVIDER=openai goose run", "get it") is None
+
+
+@pytest.mark.parametrize("backend", ["continue", "qwen-code"])
+def test_an_unreachable_llm_is_a_transient_failure_that_spends_no_iteration(stack_env, services, backend):
+    """The real agent, run by a real orchestrator, against a port where no llama-server listens."""
+    stack_env.set(RALPH_TRANSIENT_RETRY_SECONDS=1)
+    make_git_repo(stack_env.workspace_root / "repo")
+    with httpx.Client(base_url=services("ralph-wiggum", stack_env).url, timeout=10) as client:
+        health = {b["name"]: b for b in client.get("/health").json()["backends"]}[backend]
+        if not health["available"]:
+            missing(f"{backend}: {health['detail']}")
+        resp = client.post("/tasks", json={"prompt": "Create hello.py", "backend": backend, "workspace": "repo", "max_iterations": 2})
+        task_id = resp.json()["task_id"]
+        assert wait_until(lambda: client.get(f"/tasks/{task_id}").json()["status"] == "failed", timeout=180)
+        task = client.get(f"/tasks/{task_id}").json()
+    assert task["error"].startswith(f"{backend} could not reach the LLM — gave up after 1 s of retries"), task
+    assert task["iteration"] == 0

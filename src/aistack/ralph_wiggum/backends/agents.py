@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ from aistack.ralph_wiggum.backends.command import Agent, not_on_path
 
 NODE_MAJOR = 20  # the oldest Node.js the pinned packages declare in `engines`
 NPM_PACKAGES = {"continue": "@continuedev/cli@1.5.47", "opencode": "opencode-ai@1.18.33", "qwen-code": "@qwen-code/qwen-code@0.15.10"}
+# What continue ("Connection error."), opencode ("Cannot connect to API") and qwen-code ("[API
+# Error: Connection error. (cause: fetch failed)]", with exit status 0) print when llama-server is down.
+LLM_UNREACHABLE = re.compile(r"Connection error|Cannot connect to API|ECONNREFUSED|fetch failed")
 SYSTEM_PROMPT = (
     "You are a coding agent in a git repository, the current directory. Do the task yourself with your tools: "
     "create or edit the files it needs. Do not ask questions. When it is done, reply with one short line."
@@ -98,7 +102,7 @@ def _continue(settings: Settings, llm: Llm) -> Agent:
     command = (f'{shlex.quote(str(path))} --config "$HOME/.continue/config.yaml" -p --auto --rule {shlex.quote(SYSTEM_PROMPT)} '
                '"$(cat "$AISTACK_PROMPT_FILE")" </dev/null')  # fmt: skip
     environ = {"CONTINUE_CLI_ENABLE_TELEMETRY": "0", "CONTINUE_METRICS_ENABLED": "0"}
-    return Agent("continue", command, missing, environ, configure)
+    return Agent("continue", command, missing, environ, configure, unreachable=LLM_UNREACHABLE)
 
 
 def _opencode(settings: Settings, llm: Llm) -> Agent:
@@ -120,7 +124,7 @@ def _opencode(settings: Settings, llm: Llm) -> Agent:
     command = f'{shlex.quote(str(path))} run --agent aistack --format json "$(cat "$AISTACK_PROMPT_FILE")" </dev/null'
     flags = ("AUTOUPDATE", "MODELS_FETCH", "SHARE", "LSP_DOWNLOAD", "DEFAULT_PLUGINS", "CLAUDE_CODE", "EXTERNAL_SKILLS", "PROJECT_CONFIG")
     environ = {f"OPENCODE_DISABLE_{flag}": "1" for flag in flags}
-    return Agent("opencode", command, missing, environ | llm.environ(), configure, opencode_tokens)
+    return Agent("opencode", command, missing, environ | llm.environ(), configure, opencode_tokens, LLM_UNREACHABLE)
 
 
 def _qwen_code(settings: Settings, llm: Llm) -> Agent:
@@ -136,7 +140,7 @@ def _qwen_code(settings: Settings, llm: Llm) -> Agent:
     tools = "write_file read_file edit run_shell_command"
     command = (f"{shlex.quote(str(path))} --approval-mode yolo --auth-type openai --bare --output-format json "
                f"--system-prompt {shlex.quote(SYSTEM_PROMPT)} --core-tools {tools} <\"$AISTACK_PROMPT_FILE\"")  # fmt: skip
-    return Agent("qwen-code", command, missing, llm.environ(), configure, qwen_tokens)
+    return Agent("qwen-code", command, missing, llm.environ(), configure, qwen_tokens, LLM_UNREACHABLE)
 
 
 def _presets(settings: Settings, llm: Llm) -> list[Agent]:

@@ -8,6 +8,7 @@ to read their token counts from what they print.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ class Agent:
     environ: Mapping[str, str] = field(default_factory=dict)  # more variables for it (the LLM endpoint)
     configure: Callable[[Path], None] | None = None  # writes its configuration into the task's HOME
     tokens: Callable[[str], TokenCounts] | None = None  # its token counts, from its output
+    unreachable: re.Pattern[str] | None = None  # what it prints when the LLM cannot be reached
 
 
 class CommandBackend:
@@ -59,6 +61,9 @@ class CommandBackend:
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
                                  on_group=request.on_group)  # fmt: skip
         tokens = self.agent.tokens(result.output) if self.agent.tokens else TokenCounts()
+        if self.agent.unreachable and not tokens.prompt and self.agent.unreachable.search(result.output):
+            # no model call came back (qwen-code even exits 0 then): retried, not counted
+            return IterationResult("error", result.output, f"{self.name} could not reach the LLM", transient=True)
         if result.timed_out:
             return IterationResult("error", result.output, f"{self.name} timed out after {request.timeout_seconds:.0f} s", tokens=tokens)
         if result.exit_code != 0:
