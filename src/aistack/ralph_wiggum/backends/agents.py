@@ -99,8 +99,9 @@ def _continue(settings: Settings, llm: Llm) -> Agent:
     def configure(home: Path) -> None:
         _write(home / ".continue" / "config.yaml", json.dumps(config))  # JSON is YAML
 
-    command = (f'{shlex.quote(str(path))} --config "$HOME/.continue/config.yaml" -p --auto --rule {shlex.quote(SYSTEM_PROMPT)} '
-               '"$(cat "$AISTACK_PROMPT_FILE")" </dev/null')  # fmt: skip
+    unused = " ".join(f"--exclude {tool}" for tool in ("Fetch", "Checklist", "CheckBackgroundJob", "AskQuestion", "Exit", "Skills"))
+    command = (f'{shlex.quote(str(path))} --config "$HOME/.continue/config.yaml" -p --auto {unused} '
+               f'--rule {shlex.quote(SYSTEM_PROMPT)} "$(cat "$AISTACK_PROMPT_FILE")" </dev/null')  # fmt: skip
     environ = {"CONTINUE_CLI_ENABLE_TELEMETRY": "0", "CONTINUE_METRICS_ENABLED": "0"}
     return Agent("continue", command, missing, environ, configure, unreachable=LLM_UNREACHABLE)
 
