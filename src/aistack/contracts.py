@@ -126,7 +126,9 @@ class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: OsText = Field(min_length=1, max_length=PROMPT_MAX_CHARS, description="What the agent should do; the same every iteration.")
-    backend: OsText = Field(default="aider", max_length=100, description="Which agent runs the iterations.")
+    backend: OsText = Field(
+        default="aider", max_length=100, description="Which agent runs the iterations (one /health lists as available)."
+    )
     max_iterations: int | None = Field(default=None, description="1..RALPH_MAX_ITERATIONS_CAP; omitted = adaptive/default.")
     require_approval: bool = Field(default=False, description="Wait for a person before every iteration.")
     workspace: PathText | None = Field(
