@@ -33,6 +33,21 @@ def test_token_counts_are_read_from_what_the_agents_print():
     assert opencode_tokens("Error: no model\n").model_dump() == qwen_tokens("{not json").model_dump() == {"prompt": 0, "completion": 0}
 
 
+def test_continue_counts_come_from_the_session_it_saved_in_its_home(tmp_path):
+    [agent] = [a for a in cli_agents(settings(tmp_path)) if a.name == "continue"]
+    sessions = tmp_path / ".continue" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "0-earlier.json").write_text('{"usage": {"promptTokens": 9, "completionTokens": 9}}')
+    assert agent.configure and agent.tokens
+    agent.configure(tmp_path)  # before a run: the last run's session goes
+    sessions.mkdir()
+    # what cn 1.5.47 saved after a run against llama-server (its session list beside it)
+    usage = {"totalCost": 0.002112, "promptTokens": 2040, "completionTokens": 36, "promptTokensDetails": {"cachedTokens": 0}}
+    (sessions / "239472d0-d8ed-46fa-b3cb-8c938bc4a2de.json").write_text(json.dumps({"sessionId": "2394", "history": [], "usage": usage}))
+    (sessions / "sessions.json").write_text('[{"sessionId": "2394"}]')
+    assert agent.tokens('{"status":"success"}', tmp_path).model_dump() == {"prompt": 2040, "completion": 36}
+
+
 def test_an_agent_missing_from_the_prefix_is_unavailable_naming_how_to_install_it(tmp_path):
     agents = {agent.name: agent for agent in cli_agents(settings(tmp_path))}
     assert list(agents) == ["continue", "opencode", "qwen-code", "goose", "autogpt"]

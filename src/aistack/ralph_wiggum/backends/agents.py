@@ -19,6 +19,7 @@ import functools
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,12 +99,13 @@ def _continue(settings: Settings, llm: Llm) -> Agent:
 
     def configure(home: Path) -> None:
         _write(home / ".continue" / "config.yaml", json.dumps(config))  # JSON is YAML
+        shutil.rmtree(home / ".continue" / "sessions", ignore_errors=True)  # so the one there after a run is its own
 
     unused = " ".join(f"--exclude {tool}" for tool in ("Fetch", "Checklist", "CheckBackgroundJob", "AskQuestion", "Exit", "Skills"))
     command = (f'{shlex.quote(str(path))} --config "$HOME/.continue/config.yaml" -p --auto {unused} '
                f'--rule {shlex.quote(SYSTEM_PROMPT)} "$(cat "$AISTACK_PROMPT_FILE")" </dev/null')  # fmt: skip
     environ = {"CONTINUE_CLI_ENABLE_TELEMETRY": "0", "CONTINUE_METRICS_ENABLED": "0"}
-    return Agent("continue", command, missing, environ, configure, unreachable=LLM_UNREACHABLE)
+    return Agent("continue", command, missing, environ, configure, continue_tokens, LLM_UNREACHABLE)
 
 
 def _opencode(settings: Settings, llm: Llm) -> Agent:
@@ -179,13 +181,25 @@ def _json_objects(output: str) -> Iterator[dict[str, Any]]:
             return
 
 
-def opencode_tokens(output: str) -> TokenCounts:
+def continue_tokens(output: str, home: Path) -> TokenCounts:
+    """`cn -p` prints none; the session it saves in its HOME (one per run) has the run's usage."""
+    prompt = completion = 0
+    for session in (home / ".continue" / "sessions").glob("*-*.json"):
+        try:
+            usage = json.loads(session.read_text()).get("usage") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        prompt, completion = prompt + int(usage.get("promptTokens") or 0), completion + int(usage.get("completionTokens") or 0)
+    return TokenCounts(prompt=prompt, completion=completion)
+
+
+def opencode_tokens(output: str, home: Path | None = None) -> TokenCounts:
     """`opencode run --format json`: one `step_finish` event per model call, with its tokens."""
     steps = [event["part"].get("tokens") or {} for event in _json_objects(output) if event.get("type") == "step_finish"]
     return TokenCounts(prompt=sum(int(t.get("input") or 0) for t in steps), completion=sum(int(t.get("output") or 0) for t in steps))
 
 
-def qwen_tokens(output: str) -> TokenCounts:
+def qwen_tokens(output: str, home: Path | None = None) -> TokenCounts:
     """`qwen --output-format json`: the `result` message carries the session's usage."""
     usage = next((m.get("usage") or {} for m in _json_objects(output) if m.get("type") == "result"), {})
     return TokenCounts(prompt=int(usage.get("input_tokens") or 0), completion=int(usage.get("output_tokens") or 0))

@@ -32,7 +32,7 @@ class Agent:
     missing: str | None = None  # why it cannot run here ("not installed: …"); None: it can
     environ: Mapping[str, str] = field(default_factory=dict)  # more variables for it (the LLM endpoint)
     configure: Callable[[Path], None] | None = None  # writes its configuration into the task's HOME
-    tokens: Callable[[str], TokenCounts] | None = None  # its token counts, from its output
+    tokens: Callable[[str, Path], TokenCounts] | None = None  # its token counts, from its output or its HOME
     unreachable: re.Pattern[str] | None = None  # what it prints when the LLM cannot be reached
 
 
@@ -60,7 +60,7 @@ class CommandBackend:
         jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
                                  on_group=request.on_group)  # fmt: skip
-        tokens = self.agent.tokens(result.output) if self.agent.tokens else TokenCounts()
+        tokens = self.agent.tokens(result.output, files.home) if self.agent.tokens else TokenCounts()
         if self.agent.unreachable and not tokens.prompt and self.agent.unreachable.search(result.output):
             # no model call came back (qwen-code even exits 0 then): retried, not counted
             return IterationResult("error", result.output, f"{self.name} could not reach the LLM", transient=True)
