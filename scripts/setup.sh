@@ -3,6 +3,7 @@
 #   - the aistack package and its pinned dependencies (.venv)
 #   - aider-chat in its own environment (.venv/aider), because aider pins versions of
 #     pydantic, fastapi, rich... that the stack's services should not be tied to
+#   - the npm CLI agents (continue, opencode, qwen-code) into <cache dir>/npm, when Node.js >= 20 is there
 #   - llama.cpp's llama-server (found on PATH or built once from source into the cache)
 #   - the bundled default model (assembled once into the cache)
 # With --test, also what the test suites need: system packages (Chromium, podman, PostgreSQL) when root.
@@ -53,6 +54,21 @@ step "aider (.venv/aider)"
 if [ ! -x .venv/aider/bin/aider ]; then
   "$PY" -m venv .venv/aider
   .venv/aider/bin/pip install -q --disable-pip-version-check "aider-chat==0.86.2"
+fi
+
+step "CLI agents: continue, opencode, qwen-code (npm, into the stack's own prefix)"
+if command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node) < 20 ? 1 : 0)' 2>/dev/null; then
+  # the prefix (<cache dir>/npm) and the pinned packages, as the backends expect them
+  read -r npm_prefix npm_packages < <(.venv/bin/python -c 'from aistack.config import load_settings
+from aistack.ralph_wiggum.backends.agents import NPM_PACKAGES, npm_prefix
+print(npm_prefix(load_settings()), *NPM_PACKAGES.values())')
+  if [ "$(cat "$npm_prefix/.installed" 2>/dev/null)" != "$npm_packages" ]; then
+    # shellcheck disable=SC2086  # one word per package
+    npm install --prefix "$npm_prefix" --save-exact --no-fund --no-audit --no-update-notifier --loglevel=error $npm_packages
+    echo "$npm_packages" > "$npm_prefix/.installed"
+  fi
+else
+  echo "Node.js >= 20 with npm is not on PATH: the continue, opencode and qwen-code backends stay unavailable" >&2
 fi
 
 step "llama-server"

@@ -48,6 +48,9 @@ def test_env_file_variable_and_explicit_file(tmp_path, monkeypatch):
         ("LLAMA_CPP_URLS=http://a:99999", "http(s)://host:port base URLs"),
         ("LLAMA_CPP_URLS=a:8080", "http(s)://host:port base URLs"),
         ("LLAMA_CPP_URLS=http://a:8080/?x=1", "http(s)://host:port base URLs"),
+        ("RALPH_BACKEND_MAX_ITERATIONS=opencode=0", "backend=N,… with N from 1 to 10000"),
+        ("RALPH_BACKEND_MAX_ITERATIONS=opencode", "backend=N,… with N from 1 to 10000"),
+        ("RALPH_BACKEND_TIMEOUT_SECONDS=aider=86401", "backend=seconds,… from 1 to 86400"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, words):
@@ -129,3 +132,12 @@ def test_an_api_key_no_header_can_carry_stops_the_service_with_one_line(tmp_path
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
     assert "RALPH_WIGGUM_API_KEY" in lines[0] and "printable ASCII" in lines[0] and "schl" not in lines[0]
+
+
+def test_per_backend_settings_read_as_mappings(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("RALPH_BACKEND_MAX_ITERATIONS= opencode=5, qwen-code=8\nRALPH_BACKEND_TIMEOUT_SECONDS=aider=60\n")
+    settings = load_settings(env)
+    assert (settings.backend_max_iterations("opencode"), settings.backend_max_iterations("qwen-code")) == (5, 8)
+    assert settings.backend_max_iterations("aider") is None
+    assert (settings.iteration_timeout("aider"), settings.iteration_timeout("opencode")) == (60, settings.ralph_iteration_timeout_seconds)

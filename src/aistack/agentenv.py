@@ -5,8 +5,9 @@ worktree whose content ends up on a branch and in `GET /tasks/{id}/diff`. Of the
 environment they get only PATH, the locale, the time zone and the terminal type, plus the
 variables the user names in RALPH_AGENT_ENV_PASSTHROUGH (which never names a setting of the
 stack): no API key, no token, no AISTACK_ENV_FILE pointing at the `.env`. HOME is a directory of
-their own, so they neither read the user's dotfiles nor leave theirs there. (aider alone is
-also given the stack's key, which llama-server requires: `aider_wrapper.invocation.aider_env`.)
+their own, so they neither read the user's dotfiles nor leave theirs there. (aider and the LLM
+agents are also given the stack's key, which llama-server requires: `aider_wrapper.invocation.aider_env`,
+`ralph_wiggum.backends.agents.Llm`.)
 """
 
 from __future__ import annotations

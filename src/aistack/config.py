@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aistack import services
@@ -148,6 +148,27 @@ class Settings(BaseSettings):
         default=15, ge=3, le=3600, description="A task whose worker has not renewed its lease this long is taken over by another."
     )
 
+    # --- per backend (ralph_wiggum.backends) ------------------------------------------------------
+    ralph_backend_max_iterations: str = Field(
+        default="",
+        description="Iteration limit per backend for tasks that name none, instead of the adaptive choice: "
+        "backend=N,… with N from 1 to 10000, e.g. opencode=5,qwen-code=8.",
+    )
+    ralph_backend_timeout_seconds: str = Field(
+        default="",
+        description="Longest iteration per backend, instead of RALPH_ITERATION_TIMEOUT_SECONDS: "
+        "backend=seconds,… from 1 to 86400, e.g. aider=600,continue=1800.",
+    )
+    ralph_backend_goose_command: str = Field(
+        default='GOOSE_PROVIDER=openai GOOSE_MODEL="$AISTACK_LLM_MODEL" OPENAI_HOST="$AISTACK_LLM_URL" '
+        'goose run --no-session -i "$AISTACK_PROMPT_FILE"',
+        description="How the goose backend runs goose (available once goose is on PATH).",
+    )
+    ralph_backend_autogpt_command: str = Field(
+        default='autogpt run --continuous --continuous-limit 20 --skip-news --skip-reprompt --ai-task "$(cat "$AISTACK_PROMPT_FILE")"',
+        description="How the autogpt backend runs AutoGPT's CLI (available once autogpt is on PATH).",
+    )
+
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
         default="auto", pattern=r"^(auto|bwrap|off)$", description="auto: run agents and checks under bubblewrap when it works here."
@@ -216,6 +237,12 @@ class Settings(BaseSettings):
             database_url(value.get_secret_value())  # a URL no store takes fails here, at start
         return value
 
+    @field_validator("ralph_backend_max_iterations", "ralph_backend_timeout_seconds", mode="after")
+    @classmethod
+    def _per_backend(cls, value: str, info: ValidationInfo) -> str:
+        highest = MOST_ITERATIONS if info.field_name == "ralph_backend_max_iterations" else 86400
+        return ",".join(f"{name}={number}" for name, number in per_backend(value, highest).items())
+
     @field_validator("ralph_agent_env_passthrough", mode="after")
     @classmethod
     def _variable_names(cls, value: str) -> str:
@@ -256,6 +283,14 @@ class Settings(BaseSettings):
     def iteration_limits(self) -> IterationLimits:
         """The loop's limits that may change while the orchestrator runs, as the one model of them."""
         return IterationLimits.model_validate(self, from_attributes=True)
+
+    def backend_max_iterations(self, backend: str) -> int | None:
+        """RALPH_BACKEND_MAX_ITERATIONS for this backend, if it names one."""
+        return per_backend(self.ralph_backend_max_iterations).get(backend)
+
+    def iteration_timeout(self, backend: str) -> int:
+        """Longest one iteration of this backend may take (RALPH_BACKEND_TIMEOUT_SECONDS, else the default)."""
+        return per_backend(self.ralph_backend_timeout_seconds).get(backend, self.ralph_iteration_timeout_seconds)
 
     @property
     def db_path(self) -> Path:
@@ -309,6 +344,20 @@ class Settings(BaseSettings):
 
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BACKEND_NUMBER = re.compile(r"([a-z][a-z0-9_-]*)=([0-9]+)")
+
+
+def per_backend(value: str, highest: int = 10**9) -> dict[str, int]:
+    """`name=N,name=N` (a per-backend setting) as a mapping; ValueError names the bad item."""
+    numbers: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        match = _BACKEND_NUMBER.fullmatch(item)
+        if match is None or not 1 <= int(match.group(2)) <= highest:
+            raise ValueError(f"{item!r} is not backend=N with N from 1 to {highest}")
+        numbers[match.group(1)] = int(match.group(2))
+    return numbers
+
+
 _OWN_VARIABLES = frozenset({name.upper() for name in Settings.model_fields} | {ENV_FILE_VARIABLE})
 
 

@@ -127,7 +127,9 @@ class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: OsText = Field(min_length=1, max_length=PROMPT_MAX_CHARS, description="What the agent should do; the same every iteration.")
-    backend: OsText = Field(default="aider", max_length=100, description="Which agent runs the iterations.")
+    backend: OsText = Field(
+        default="aider", max_length=100, description="Which agent runs the iterations (one /health lists as available)."
+    )
     max_iterations: int | None = Field(default=None, description="1..RALPH_MAX_ITERATIONS_CAP; omitted = adaptive/default.")
     require_approval: bool = Field(default=False, description="Wait for a person before every iteration.")
     workspace: PathText | None = Field(
@@ -177,7 +179,7 @@ class TaskView(BaseModel):
     base_commit: str | None
     iteration: int
     max_iterations: int
-    limit_source: str = Field(description="request, adaptive or default")
+    limit_source: str = Field(description="request, backend, adaptive or default")
     complexity: Complexity | None
     complexity_reason: str | None
     require_approval: bool
@@ -275,6 +277,8 @@ class RateRow(BaseModel):
     total: int
     completed: int
     success_rate: float | None
+    iterations_per_solved: float | None = Field(default=None, description="Mean iterations of the completed tasks.")
+    tokens_per_solved: float | None = Field(default=None, description="Mean tokens (prompt + completion) of the completed tasks.")
 
 
 class Stats(BaseModel):

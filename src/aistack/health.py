@@ -129,9 +129,10 @@ def _refused(exc: BaseException | None) -> bool:
 
 
 def _why_degraded(body: dict[str, Any]) -> str:
-    """The orchestrator names the backends behind its `degraded`."""
-    troubled = [
-        str(b.get("name")) for b in body.get("backends") or []
-        if isinstance(b, dict) and (b.get("reachable") is False or not b.get("available"))
-    ]  # fmt: skip
+    """The orchestrator names the backends behind its `degraded` (one that is not installed is
+    listed too, but degrades nothing)."""
+    backends = [b for b in body.get("backends") or [] if isinstance(b, dict)]
+    troubled = [str(b.get("name")) for b in backends if b.get("reachable") is False]
+    if not troubled and backends and not any(b.get("available") for b in backends):
+        return ": no backend is available"
     return f": backend unreachable: {', '.join(troubled)}" if troubled else ""

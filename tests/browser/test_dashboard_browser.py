@@ -92,6 +92,29 @@ def test_submit_through_form_and_watch_it_complete_live(page, stack, screenshot)
     assert page.evaluate("window.__sameDocument") is True
 
 
+def test_backends_show_availability_and_outcomes_and_the_form_offers_only_available_ones(page, stack, screenshot) -> None:
+    stack = stack()
+    page.goto(stack.url + "/tasks/new")
+    offered = page.get_by_label("Backend", exact=True).locator("option").all_inner_texts()
+    available = [b["name"] for b in api(stack, "/health").json()["backends"] if b["available"]]
+    assert offered == available and "command" in offered and "goose" not in offered and "autogpt" not in offered
+    submit_task(page, stack, "Write two lines of notes", check="test $(wc -l < notes.txt) -ge 2", fixed=5)
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
+
+    page.goto(stack.url + "/")
+    command = page.locator('#backends tr[data-backend="command"]')
+    expect(command.locator("[data-available]")).to_have_attribute("data-available", "yes")
+    expect(command.locator('[data-stat="tasks"]')).to_have_text("1")
+    expect(command.locator('[data-stat="success"]')).to_have_text("100 %")
+    expect(command.locator('[data-stat="iterations"]')).to_have_text("2.0")
+    expect(command.locator('[data-stat="tokens"]')).to_have_text("0")  # a plain command reports none
+    goose = page.locator('#backends tr[data-backend="goose"]')
+    expect(goose.locator("[data-available]")).to_have_attribute("data-available", "no")
+    expect(goose).to_contain_text("not installed: 'goose' is not on PATH")
+    expect(page.locator('#backends tr[data-backend="aider"] [data-stat="success"]')).to_have_text("—")
+    screenshot(page, "backends")
+
+
 def test_approve_a_waiting_task_then_it_runs(page, stack, screenshot) -> None:
     stack = stack()
     task_id = submit_task(page, stack, "Write a note after approval", check="test -s notes.txt", approval=True)

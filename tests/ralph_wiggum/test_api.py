@@ -466,6 +466,61 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     assert str(tmp_path / "outside") in proc.log()
 
 
+SLOW_AGENT = """#!/bin/sh
+echo working
+exec sleep 30
+"""
+
+GOOSE = """#!/bin/sh
+# stands where goose would be on PATH: does the task from the prompt file, shows what it was told
+cp "$AISTACK_PROMPT_FILE" done.txt
+echo "goose for $GOOSE_MODEL at $OPENAI_HOST"
+"""
+
+
+def test_only_available_backends_take_tasks_and_a_preset_becomes_available_on_path(ralph, stack_env, services, tmp_path):
+    client, proc = ralph()
+    repo(stack_env)
+    health = {b["name"]: b for b in client.get("/health").json()["backends"]}
+    assert {"aider", "command", "continue", "opencode", "qwen-code", "goose", "autogpt"} <= set(health)
+    assert health["goose"]["available"] is False and health["goose"]["detail"].startswith("not installed: 'goose' is not on PATH")
+    assert health["autogpt"]["available"] is False and "not installed" in health["autogpt"]["detail"]
+    assert health["command"]["available"] is True
+    assert client.get("/health").json()["status"] == "degraded"  # the wrapper is not running; goose not being installed degrades nothing
+    refused = client.post("/tasks", json={"prompt": "p", "backend": "goose", "workspace": "repo"})
+    assert refused.status_code == 422 and refused.json()["field"] == "backend"
+    detail = refused.json()["detail"]
+    assert detail.startswith("backend 'goose' is unavailable: not installed") and "available: aider, command" in detail
+    assert "goose" not in detail.split("available: ")[-1] and "autogpt" not in detail.split("available: ")[-1]
+    assert client.get("/tasks").json()["total"] == 0
+
+    # goose on the service's PATH: the preset runs it, in the worktree, told where the LLM is
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_script(bin_dir / "goose", GOOSE)
+    proc.stop()
+    services("ralph-wiggum", stack_env, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    health = {b["name"]: b for b in client.get("/health").json()["backends"]}
+    assert health["goose"]["available"] is True and health["autogpt"]["available"] is False
+    task_id = submit(client, backend="goose", workspace="repo", prompt="write done.txt", check_command="test -s done.txt")
+    task = wait_for(client, task_id, {"completed", "failed", "exhausted"})
+    assert task["status"] == "completed", task
+    iteration = client.get(f"/tasks/{task_id}/iterations").json()[0]
+    assert iteration["files_modified"] == ["done.txt"]
+    assert iteration["output_excerpt"].strip() == f"goose for local-coder at http://127.0.0.1:{stack_env.values['LLAMA_CPP_PORT']}"
+
+
+def test_per_backend_limits_from_the_env(ralph, stack_env):
+    client, _ = ralph(SLOW_AGENT, RALPH_BACKEND_MAX_ITERATIONS="command=2,opencode=9", RALPH_BACKEND_TIMEOUT_SECONDS="command=1")
+    repo(stack_env)
+    task = wait_for(client, submit(client, workspace="repo", check_command="false"), {"exhausted", "failed"})
+    assert (task["max_iterations"], task["limit_source"], task["status"]) == (2, "backend", "exhausted")
+    iterations = client.get(f"/tasks/{task['id']}/iterations").json()
+    assert [it["error"] for it in iterations] == ["command timed out after 1 s"] * 2
+    asked = wait_for(client, submit(client, workspace="repo", check_command="false", max_iterations=1), {"exhausted", "failed"})
+    assert (asked["max_iterations"], asked["limit_source"]) == (1, "request")  # a request's own limit wins
+
+
 def test_what_no_agent_could_take_is_refused_up_front_with_a_short_422(ralph, stack_env):
     """Each of these was accepted and failed later (a prompt too big for the environment, a NUL
     no process takes), or was a 500 (a NUL after `~`, a lone surrogate, a name too long)."""
@@ -583,7 +638,7 @@ def test_health_lists_backends_and_is_degraded_when_wrapper_is_down(ralph):
             break
         time.sleep(0.1)
     assert health["status"] == "degraded" and health["loop_enabled"] is True
-    assert {b["name"] for b in health["backends"]} == {"aider", "command"}
+    assert {b["name"] for b in health["backends"]} == {"aider", "command", "continue", "opencode", "qwen-code", "goose", "autogpt"}
 
 
 def test_events_stream_is_resumable(ralph, stack_env):
@@ -624,7 +679,8 @@ def test_stats_metrics_and_live_limit_reload(ralph, stack_env):
     stats = client.get("/stats").json()
     assert stats["by_status"] == {"completed": 1, "exhausted": 1} and stats["total"] == 2
     assert stats["mean_iterations"] == 1.5
-    assert stats["per_backend"]["command"] == {"total": 2, "completed": 1, "success_rate": 0.5}
+    assert stats["per_backend"]["command"] == {"total": 2, "completed": 1, "success_rate": 0.5, "iterations_per_solved": 1.0,
+                                               "tokens_per_solved": 0.0}  # fmt: skip
     metrics = client.get("/metrics").text
     assert 'aistack_iterations_total{backend="command",status="success"} 3.0' in metrics
     assert 'aistack_tasks{backend="command",status="completed"} 1.0' in metrics

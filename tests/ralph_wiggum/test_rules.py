@@ -52,6 +52,15 @@ def test_choose_limit(requested, prompt, limits, expected, source, complexity):
     assert choice.reason
 
 
+def test_a_backends_limit_comes_after_the_requests_and_under_the_cap():
+    assert (rules.choose_limit(None, "Refactor everything", LIMITS, 4).max_iterations, rules.choose_limit(None, "x", LIMITS, 4).source) == (
+        4,
+        "backend",
+    )
+    assert rules.choose_limit(7, "anything", LIMITS, 4).source == "request"
+    assert rules.choose_limit(None, "anything", Limits(10, 20, 50, True, 30), 99).max_iterations == 30
+
+
 @pytest.mark.parametrize("requested, problem", [(None, False), (1, False), (100, False), (0, True), (101, True), (-3, True)])
 def test_limit_error(requested, problem):
     message = rules.limit_error(requested, 100)

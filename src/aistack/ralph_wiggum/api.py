@@ -76,10 +76,13 @@ async def storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 @router.get("/health", response_model=RalphHealth | HealthSummary, tags=["service"])
 async def health(request: Request) -> RalphHealth | HealthSummary:
-    """Answers at once from cached state; `degraded` when a backend's service is unreachable.
-    The details (backends, their commands and URLs) only with the API key, where one is set."""
+    """Answers at once from cached state; `degraded` when a backend's service is unreachable or
+    no backend can take tasks (one that is not installed or configured is listed, with why, and
+    degrades nothing). The details (backends, their commands and URLs) only with the API key,
+    where one is set."""
     backends = [b.health() for b in _tasks(request).backends.values()]
-    status = "degraded" if any(b.reachable is False or not b.available for b in backends) else "healthy"
+    degraded = any(b.reachable is False for b in backends) or not any(b.available for b in backends)
+    status = "degraded" if degraded else "healthy"
     if not sends_key(request.headers, request.app.state.settings.api_key):
         return HealthSummary(status=status)
     return RalphHealth(

@@ -90,7 +90,7 @@ EXCERPT_CHARS = 4000
 @dataclass(frozen=True)
 class LimitChoice:
     max_iterations: int
-    source: str  # "request", "adaptive" or "default"
+    source: str  # "request", "backend", "adaptive" or "default"
     complexity: Complexity | None
     reason: str
 
@@ -127,11 +127,14 @@ def classify(prompt: str) -> tuple[Complexity, str]:
     return Complexity.default, f"{words} words, {items} listed requirements"
 
 
-def choose_limit(requested: int | None, prompt: str, limits: IterationLimits) -> LimitChoice:
-    """The task's iteration limit: what the request asked for, else adaptive, else the default."""
+def choose_limit(requested: int | None, prompt: str, limits: IterationLimits, backend_limit: int | None = None) -> LimitChoice:
+    """The task's iteration limit: what the request asked for, else its backend's
+    (RALPH_BACKEND_MAX_ITERATIONS), else adaptive, else the default."""
     cap = limits.ralph_max_iterations_cap
     if requested is not None:
         return LimitChoice(requested, "request", None, "given in the request")
+    if backend_limit is not None:
+        return LimitChoice(min(backend_limit, cap), "backend", None, "RALPH_BACKEND_MAX_ITERATIONS")
     if not limits.ralph_adaptive_iterations:
         return LimitChoice(min(limits.ralph_max_iterations_default, cap), "default", None, "adaptive limits are off")
     complexity, reason = classify(prompt)

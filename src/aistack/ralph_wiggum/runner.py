@@ -131,7 +131,7 @@ class TaskRunner:
             iteration=number,
             prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
             worktree=tree.path,
-            timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
+            timeout_seconds=float(self.settings.iteration_timeout(task.backend)),
             context=task.context,
             on_group=groups.started,
         )

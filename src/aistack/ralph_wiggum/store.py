@@ -451,12 +451,13 @@ class Store:
             mean = db.scalar(select(func.avg(tasks.c.iteration)).where(tasks.c.status.in_(_TERMINAL)))
 
             def rates(column) -> dict[str, RateRow]:
-                done = func.sum(case((tasks.c.status == TaskStatus.completed.value, 1), else_=0))
-                rows = db.execute(select(column, func.count(), done).where(tasks.c.status.in_(_TERMINAL)).group_by(column))
-                return {
-                    str(key or "unclassified"): RateRow(total=n, completed=int(ok or 0), success_rate=int(ok or 0) / n if n else None)
-                    for key, n, ok in rows
-                }
+                def solved(value):  # summed over the completed tasks only
+                    return func.sum(case((tasks.c.status == TaskStatus.completed.value, value), else_=0))
+
+                tokens = tasks.c.prompt_tokens + tasks.c.completion_tokens
+                query = select(column, func.count(), solved(1), solved(tasks.c.iteration), solved(tokens))
+                rows = db.execute(query.where(tasks.c.status.in_(_TERMINAL)).group_by(column))
+                return {str(key or "unclassified"): _rate(n, int(ok or 0), its, toks) for key, n, ok, its, toks in rows}
 
             return Stats(
                 by_status=by_status,
@@ -659,3 +660,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _rate(total: int, completed: int, iterations: int | None, tokens: int | None) -> RateRow:
+    """A group's outcomes: its success rate, and what a solved task cost on average."""
+    return RateRow(
+        total=total, completed=completed, success_rate=completed / total if total else None,
+        iterations_per_solved=int(iterations or 0) / completed if completed else None,
+        tokens_per_solved=int(tokens or 0) / completed if completed else None,
+    )  # fmt: skip

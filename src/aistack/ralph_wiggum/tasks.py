@@ -24,7 +24,7 @@ from aistack.gitremote import RemoteRefused
 from aistack.paths import PathNotAllowed, confine
 from aistack.procgroup import end_orphaned_group
 from aistack.ralph_wiggum import rules
-from aistack.ralph_wiggum.backends import Backend
+from aistack.ralph_wiggum.backends import Backend, refusal
 from aistack.ralph_wiggum.records import NewTask, TaskRecord, TaskUpdate
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
@@ -91,8 +91,8 @@ class TaskService:
 
     async def accept(self, body: TaskCreate) -> TaskRecord:
         """Validate a submission against the configuration and the file system, then queue it."""
-        if body.backend not in self.backends:
-            raise TaskInvalid(f"unknown backend {body.backend!r}; available: {', '.join(sorted(self.backends))}", "backend")
+        if problem := refusal(self.backends, body.backend):
+            raise TaskInvalid(problem, "backend")
         limits = self.settings.iteration_limits()
         if problem := rules.limit_error(body.max_iterations, limits.ralph_max_iterations_cap):
             raise TaskInvalid(problem, "max_iterations")
@@ -103,7 +103,7 @@ class TaskService:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
-        choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
+        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, self.settings.backend_max_iterations(body.backend))
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
             prompt=body.prompt,

@@ -34,8 +34,8 @@ async def task_list(request: Request, site: SiteDep, status: str = "", page: int
 async def submit_form(site: Site) -> dict[str, Any]:
     health, _ = await attempt(site.ralph.health())
     limits, _ = await attempt(site.ralph.limits())
-    backends = [b.name for b in health.backends] if health else []
-    return {"backends": backends or ["aider", "command"], "limits": limits, "workspace_root": site.settings.workspace_root}
+    backends = [b.name for b in health.backends if b.available] if health else []  # the API refuses the others
+    return {"backends": backends or ["aider"], "limits": limits, "workspace_root": site.settings.workspace_root}
 
 
 @router.get("/tasks/new", response_class=HTMLResponse)

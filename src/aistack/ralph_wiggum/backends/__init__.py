@@ -1,20 +1,44 @@
-"""Agent backends behind one interface (`base.Backend`)."""
+"""Agent backends behind one interface (`base.Backend`).
+
+Every backend the stack knows is listed, installed or not: `health()` says whether it can take
+tasks (`BackendHealth.available`) and, when it cannot, why (`detail`, e.g. "not installed: …").
+The task API accepts only available ones (`refusal`), and `/health` shows them all.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aistack.config import Settings
+from aistack.ralph_wiggum.backends.agents import cli_agents
 from aistack.ralph_wiggum.backends.aider import AiderBackend
 from aistack.ralph_wiggum.backends.base import Backend, IterationRequest, IterationResult
-from aistack.ralph_wiggum.backends.command import CommandBackend
+from aistack.ralph_wiggum.backends.command import Agent, CommandBackend
 from aistack.sandbox import Sandbox
 
-__all__ = ["Backend", "IterationRequest", "IterationResult", "configured_backends"]
+__all__ = ["Backend", "IterationRequest", "IterationResult", "configured_backends", "refusal"]
+
+NO_COMMAND = "not configured: set RALPH_COMMAND_BACKEND to a shell command"
 
 
 def configured_backends(settings: Settings, sandbox: Sandbox) -> dict[str, Backend]:
-    """The backends this configuration offers: aider always, command when a command is set."""
-    key = settings.api_key
-    backends: dict[str, Backend] = {"aider": AiderBackend(settings.url("aider-wrapper"), key)}
-    if settings.ralph_command_backend:
-        backends["command"] = CommandBackend(settings.ralph_command_backend, settings, sandbox)
-    return backends
+    """Every backend, by name; one line each."""
+    command = settings.ralph_command_backend
+    backends: list[Backend] = [
+        AiderBackend(settings.url("aider-wrapper"), settings.api_key),
+        CommandBackend(Agent("command", command or "", None if command else NO_COMMAND), settings, sandbox),
+        *(CommandBackend(agent, settings, sandbox) for agent in cli_agents(settings)),
+    ]
+    return {backend.name: backend for backend in backends}
+
+
+def refusal(backends: Mapping[str, Backend], name: str) -> str | None:
+    """Why a task may not go to backend `name` (unknown, or unavailable and why), naming the
+    available ones; None when it may."""
+    health = {backend.name: backend.health() for backend in backends.values()}
+    available = ", ".join(sorted(n for n, h in health.items() if h.available)) or "none"
+    if name not in health:
+        return f"unknown backend {name!r}; available: {available}"
+    if not health[name].available:
+        return f"backend {name!r} is unavailable: {health[name].detail or 'no reason given'}; available: {available}"
+    return None
