@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 from aistack import agentenv
 from aistack.contracts import TaskStatus
 from aistack.procgroup import identify_group
 from aistack.ralph_wiggum import rules
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
+from aistack.ralph_wiggum.output import OutputStream
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
@@ -111,16 +113,18 @@ class TaskRunner:
         begun = {"iteration": number, "max_iterations": task.max_iterations, "attempt": attempt}
         await self.store.add_event(task.id, "iteration_started", begun)
         groups = _GroupRecorder(self.store, task.id, number)
-        request = IterationRequest(
-            task_id=task.id,
-            iteration=number,
-            prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
-            worktree=tree.path,
-            timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
-            context=task.context,
-            on_group=groups.started,
-        )
-        result, retries = await self._run_with_retries(task.id, backend, request)
+        async with OutputStream(partial(self.store.add_event, task.id, "output"), number) as output:
+            request = IterationRequest(
+                task_id=task.id,
+                iteration=number,
+                prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
+                worktree=tree.path,
+                timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
+                context=task.context,
+                on_group=groups.started,
+                on_output=output.feed,
+            )
+            result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
         check_exit, check_output = await self._check(task, tree, number, groups) if task.check_command else (None, None)
         it = IterationRecord(

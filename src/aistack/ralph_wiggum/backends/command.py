@@ -28,7 +28,7 @@ class CommandBackend:
         )  # fmt: skip
         jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
-                                 on_group=request.on_group)  # fmt: skip
+                                 on_group=request.on_group, on_output=request.on_output)  # fmt: skip
         if result.timed_out:
             return IterationResult("error", result.output, f"command timed out after {request.timeout_seconds:.0f} s")
         if result.exit_code != 0:
