@@ -4,6 +4,7 @@ caps that bound them (pure, and for a real flood)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aistack.ralph_wiggum.output import EVENT_CHARS, ITERATION_CHARS, OutputChunks
+from aistack.ralph_wiggum.output import EVENT_CHARS, ITERATION_CHARS, OutputChunks, OutputStream
 from aistack.ralph_wiggum.runner import OUTPUT_KEEP
 from support import AISTACK, StackEnv, child_env, make_git_repo
 
@@ -164,3 +165,34 @@ def test_past_the_iteration_cap_nothing_streams_and_the_notice_comes_once_last()
     last = chunks.take()
     assert [e["text"] for e in last][0] == "ef" and last[-1]["truncated"] is True and last[-1]["at"] == at(1).isoformat()
     assert chunks.take(everything=True) == [] and not chunks.pending
+
+
+def test_the_stream_writes_what_is_pending_at_a_normal_end_and_nothing_when_quiet_or_stopped():
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        written: list[dict] = []
+
+        async def emit(data: dict) -> None:
+            written.append(data)
+
+        async with OutputStream(emit, 1) as quiet:
+            quiet.feed("")
+        async with OutputStream(emit, 2) as talking:
+            talking.feed("a\n", at(0))
+            talking.feed("b\n", at(1))
+        ended, written = written, []
+        with pytest.raises(asyncio.CancelledError):
+            async with OutputStream(emit, 3) as stopped:
+                stopped.feed("lost")
+                raise asyncio.CancelledError
+        dropped, written = written, []
+
+        async def broken(data: dict) -> None:
+            raise OSError("disk full")
+
+        async with OutputStream(broken, 4) as failing:  # the iteration goes on
+            failing.feed("x")
+        return ended, dropped, written
+
+    ended, dropped, failed = asyncio.run(scenario())
+    assert ended == [{"iteration": 2, "at": at(0).isoformat(), "text": "a\nb\n"}]
+    assert dropped == [] and failed == []
