@@ -135,10 +135,11 @@ class RalphClient:
                             event = EventView.model_validate_json(sse.data)
                             after = event.id
                             yield event
-            except (httpx.RemoteProtocolError, httpx.ReadError):  # broke off mid-stream: resume after the last event seen
-                await asyncio.sleep(RESUME_SECONDS)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                pass  # broke off mid-stream
             except httpx.HTTPError as exc:
                 raise RalphError(0, f"orchestrator at {self.base_url} is unreachable ({type(exc).__name__})") from None
+            await asyncio.sleep(RESUME_SECONDS)  # then resume after the last event seen
 
 
 def _detail(response: httpx.Response) -> str:

@@ -118,8 +118,10 @@ def test_logs_follow_prints_the_output_before_the_task_ends(ralph, stack_env):
     )
     try:
         assert follow.stdout is not None
-        first = follow.stdout.readline()
-        assert first.rstrip().endswith("│ first line")
+        head = [follow.stdout.readline()]
+        while "│" not in head[-1] and head[-1]:  # first the task's status and the iteration's start
+            head.append(follow.stdout.readline())
+        assert head[-1].rstrip().endswith("│ first line") and any("iteration 1 of 1 started" in line for line in head)
         assert client.get(f"/tasks/{task_id}").json()["status"] == "running"  # the agent still waits for `go`
         let_go(client, task_id)
         rest = follow.stdout.read()

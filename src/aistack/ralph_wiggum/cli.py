@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.contracts import TaskCreate, TaskView, first_error
+from aistack.contracts import TaskCreate, TaskStatus, TaskView, first_error
 from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
@@ -106,6 +106,12 @@ async def _follow(client: RalphClient, task_id: str, only: int | None) -> TaskVi
         if event.type == "output":
             lines.write(data)
             streamed.add(number)
+        elif event.type == "status" and not TaskStatus(data["status"]).terminal:  # the end: the outcome says it
+            lines.end()
+            console.print(Text.assemble(f"task {task_id} ", _status(data["status"])))
+        elif event.type == "iteration_started":
+            lines.end()
+            console.print(f"  iteration {number} of {data.get('max_iterations')} started", style="dim", highlight=False)
         elif event.type == "check":
             checks[number] = data.get("exit_code")
         elif event.type == "approval_needed":
