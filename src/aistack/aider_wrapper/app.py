@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Busy as exc:
             raise http_error(409, str(exc), exc.field) from None
         if NDJSON in request.headers.get("accept", ""):
-            return StreamingResponse(_progress(state, job, run), media_type=NDJSON)
+            return _streamed(state, job, run)
         watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         try:
             return await execute(settings, state.files, state.aider, state.sandbox, state.client, job, run, state.registry)
@@ -142,10 +142,10 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _progress(state: WrapperState, job: Job, run: ActiveRun) -> AsyncIterator[str]:
+def _streamed(state: WrapperState, job: Job, run: ActiveRun) -> StreamingResponse:
     """The run's NDJSON answer: aider's output as the wrapper reads it, each piece with its read
-    time, then the result. The run is the same as a plain request's; a client that goes away
-    cancels it (the response is cancelled where it waits, and the run released when it has ended)."""
+    time, then the result. The run is the same as a plain request's and starts now; a client that
+    goes away cancels it (the answer is cancelled where it waits), and it is released once ended."""
     pieces: asyncio.Queue[ExecuteProgress | None] = asyncio.Queue()
 
     def read(text: str) -> None:
@@ -156,16 +156,25 @@ async def _progress(state: WrapperState, job: Job, run: ActiveRun) -> AsyncItera
             return await execute(state.settings, state.files, state.aider, state.sandbox, state.client, job, run, state.registry, read)
         finally:
             pieces.put_nowait(None)
+            state.registry.release(run)
 
     running = asyncio.create_task(work())
-    running.add_done_callback(lambda _: state.registry.release(run))
-    try:
-        while (piece := await pieces.get()) is not None:
-            yield piece.model_dump_json() + "\n"
-        yield ExecuteProgress(result=await running).model_dump_json() + "\n"
-    finally:
-        if not running.done():
-            run.cancel.set()
+    _RUNNING.add(running)  # the event loop keeps only a weak reference to a task
+    running.add_done_callback(_RUNNING.discard)
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece.model_dump_json() + "\n"
+            yield ExecuteProgress(result=await running).model_dump_json() + "\n"
+        finally:
+            if not running.done():
+                run.cancel.set()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+_RUNNING: set[asyncio.Task] = set()
 
 
 async def _cancel_on_disconnect(request: Request, run: ActiveRun) -> None:
