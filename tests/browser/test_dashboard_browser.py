@@ -7,6 +7,7 @@ both on the page and at the source: the orchestrator's API or the .env file itse
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -113,6 +114,14 @@ def test_the_agents_output_shows_live_each_chunk_at_the_time_it_was_read(page, s
     expect(pane.locator(".chunk span").first).to_contain_text("compiling the first module")
     # The agent still waits for us: what the page shows streamed while its iteration ran.
     assert api(stack, f"/tasks/{task_id}/iterations").json() == []
+    # Opened again a second later, the page replays the stored output, and every event shows the
+    # time it happened, not the time this page received it.
+    time.sleep(1.1)
+    page.reload()
+    expect(pane.locator(".chunk span").first).to_contain_text("compiling the first module")
+    queued = api(stack, f"/tasks/{task_id}/events.json").json()[0]
+    happened = page.evaluate("(iso) => new Date(iso).toLocaleTimeString()", queued["created_at"])
+    expect(page.locator("#event-log li[data-type=status]").first).to_have_text(re.compile(f"^{re.escape(happened)} status status=queued"))
     worktree = Path(api(stack, f"/tasks/{task_id}").json()["worktree"])
     (worktree / "go").write_text("")
     expect(pane).to_contain_text("all 12 tests passed")
