@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from httpx_sse import aconnect_sse
 
 from aistack.contracts import (
+    EventView,
     IterationLimits,
     IterationView,
     RalphHealth,
@@ -19,6 +22,8 @@ from aistack.contracts import (
     TaskView,
 )
 from aistack.web import API_KEY_HEADER
+
+RESUME_SECONDS = 1.0  # before an event stream that broke off is resumed
 
 
 class RalphError(Exception):
@@ -111,6 +116,37 @@ class RalphClient:
                 raise RalphError(response.status_code, response.text[:500])
             async for chunk in response.aiter_raw():
                 yield chunk
+
+    async def follow(self, task_id: str, after: int = 0) -> AsyncIterator[EventView]:
+        """The task's events from `after` on, parsed, until it has ended; a stream that breaks
+        off is resumed where it stopped (as an EventSource does), one that cannot start is a RalphError."""
+        timeout = httpx.Timeout(10.0, read=None)  # an idle stream is normal
+        while True:
+            try:
+                path = _task_path(task_id, "/events")
+                async with aconnect_sse(self._http, "GET", path, params={"after": after}, timeout=timeout) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        raise RalphError(source.response.status_code, _detail(source.response))
+                    async for sse in source.aiter_sse():
+                        if sse.event == "end":
+                            return
+                        if sse.id:
+                            event = EventView.model_validate_json(sse.data)
+                            after = event.id
+                            yield event
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                pass  # broke off mid-stream
+            except httpx.HTTPError as exc:
+                raise RalphError(0, f"orchestrator at {self.base_url} is unreachable ({type(exc).__name__})") from None
+            await asyncio.sleep(RESUME_SECONDS)  # then resume after the last event seen
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
 
 
 def _task_path(task_id: str, suffix: str = "") -> str:

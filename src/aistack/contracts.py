@@ -353,6 +353,19 @@ class LlmEndpoint(BaseModel):
     routed: int = Field(description="Runs of this process on it now.")
 
 
+NDJSON = "application/x-ndjson"
+
+
+class ExecuteProgress(BaseModel):
+    """One line of `POST /api/execute`'s answer as NDJSON (asked for with `Accept:
+    application/x-ndjson`): a piece of aider's output with the time the wrapper read it, as it
+    comes; the last line carries the result instead."""
+
+    output: str | None = None
+    at: datetime | None = None
+    result: ExecuteResult | None = None
+
+
 class WrapperHealth(BaseModel):
     status: Literal["healthy", "degraded"]
     version: str

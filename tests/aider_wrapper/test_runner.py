@@ -42,6 +42,21 @@ def test_an_ordinary_exit_keeps_output_and_exit_code(tmp_path: Path) -> None:
     assert "hello\n" in outcome.output and "oops\n" in outcome.output
 
 
+def test_the_output_is_told_as_it_is_read_one_character_split_across_reads_included(tmp_path: Path) -> None:
+    """The second line waits until the first was told: it can only have been told while the process ran."""
+    told: list[str] = []
+    gate = tmp_path / "go"
+
+    def heard(text: str) -> None:
+        told.append(text)
+        gate.touch()
+
+    script = f"printf 'caf\\303'; while [ ! -e {gate} ]; do sleep 0.02; done; printf '\\251 done\\n'"
+    outcome = asyncio.run(run_process(["sh", "-c", script], tmp_path, dict(os.environ), 30, asyncio.Event(), on_output=heard))
+    assert outcome.ending is Ending.exited and outcome.output == "café done\n"
+    assert told == ["caf", "é done\n"]  # the half character waited for its other half
+
+
 def test_timeout_ends_the_whole_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
     started = time.monotonic()

@@ -4,15 +4,18 @@ context-window error, one run per workspace, the parallel limit, cancel, timeout
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from wrapper_support import check_result, llm_busy, point_at
 
+from aistack.ralph_wiggum.backends import IterationRequest, IterationResult
 from aistack.ralph_wiggum.backends.aider import AiderBackend
 from support import children, git, make_git_repo, processes_in, wait_until
 
@@ -88,6 +91,19 @@ def test_a_client_that_goes_away_cancels_its_run(stack_env, wrapper) -> None:
     assert wait_until(lambda: httpx.post(wrapper.url + "/api/runs/r-gone/cancel", timeout=5).status_code == 404, 5)
 
 
+def test_a_client_that_stops_reading_the_ndjson_answer_cancels_its_run(stack_env, wrapper) -> None:
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+    body = {"prompt": LONG, "workspace": "repo", "run_id": "r-gone"}
+    with httpx.stream("POST", wrapper.url + "/api/execute", json=body, headers={"Accept": "application/x-ndjson"}, timeout=60) as answer:
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        lines = answer.iter_lines()
+        first = json.loads(next(lines))
+        assert first["output"] and first["at"] and first["result"] is None
+        assert wait_until(lambda: processes_in(repo), 60)
+    assert wait_until(lambda: not processes_in(repo), 10)
+    assert wait_until(lambda: httpx.post(wrapper.url + "/api/runs/r-gone/cancel", timeout=5).status_code == 404, 5)
+
+
 def test_aider_dies_with_the_wrapper(stack_env, wrapper, smol_llama) -> None:
     repo = make_git_repo(stack_env.workspace_root / "repo")
     with ThreadPoolExecutor(1) as pool:
@@ -116,6 +132,35 @@ def test_the_orchestrator_abandons_an_interrupted_iterations_run(stack_env, wrap
         asyncio.run(abandon())
         assert processes_in(repo) == []
         assert check_result(running.result().json()).error == "cancelled"
+
+
+def test_aiders_output_reaches_the_orchestrator_while_it_runs(stack_env, wrapper) -> None:
+    """The orchestrator's backend asks for the NDJSON answer: aider's output reaches its
+    `on_output` with the wrapper's read times while the run still holds its workspace; the
+    result that ends the answer holds the same output."""
+    make_git_repo(stack_env.workspace_root / "repo")
+    heard: list[tuple[str, datetime | None]] = []
+
+    async def iterate() -> tuple[IterationResult, int]:
+        backend = AiderBackend(wrapper.url)
+        request = IterationRequest("task1", 1, LONG, stack_env.workspace_root / "repo", 120,
+                                   on_output=lambda text, at=None: heard.append((text, at)))  # fmt: skip
+        running = asyncio.create_task(backend.run(request))
+        async with httpx.AsyncClient(base_url=wrapper.url, timeout=30) as client:
+            while not heard:
+                await asyncio.sleep(0.05)
+            busy = await client.post("/api/execute", json={"prompt": "x", "workspace": "repo"})  # the run is still on
+            await client.post("/api/runs/task1-1/cancel")
+        result = await running
+        await backend.close()
+        return result, busy.status_code
+
+    result, busy = asyncio.run(iterate())
+    assert busy == 409
+    assert result.status == "error" and result.error == "cancelled"
+    assert result.output and "".join(text for text, _ in heard) == result.output
+    times = [at for _, at in heard]
+    assert all(at is not None for at in times) and times == sorted(times)  # type: ignore[type-var]
 
 
 def test_runs_beyond_the_parallel_limit_wait_their_turn(stack_env, services, smol_llama) -> None:

@@ -6,6 +6,10 @@ both on the page and at the source: the orchestrator's API or the .env file itse
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 from playwright.sync_api import expect
@@ -113,6 +117,45 @@ def test_backends_show_availability_and_outcomes_and_the_form_offers_only_availa
     expect(goose).to_contain_text("not installed: 'goose' is not on PATH")
     expect(page.locator('#backends tr[data-backend="aider"] [data-stat="success"]')).to_have_text("—")
     screenshot(page, "backends")
+
+
+# Says two lines, then waits until the test puts `go` into its worktree, then says one more.
+GATED_AGENT = """#!/bin/sh
+echo "compiling the first module"
+echo "running 12 tests"
+while [ ! -e go ]; do sleep 0.05; done
+echo "all 12 tests passed"
+"""
+
+
+def test_the_agents_output_shows_live_each_chunk_at_the_time_it_was_read(page, stack, screenshot) -> None:
+    stack = stack()
+    Path(stack.env.values["RALPH_COMMAND_BACKEND"]).write_text(GATED_AGENT)
+    task_id = submit_task(page, stack, "Run the tests", fixed=1)
+    pane = page.locator("#live-output")
+    expect(pane.locator(".mark")).to_have_text([re.compile("iteration 1$")])
+    expect(pane.locator(".chunk span").first).to_contain_text("compiling the first module")
+    # The agent still waits for us: what the page shows streamed while its iteration ran.
+    assert api(stack, f"/tasks/{task_id}/iterations").json() == []
+    # Opened again a second later, the page replays the stored output, and every event shows the
+    # time it happened, not the time this page received it.
+    time.sleep(1.1)
+    page.reload()
+    expect(pane.locator(".chunk span").first).to_contain_text("compiling the first module")
+    queued = api(stack, f"/tasks/{task_id}/events.json").json()[0]
+    happened = page.evaluate("(iso) => new Date(iso).toLocaleTimeString()", queued["created_at"])
+    expect(page.locator("#event-log li[data-type=status]").first).to_have_text(re.compile(f"^{re.escape(happened)} status status=queued"))
+    worktree = Path(api(stack, f"/tasks/{task_id}").json()["worktree"])
+    (worktree / "go").write_text("")
+    expect(pane).to_contain_text("all 12 tests passed")
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=30_000)
+    # Each chunk carries the time its first character was read, as the orchestrator recorded it.
+    output = [e["data"] for e in api(stack, f"/tasks/{task_id}/events.json").json() if e["type"] == "output"]
+    shown = pane.locator(".chunk time")
+    expect(shown).to_have_count(len(output))
+    assert [shown.nth(i).get_attribute("datetime") for i in range(len(output))] == [d["at"] for d in output]
+    assert "".join(pane.locator(".chunk span").all_text_contents()) == "".join(d["text"] for d in output)
+    screenshot(page, "task-live-output")
 
 
 def test_approve_a_waiting_task_then_it_runs(page, stack, screenshot) -> None:

@@ -63,6 +63,10 @@ def test_local_model_completes_a_small_task_with_evidence(stack):
     assert any(it["checkpoint_commit"] for it in iterations)
     assert task["tokens"]["prompt"] > 0 and task["tokens"]["completion"] > 0
     assert all(it["tokens"]["prompt"] > 0 for it in iterations)
+    events = client.get(f"/tasks/{task_id}/events.json").json()
+    for it in iterations:  # aider's output streamed while it ran, as the wrapper read it
+        streamed = "".join(e["data"]["text"] for e in events if e["type"] == "output" and e["data"]["iteration"] == it["number"])
+        assert streamed and streamed.endswith(it["output_excerpt"]), it["number"]
     repo = env.workspace_root / "demo"
     source = git(repo, "show", f"aistack/{task_id}:hello.py")
     assert "def hello" in source

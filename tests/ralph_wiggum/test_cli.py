@@ -35,6 +35,7 @@ def test_submit_wait_list_show_logs(stack_env, services):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "iteration 1: success check exit 1" in done.stdout and "iteration 2: success check exit 0" in done.stdout
     assert "result: completed after 2 iteration(s)" in done.stdout
+    assert "│ wrote line 1\n" in done.stdout and "│ wrote line 2\n" in done.stdout  # the agent's output, each line stamped
     task_id = done.stdout.split("task ")[1].split()[0]
 
     failed = aistack(

@@ -1,7 +1,9 @@
 """The aider-wrapper HTTP service.
 
     GET  /health                   WrapperHealth; never spawns aider, never waits on the LLM
-    POST /api/execute              ExecuteRequest -> ExecuteResult (200 also when status=error)
+    POST /api/execute              ExecuteRequest -> ExecuteResult (200 also when status=error); with
+                                   `Accept: application/x-ndjson`, aider's output as it comes, then the
+                                   result (ExecuteProgress lines)
     POST /api/runs/{run_id}/cancel ends that run's whole process group
 
 A request's `context.test_command` (a shell command, as a task's check) makes aider test its own
@@ -19,16 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from aistack import __version__
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.runs import ActiveRun, AiderCheck, Busy, Job, RunRegistry, check_aider, execute
 from aistack.config import Settings, resolve_env_file
-from aistack.contracts import ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
+from aistack.contracts import NDJSON, ExecuteProgress, ExecuteRequest, ExecuteResult, HealthSummary, WrapperHealth
 from aistack.gitcli import GitError, confine_repository
 from aistack.llm_routing import Router
 from aistack.paths import PathNotAllowed, confine
@@ -96,8 +102,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     # 400: a body that is not even text; 401: with RALPH_WIGGUM_API_KEY set; 503: aider is not installed
-    @app.post("/api/execute", response_model=ExecuteResult, responses=error_responses(400, 401, 409, 422, 503))
-    async def execute_run(body: ExecuteRequest, request: Request) -> ExecuteResult:
+    streamed: dict[int | str, dict[str, Any]] = {200: {"content": {NDJSON: {}}, "description": "ExecuteResult, or ExecuteProgress lines"}}
+
+    @app.post("/api/execute", response_model=ExecuteResult, responses={**error_responses(400, 401, 409, 422, 503), **streamed})
+    async def execute_run(body: ExecuteRequest, request: Request) -> ExecuteResult | StreamingResponse:
         if not state.aider.available:
             raise http_error(503, f"aider is not available: {state.aider.problem}")
         job = await _validate(settings, body)
@@ -105,6 +113,8 @@ def create_app(settings: Settings) -> FastAPI:
             run = state.registry.claim(job.workspace, body.run_id)
         except Busy as exc:
             raise http_error(409, str(exc), exc.field) from None
+        if NDJSON in request.headers.get("accept", ""):
+            return _streamed(state, job, run)
         watcher = asyncio.create_task(_cancel_on_disconnect(request, run))
         try:
             return await execute(settings, state.files, state.aider, state.sandbox, state.router, job, run, state.registry)
@@ -126,6 +136,41 @@ def create_app(settings: Settings) -> FastAPI:
         return {"run_id": run_id, "cancelled": True, "ended": True}
 
     return app
+
+
+def _streamed(state: WrapperState, job: Job, run: ActiveRun) -> StreamingResponse:
+    """The run's NDJSON answer: aider's output as the wrapper reads it, each piece with its read
+    time, then the result. The run is the same as a plain request's and starts now; a client that
+    goes away cancels it (the answer is cancelled where it waits), and it is released once ended."""
+    pieces: asyncio.Queue[ExecuteProgress | None] = asyncio.Queue()
+
+    def read(text: str) -> None:
+        pieces.put_nowait(ExecuteProgress(output=text, at=datetime.now(UTC)))
+
+    async def work() -> ExecuteResult:
+        try:
+            return await execute(state.settings, state.files, state.aider, state.sandbox, state.router, job, run, state.registry, read)
+        finally:
+            pieces.put_nowait(None)
+            state.registry.release(run)
+
+    running = asyncio.create_task(work())
+    _RUNNING.add(running)  # the event loop keeps only a weak reference to a task
+    running.add_done_callback(_RUNNING.discard)
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece.model_dump_json() + "\n"
+            yield ExecuteProgress(result=await running).model_dump_json() + "\n"
+        finally:
+            if not running.done():
+                run.cancel.set()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+_RUNNING: set[asyncio.Task] = set()
 
 
 async def _cancel_on_disconnect(request: Request, run: ActiveRun) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import codecs
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -40,7 +41,8 @@ class ProcessOutcome:
 class OutputBuffer:
     """aider's merged stdout/stderr, decoded as it arrives; calls `on_line` for each full line."""
 
-    def __init__(self, on_line) -> None:
+    def __init__(self, on_line, on_text: Callable[[str], None] | None = None) -> None:
+        self._on_text = on_text  # told each piece of text as it is decoded (the run's live output)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []
         self._size = 0
@@ -52,6 +54,8 @@ class OutputBuffer:
         text = self._decoder.decode(data, final)
         if not text:
             return
+        if self._on_text is not None:
+            self._on_text(text)
         self._parts.append(text)
         self._size += len(text)
         if self._size > 2 * MAX_OUTPUT_CHARS:
@@ -72,10 +76,12 @@ class OutputBuffer:
 
 
 async def run_process(
-    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event, jail: Jail | None = None
-) -> ProcessOutcome:
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, cancel: asyncio.Event, jail: Jail | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> ProcessOutcome:  # fmt: skip
     """Run `cmd` (in `jail` when given) to its end, or until `timeout` seconds pass, `cancel` is
-    set, or it prints a transient LLM error; in the last three cases its whole process group is ended."""
+    set, or it prints a transient LLM error; in the last three cases its whole process group is
+    ended. `on_output` is told its output as it is read."""
     stop_fatal: list[FatalError] = []
     fatal_seen = asyncio.Event()
 
@@ -85,7 +91,7 @@ async def run_process(
             stop_fatal.append(found)
             fatal_seen.set()
 
-    buffer = OutputBuffer(on_line)
+    buffer = OutputBuffer(on_line, on_output)
     # dies_with_parent: a wrapper killed mid-run (kill -9, OOM) takes aider along, instead of leaving
     # it to write into the worktree while the orchestrator retries the iteration with a new one
     proc = await start_in_group(

@@ -131,8 +131,10 @@ async def execute(
     job: Job,
     run: ActiveRun,
     registry: RunRegistry,
+    on_output: Callable[[str], None] | None = None,
 ) -> ExecuteResult:
-    """Wait for a slot, run aider once, and describe what happened."""
+    """Wait for a slot, run aider once (`on_output` is told its output as it is read), and
+    describe what happened."""
     started = time.monotonic()
 
     def result(status: str, output: str = "", error: str | None = None, files_modified: list[str] | None = None,
@@ -158,7 +160,7 @@ async def execute(
         with router.route(job.task) as llm_url:
             if llm_url is None:
                 return result("error", error=router.problem(), transient=True)
-            return await _run_in_slot(settings, files, aider, sandbox, router, llm_url, job, run, result)
+            return await _run_in_slot(settings, files, aider, sandbox, router, llm_url, job, run, result, on_output)
     except GitError as exc:
         return result("error", error=str(exc))
     except OSError as exc:  # aider vanished since the start, or the data dir is not writable
@@ -177,6 +179,7 @@ async def _run_in_slot(
     job: Job,
     run: ActiveRun,
     result: Callable[..., ExecuteResult],
+    on_output: Callable[[str], None] | None,
 ) -> ExecuteResult:
     if aider.path is None:  # the app answers 503 before this: said here for the type's sake too
         return result("error", error="aider is not installed")
@@ -206,7 +209,7 @@ async def _run_in_slot(
         readable=[files.model_settings, files.model_metadata, files.env_file, installation(aider.path)],
         git_writable=True,
     )  # fmt: skip
-    outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel, jail)
+    outcome = await run_process(cmd, job.workspace, invocation.aider_env(settings, files), job.timeout_seconds, run.cancel, jail, on_output)
     for cache in set(job.workspace.glob(TAGS_CACHE_GLOB)) - caches_before:
         await asyncio.to_thread(shutil.rmtree, cache, ignore_errors=True)
     after = await gitstate.snapshot(job.workspace)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.contracts import TaskCreate, TaskView, first_error
+from aistack.contracts import TaskCreate, TaskStatus, TaskView, first_error
 from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
@@ -94,30 +94,69 @@ def submit(
         raise typer.Exit(follow(accepted.task_id))
 
 
-def follow(task_id: str, poll_seconds: float = 0.5) -> int:
-    """Show live progress until the task ends; returns 0 only for `completed`."""
-    task = _call(lambda client: _follow(client, task_id, poll_seconds))
+def follow(task_id: str, iteration: int | None = None) -> int:
+    """Print the task's iterations and its agent's output as they happen (from its start), until
+    it ends; returns 0 only for `completed`."""
+    task = _call(lambda client: _follow(client, task_id, iteration))
     _print_outcome(task)
     return 0 if task.status.value == "completed" else 1
 
 
-async def _follow(client: RalphClient, task_id: str, poll_seconds: float) -> TaskView:
-    """Poll the task with one client; fetch iterations only when a new one has finished."""
-    shown = 0
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
-        while True:
-            task = await client.task(task_id)
-            if task.iteration > shown:
-                for it in await client.iterations(task_id):
-                    if it.number > shown:
-                        check = "" if it.check_exit_code is None and not task.check_command else f" check exit {it.check_exit_code}"
-                        files = ", ".join(it.files_modified) or "no file changed"
-                        live.console.print(f"  iteration {it.number}: {it.status}{check} — {files} ({it.duration_seconds:.1f} s)")
-                shown = task.iteration
-            live.update(Text.assemble(f"task {task_id} ", _status(task.status), f"  iteration {task.iteration}/{task.max_iterations}"))
-            if task.status.terminal:
-                return task
-            await asyncio.sleep(poll_seconds)
+async def _follow(client: RalphClient, task_id: str, only: int | None) -> TaskView:
+    """The task's event stream, printed: an iteration's output as it streams, then its summary."""
+    lines, checks, streamed = _OutputLines(), dict[int | None, int | None](), set[int | None]()
+    async for event in client.follow(task_id):
+        data, number = event.data, event.data.get("iteration")
+        if only is not None and number not in (only, None):
+            continue
+        if event.type == "output":
+            lines.write(data)
+            streamed.add(number)
+        elif event.type == "status" and not TaskStatus(data["status"]).terminal:  # the end: the outcome says it
+            lines.end()
+            console.print(Text.assemble(f"task {task_id} ", _status(data["status"])))
+        elif event.type == "iteration_started":
+            lines.end()
+            console.print(f"  iteration {number} of {data.get('max_iterations')} started", style="dim", highlight=False)
+        elif event.type == "check":
+            checks[number] = data.get("exit_code")
+        elif event.type == "approval_needed":
+            lines.end()
+            console.print(f"  waiting for approval of iteration {number}: aistack task approve|reject {task_id}", highlight=False)
+        elif event.type == "iteration_finished":
+            lines.end()
+            if number not in streamed:  # a backend that streams nothing: what the iteration kept
+                kept = [it.output_excerpt for it in await client.iterations(task_id) if it.number == number and it.output_excerpt]
+                if kept:
+                    console.out(*kept, highlight=False)
+            check = f" check exit {checks[number]}" if number in checks else ""
+            files = ", ".join(data.get("files_modified") or ()) or "no file changed"
+            seconds = data.get("duration_seconds") or 0
+            console.print(f"  iteration {number}: {data.get('status')}{check} — {files} ({seconds:.1f} s)", highlight=False)
+        console.file.flush()
+    lines.end()
+    return await client.task(task_id)
+
+
+class _OutputLines:
+    """The agent's output as it streams, each line after the local time its first character was
+    read (the event's own `at`, not the time it arrived here)."""
+
+    def __init__(self) -> None:
+        self.open = False  # a line was begun and not yet ended
+
+    def write(self, data: dict) -> None:
+        at = datetime.fromisoformat(data["at"]).astimezone().strftime("%H:%M:%S")
+        for piece in str(data.get("text", "")).splitlines(keepends=True):
+            if not self.open:
+                console.out(f"{at} │ ", style="dim", end="", highlight=False)
+            console.out(piece, end="", highlight=False)
+            self.open = not piece.endswith(("\n", "\r"))
+
+    def end(self) -> None:
+        if self.open:
+            console.out("", highlight=False)
+            self.open = False
 
 
 def _print_outcome(task: TaskView) -> None:
@@ -206,8 +245,15 @@ def reject(task_id: str) -> None:
 
 
 @task_app.command("logs")
-def logs(task_id: str, iteration: Annotated[int | None, typer.Option(help="Only this iteration.")] = None) -> None:
+def logs(
+    task_id: str,
+    iteration: Annotated[int | None, typer.Option(help="Only this iteration.")] = None,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Print the output as the agent writes it, until the task ends.")] = False,
+) -> None:
     """Each iteration's output and check result."""
+    if follow_:
+        follow(task_id, iteration)
+        return
     iterations = _call(lambda c: c.iterations(task_id))
     for it in iterations:
         if iteration is not None and it.number != iteration:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 from aistack import agentenv
 from aistack.contracts import TaskStatus
@@ -18,6 +19,7 @@ from aistack.gitremote import RemoteError
 from aistack.procgroup import identify_group
 from aistack.ralph_wiggum import rules, space
 from aistack.ralph_wiggum.backends import Backend, IterationRequest, IterationResult
+from aistack.ralph_wiggum.output import OutputStream
 from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate, utcnow
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
@@ -126,16 +128,18 @@ class TaskRunner:
         begun = {"iteration": number, "max_iterations": task.max_iterations, "attempt": attempt}
         await self.store.add_event(task.id, "iteration_started", begun)
         groups = _GroupRecorder(self.store, task.id, number)
-        request = IterationRequest(
-            task_id=task.id,
-            iteration=number,
-            prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
-            worktree=tree.path,
-            timeout_seconds=float(self.settings.iteration_timeout(task.backend)),
-            context=task.context,
-            on_group=groups.started,
-        )
-        result, retries = await self._run_with_retries(task.id, backend, request)
+        async with OutputStream(partial(self.store.add_event, task.id, "output"), number) as output:
+            request = IterationRequest(
+                task_id=task.id,
+                iteration=number,
+                prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
+                worktree=tree.path,
+                timeout_seconds=float(self.settings.iteration_timeout(task.backend)),
+                context=task.context,
+                on_group=groups.started,
+                on_output=output.feed,
+            )
+            result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
         if saved.push_error is not None:  # the commit stays on the local branch; the next checkpoint pushes again
             log.warning("task %s: pushing iteration %d's checkpoint failed: %s", task.id, number, saved.push_error)

@@ -5,6 +5,7 @@ it, the next process ends what is left, having learnt of the group through `on_g
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.procgroup import end_group, kill_group, start_in_group
+from aistack.ralph_wiggum.output import OnOutput
 from aistack.sandbox import Jail
 
 MAX_OUTPUT = 1_000_000  # bytes kept of a command's output (the end is kept)
@@ -72,10 +74,10 @@ class ProcResult:
 
 async def run_shell(
     command: str, cwd: Path, *, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float,
-    jail: Jail | None = None, on_group: OnGroup | None = None,
+    jail: Jail | None = None, on_group: OnGroup | None = None, on_output: OnOutput | None = None,
 ) -> ProcResult:  # fmt: skip
     """Run `command` (with `sh -c` when it needs a shell) in its own session, in `jail` when
-    given (`on_group` is told its process group). It is done when it exits — not when its output
+    given (`on_group` is told its process group, `on_output` its output as it is read). It is done when it exits — not when its output
     pipe closes, which a helper left in the background would hold open — and then nothing it
     started may outlive it. On timeout or cancellation the whole group is ended: SIGTERM, then SIGKILL."""
     options: dict[str, Any] = {
@@ -95,7 +97,7 @@ async def run_shell(
             raise
         proc = await start_in_group(*shelled, cwd=cwd, env=env, dies_with_parent=True, **options)
     chunks: list[bytes] = []
-    io = [asyncio.create_task(_read(proc.stdout, chunks))] if proc.stdout else []
+    io = [asyncio.create_task(_read(proc.stdout, chunks, on_output))] if proc.stdout else []
     if stdin is not None and proc.stdin is not None:
         io.append(asyncio.create_task(_write(proc.stdin, stdin.encode())))
     timed_out = False
@@ -123,13 +125,18 @@ async def run_shell(
     return ProcResult(None if timed_out else code, output, timed_out)
 
 
-async def _read(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
+async def _read(stream: asyncio.StreamReader, chunks: list[bytes], on_output: OnOutput | None) -> None:
     size = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two reads
     while chunk := await stream.read(65536):
+        if on_output is not None:
+            on_output(decoder.decode(chunk))
         chunks.append(chunk)
         size += len(chunk)
         while size > MAX_OUTPUT and len(chunks) > 1:
             size -= len(chunks.pop(0))
+    if on_output is not None:
+        on_output(decoder.decode(b"", final=True))
 
 
 async def _write(stream: asyncio.StreamWriter, data: bytes) -> None:

@@ -52,7 +52,23 @@ function startPolling(container) {
   setTimeout(tick, interval);
 }
 
-const EVENT_TYPES = ["status", "iteration_started", "iteration_finished", "check", "approval_needed", "end", "relay_error"];
+const EVENT_TYPES = ["status", "iteration_started", "iteration_finished", "check", "approval_needed", "transient_retry", "end", "relay_error"];
+
+// The agent's output as it streams: a row per chunk, stamped with the time its first character
+// was read (the event's own `at`), kept scrolled to the end unless the reader scrolled up.
+function appendOutput(pane, data, mark) {
+  const row = document.createElement("div");
+  row.className = mark ? "mark" : (data.truncated ? "chunk truncated" : "chunk");
+  const time = document.createElement("time");
+  time.dateTime = data.at;
+  time.textContent = new Date(data.at).toLocaleTimeString();
+  const text = document.createElement("span");
+  text.textContent = mark || data.text;
+  row.append(time, text);
+  const atEnd = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 4;
+  pane.appendChild(row);
+  if (atEnd) pane.scrollTop = pane.scrollHeight;
+}
 
 function startTaskStream(live) {
   const log = document.getElementById("event-log");
@@ -73,8 +89,13 @@ function startTaskStream(live) {
   const show = (type, event) => {
     const item = document.createElement("li");
     let text = event.data;
-    try { const data = JSON.parse(event.data); text = Object.entries(data.data || data).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" "); } catch (e) { /* raw */ }
-    item.textContent = `${new Date().toLocaleTimeString()} ${type} ${text}`.slice(0, 400);
+    let when = new Date();
+    try {
+      const data = JSON.parse(event.data);
+      if (data.created_at) when = new Date(data.created_at); // when it happened, not when it arrived
+      text = Object.entries(data.data || data).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+    } catch (e) { /* raw */ }
+    item.textContent = `${when.toLocaleTimeString()} ${type} ${text}`.slice(0, 400);
     item.dataset.type = type;
     log.appendChild(item);
     log.scrollTop = log.scrollHeight;
@@ -89,6 +110,13 @@ function startTaskStream(live) {
   source.onerror = () => { if (source.readyState !== EventSource.CLOSED) state.textContent = "reconnecting…"; };
   source.onmessage = (event) => { show("message", event); refresh(); };
   EVENT_TYPES.forEach((type) => source.addEventListener(type, (event) => { show(type, event); refresh(); }));
+  const pane = document.getElementById("live-output");
+  const parsed = (event) => { try { return JSON.parse(event.data); } catch (e) { return null; } };
+  source.addEventListener("output", (event) => { const e = parsed(event); if (e) appendOutput(pane, e.data); });
+  source.addEventListener("iteration_started", (event) => {
+    const e = parsed(event);
+    if (e) appendOutput(pane, { at: e.created_at }, `iteration ${e.data.iteration}`);
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -7,7 +7,7 @@ import logging
 
 import httpx
 
-from aistack.contracts import BackendHealth, ExecuteRequest, ExecuteResult, WrapperHealth
+from aistack.contracts import NDJSON, BackendHealth, ExecuteProgress, ExecuteRequest, ExecuteResult, WrapperHealth
 from aistack.health import acheck
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 
@@ -77,8 +77,7 @@ class AiderBackend:
         )
         where = f"aider-wrapper at {self.base_url}"
         try:
-            timeout = httpx.Timeout(10.0, read=request.timeout_seconds + 30)
-            resp = await self._client.post("/api/execute", json=body.model_dump(), timeout=timeout)
+            answer = await self._execute(body, request)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel(run_id))
             raise
@@ -87,11 +86,13 @@ class AiderBackend:
             return IterationResult("error", "", f"{where} unreachable: {type(exc).__name__}", transient=True)
         except httpx.HTTPError as exc:
             return IterationResult("error", "", f"{where} failed: {exc}", transient=True)
-        if resp.status_code in (409, 429, 502, 503, 504):
-            return IterationResult("error", "", f"{where} answered {resp.status_code}: {_detail(resp)}", transient=True)
-        if resp.status_code != 200:
-            return IterationResult("error", "", f"{where} refused the run ({resp.status_code}): {_detail(resp)}")
-        result = ExecuteResult.model_validate(resp.json())
+        if answer is None:
+            return IterationResult("error", "", f"{where} ended its answer before the run's result", transient=True)
+        if isinstance(answer, httpx.Response):
+            if answer.status_code in (409, 429, 502, 503, 504):
+                return IterationResult("error", "", f"{where} answered {answer.status_code}: {_detail(answer)}", transient=True)
+            return IterationResult("error", "", f"{where} refused the run ({answer.status_code}): {_detail(answer)}")
+        result = answer
         # result.files_modified is the wrapper's own view; the runner asks git in the worktree,
         # which it must stage to checkpoint anyway and which also sees what aider's hooks wrote.
         return IterationResult(
@@ -102,6 +103,31 @@ class AiderBackend:
             transient=result.transient,
             tokens=result.tokens,
         )
+
+    async def _execute(self, body: ExecuteRequest, request: IterationRequest) -> ExecuteResult | httpx.Response | None:
+        """The run's result, with aider's output passed to `request.on_output` as the wrapper reads
+        it (its NDJSON answer); the response when the wrapper refused the run; None when the answer
+        broke off before the result."""
+        timeout = httpx.Timeout(10.0, read=request.timeout_seconds + 30)
+        answer = self._client.stream("POST", "/api/execute", json=body.model_dump(), headers={"Accept": NDJSON}, timeout=timeout)
+        async with answer as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                return resp
+            if not resp.headers.get("content-type", "").startswith(NDJSON):  # a wrapper that cannot stream
+                return ExecuteResult.model_validate_json(await resp.aread())
+            async for line in resp.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    step = ExecuteProgress.model_validate_json(line)
+                except ValueError:  # not a line of the contract: as if it had broken off
+                    return None
+                if step.result is not None:
+                    return step.result
+                if step.output and request.on_output is not None:
+                    request.on_output(step.output, step.at)
+        return None
 
     async def abandon(self, task_id: str, iteration: int) -> None:
         """The wrapper cancels a run whose client went away, but only once it notices; this ends

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from aistack.contracts import BackendHealth, TokenCounts
+from aistack.ralph_wiggum.output import OnOutput
 from aistack.ralph_wiggum.shell import OnGroup
 
 
@@ -19,6 +20,7 @@ class IterationRequest:
     timeout_seconds: float
     context: dict[str, Any] = field(default_factory=dict)
     on_group: OnGroup | None = None  # told of each process group the backend starts on this machine
+    on_output: OnOutput | None = None  # told each piece of the agent's output as it is read (output.py)
 
 
 @dataclass(frozen=True)

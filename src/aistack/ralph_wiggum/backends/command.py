@@ -59,7 +59,7 @@ class CommandBackend:
         )  # fmt: skip
         jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
-                                 on_group=request.on_group)  # fmt: skip
+                                 on_group=request.on_group, on_output=request.on_output)  # fmt: skip
         tokens = self.agent.tokens(result.output, files.home) if self.agent.tokens else TokenCounts()
         if self.agent.unreachable and not tokens.prompt and self.agent.unreachable.search(result.output):
             # no model call came back (qwen-code even exits 0 then): retried, not counted
