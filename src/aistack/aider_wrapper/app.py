@@ -187,6 +187,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
         files=inside(body.files, "files", must_exist=False),  # aider creates a missing one
         read_only_files=inside(body.read_only_files, "read_only_files", must_exist=True),
         timeout_seconds=min(body.timeout_seconds or limit, limit),
+        sampling=body.sampling,
     )
 
 

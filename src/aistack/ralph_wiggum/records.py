@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from aistack.contracts import EventView, Evidence, IterationView, TaskStatus, TaskView, TokenCounts
+from aistack.contracts import EventView, Evidence, IterationView, Strategy, TaskStatus, TaskView, TokenCounts
 
 
 def utcnow() -> datetime:
@@ -33,6 +33,7 @@ class NewTask:
     check_command: str | None = None
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    strategy: dict[str, Any] | None = None  # a `Strategy`, its defaults resolved at submission
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class TaskRecord:
     check_command: str | None = None
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    strategy: dict[str, Any] | None = None  # None: a task from before strategies, which ran with Strategy()'s defaults
     started_at: datetime | None = None
     finished_at: datetime | None = None
     completion_reason: str | None = None
@@ -66,6 +68,10 @@ class TaskRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @property
+    def loop_strategy(self) -> Strategy:
+        return Strategy.model_validate(self.strategy or {})
+
     def view(self) -> TaskView:
         return TaskView(
             id=self.id, prompt=self.prompt, status=self.status, backend=self.backend, workspace=self.workspace,
@@ -73,7 +79,7 @@ class TaskRecord:
             max_iterations=self.max_iterations, limit_source=self.limit_source, complexity=self.complexity,
             complexity_reason=self.complexity_reason, require_approval=self.require_approval,
             check_command=self.check_command, completion_promise=self.completion_promise, context=self.context,
-            created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
+            strategy=self.loop_strategy, created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
             updated_at=self.updated_at, completion_reason=self.completion_reason,
             evidence=Evidence.model_validate(self.evidence) if self.evidence else None, error=self.error,
             tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
@@ -87,7 +93,7 @@ class IterationRecord:
     task_id: str
     number: int
     started_at: datetime
-    status: str  # success or error: how the agent's run ended, not whether the task is done
+    status: str  # success, no_progress or error: how the agent's run ended, not whether the task is done
     output: str = ""
     duration_seconds: float | None = None
     exit_code: int | None = None

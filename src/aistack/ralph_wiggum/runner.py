@@ -89,8 +89,9 @@ class TaskRunner:
     async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> tuple[Tree, TaskRecord] | None:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
         None if the task changed meanwhile (stopped before it started)."""
-        last = next((it.checkpoint_commit for it in reversed(history) if it.checkpoint_commit), None)
-        tree = await self.workspace.prepare(task, last)
+        # where the loop had the tree: the last checkpoint, or the best one that keep_best went back to
+        at = rules.position(history, None, task.loop_strategy.keep_best).commit
+        tree = await self.workspace.prepare(task, at)
         step = rules.transition(Action.start)
         change = TaskUpdate(status=step.target)
         if tree.created:
@@ -111,14 +112,16 @@ class TaskRunner:
         begun = {"iteration": number, "max_iterations": task.max_iterations, "attempt": attempt}
         await self.store.add_event(task.id, "iteration_started", begun)
         groups = _GroupRecorder(self.store, task.id, number)
+        strategy = task.loop_strategy
         request = IterationRequest(
             task_id=task.id,
             iteration=number,
-            prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
+            prompt=rules.compose_prompt(task.prompt, task.check_command, history, strategy),
             worktree=tree.path,
             timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
             context=task.context,
             on_group=groups.started,
+            sampling=rules.sampling(number, strategy.diversity),
         )
         result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
@@ -130,7 +133,12 @@ class TaskRunner:
             check_exit_code=check_exit, check_output=check_output, prompt_tokens=result.tokens.prompt,
             completion_tokens=result.tokens.completion, transient_retries=retries,
         )  # fmt: skip
+        it = rules.with_progress(it, history[-1] if history else None, task.check_command)
         outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
+        if outcome.restore is not None:
+            # before the record, so whoever sees the task go on (or end) sees the tree (the branch)
+            # at its best checkpoint; a resume after a crash in between puts it where the record says
+            await self.workspace.restore(tree, outcome.restore)
         step = rules.transition(outcome.decision.action)
         after = await self.store.record_iteration(it, outcome.update, outcome.events, step.sources)
         if after is None:  # the task was ended meanwhile (a stop sent to another process)

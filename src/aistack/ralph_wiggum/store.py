@@ -4,7 +4,8 @@ SQLAlchemy Core over SQLite (WAL) by default; only portable constructs are used,
 replace it. Everything that belongs together (an iteration, the task's new state and their
 events) is one transaction: a crash leaves all or none of it. The process groups of a running
 iteration are recorded too, so that after a crash the next process ends what is left of them.
-`create_all` adds a table that an existing database lacks; columns are never added to a table.
+`create_all` adds a table that an existing database lacks, and `_add_columns` a nullable column
+(the one kind of column added since the first release, e.g. `tasks.strategy`).
 
 The store is async-facing, so callers read as a story and a networked database can slot in
 later. With SQLite the short work runs on the event loop itself, on one connection: a read by key
@@ -48,6 +49,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -95,6 +97,7 @@ tasks = Table(
     Column("check_command", Text),
     Column("completion_promise", Text),
     Column("context", JSON, nullable=False, default=dict),
+    Column("strategy", JSON),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
@@ -168,6 +171,7 @@ class Store:
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_columns(self.engine)
         self._db = self.engine.connect()
         self._on_event = on_event or (lambda task_id: None)
         self._checkpointer = _WalCheckpointer(self.engine) if sqlite and options.get("poolclass") is not StaticPool else None
@@ -362,6 +366,19 @@ class Store:
     def _task(db: Connection, task_id: str) -> TaskRecord | None:
         row = db.execute(_TASK_BY_ID, {"task_id": task_id}).first()
         return _task_record(row) if row is not None else None
+
+
+def _add_columns(engine) -> None:
+    """Add to a database made by an earlier version the columns its tables lack. Only nullable
+    columns are ever added to a table, so a row written before reads as NULL there."""
+    tables = inspect(engine)
+    with engine.begin() as db:
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in tables.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
+                    db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}")
 
 
 def _fields(record: Any) -> dict[str, Any]:

@@ -102,6 +102,10 @@ class TaskService:
             except ValidationError as exc:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
+        strategy = body.strategy.over(self.settings.strategy())
+        if strategy.candidates != 1:  # the interface has room for it; the loop does not run it yet
+            raise TaskInvalid("strategy.candidates: only 1 is supported so far (2 attempts per iteration are not built yet)",
+                              "strategy.candidates")  # fmt: skip
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
@@ -116,6 +120,7 @@ class TaskService:
             check_command=(body.check_command or "").strip() or None,
             completion_promise=(body.completion_promise or "").strip() or None,
             context=body.context,
+            strategy=strategy.model_dump(),
         ))  # fmt: skip
         self.driver.wake()
         return task

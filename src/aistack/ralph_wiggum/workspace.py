@@ -61,6 +61,10 @@ class Workspace(Protocol):
         what it writes is undone afterwards."""
         ...
 
+    async def restore(self, tree: Tree, commit: str) -> None:
+        """Put the tree, and its branch, back at an earlier checkpoint (keep_best undoing a worse attempt)."""
+        ...
+
     async def remove(self, task: TaskRecord) -> None:
         """Remove the task's tree; its branch and checkpoints stay."""
         ...
@@ -161,6 +165,10 @@ class GitWorktrees:
         if (await git(tree.path, "status", "--porcelain", "--untracked-files=normal", locks=False)).strip():
             await self._reset_to(tree.path, "HEAD")
         return result
+
+    async def restore(self, tree: Tree, commit: str) -> None:
+        # The undone checkpoint stays reachable from the branch's reflog, so its diff still shows.
+        await self._reset_to(tree.path, commit)
 
     async def remove(self, task: TaskRecord) -> None:
         # A task stopped while its first `worktree add` ran has a tree but no record of it yet.

@@ -73,6 +73,7 @@ class AiderBackend:
             iteration=request.iteration,
             context=request.context,
             run_id=run_id,
+            sampling=request.sampling,
         )
         where = f"aider-wrapper at {self.base_url}"
         try:
