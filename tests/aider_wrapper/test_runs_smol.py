@@ -184,3 +184,17 @@ def test_llama_server_off_loopback_requires_the_key_and_the_wrapper_sends_it(sta
     assert result.tokens.prompt > 0 and result.tokens.completion > 0, result  # the model answered aider
     assert not (result.error or "").startswith("the LLM refused the API key"), result.error
     assert key not in wrapper.log() and key not in llama.log()
+
+
+def test_a_runs_own_temperature_and_seed_reach_llama_server(stack_env, wrapper, smol_llama) -> None:
+    """A retry with diversity: the temperature and seed the orchestrator chose are what
+    llama-server samples aider's request with (its /slots show the request being processed)."""
+    make_git_repo(stack_env.workspace_root / "repo")
+    body = {"prompt": LONG, "workspace": "repo", "run_id": "hot-2", "sampling": {"temperature": 0.7, "seed": 3}}
+    with ThreadPoolExecutor(1) as pool:
+        running = start(pool, wrapper.url, body)
+        assert wait_until(lambda: llm_busy(smol_llama), 60), wrapper.log()[-2000:]
+        slots = httpx.get(smol_llama.url("llama-cpp") + "/slots", timeout=5).json()
+        assert httpx.post(wrapper.url + "/api/runs/hot-2/cancel", timeout=10).json()["ended"] is True
+        running.result()
+    assert [(round(s["params"]["temperature"], 3), s["params"]["seed"]) for s in slots if s.get("is_processing")] == [(0.7, 3)]
