@@ -159,9 +159,37 @@ def test_strategy_defaults_come_from_the_env_and_bad_values_are_a_422_naming_the
         ({"feedback": "all"}, "strategy.feedback", "'tail' or 'shaped'"),
         ({"context": "none"}, "strategy.context", "'carried' or 'fresh'"),
         ({"candidates": 3}, "strategy.candidates", "1 or 2"),
-        ({"candidates": 2}, "strategy.candidates", "only 1 is supported so far"),
         ({"keep_best": "maybe"}, "strategy.keep_best", "boolean"),
         ({"temperature": 1}, "strategy.temperature", "Extra inputs"),
     ]:
         resp = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "repo", "strategy": strategy})
         assert resp.status_code == 422 and resp.json()["field"] == field and words in resp.json()["detail"], (strategy, resp.text)
+
+
+def test_two_candidates_run_at_once_in_trees_of_their_own_and_the_better_one_is_kept(ralph, stack_env):
+    # Each attempt waits (up to 20 s) until both have started, in the task's home that both share:
+    # it counts 2 only if they run at once. The second attempt (sampled otherwise: it has a seed)
+    # fixes add; the first only adds notes.
+    agent = """#!/bin/sh
+me=${AISTACK_SEED:-first}
+mkdir -p "$HOME/started" && touch "$HOME/started/$me"
+i=0
+while [ "$(ls "$HOME/started" | wc -l)" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+if [ "$me" = first ]; then echo notes > notes.txt; else sed -i '0,/return a - b/s//return a + b/' calc.py; fi
+echo "attempt $me saw $(ls "$HOME/started" | wc -l) started"
+"""
+    client = ralph(agent)  # in the service's sandbox, as a task runs by default
+    repo = make_git_repo(stack_env.workspace_root / "repo", {"calc.py": CALC, "test_calc.py": TESTS})
+    check = f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {shlex.quote(sys.executable)} -B -m pytest -q -p no:cacheprovider"
+    body = {"prompt": "Fix add", "check_command": check, "max_iterations": 1, "strategy": {"candidates": 2}}
+    task, iterations, events = finish(client, body)
+
+    assert task["status"] == "completed" and task["strategy"]["candidates"] == 2, (task, iterations)
+    [it] = iterations
+    assert it["files_modified"] == ["calc.py"] and it["output_excerpt"].strip() == "attempt 10001 saw 2 started"  # at once
+    checks = ["1 failing, 2 passing", "the check passed"]
+    assert [e["data"] for e in events if e["type"] == "candidates"] == [{"iteration": 1, "kept": 2, "checks": checks}]
+    branch = f"aistack/{task['id']}"
+    assert git(repo, "rev-parse", branch) == it["checkpoint_commit"] and "return a + b" in git(repo, "show", f"{branch}:calc.py")
+    assert "notes.txt" not in git(repo, "ls-tree", "--name-only", branch)  # the first attempt's work is not on the branch
+    assert ".2" not in git(repo, "worktree", "list")  # the second attempt's tree is gone

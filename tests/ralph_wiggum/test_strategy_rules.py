@@ -165,3 +165,20 @@ def test_diversity_samples_each_retry_hotter_with_a_seed_of_its_own():
     schedule = [rules.sampling(n, diversity=True) for n in (1, 2, 3, 4, 5)]
     assert schedule[0] is None  # the first attempt runs as a single shot would
     assert schedule[1:] == [Sampling(temperature=t, seed=n) for t, n in ((0.4, 2), (0.7, 3), (1.0, 4), (1.0, 5))]
+
+
+# --- parallel candidates -----------------------------------------------------------------------------
+
+
+def test_the_candidate_whose_check_got_furthest_is_kept_the_first_of_equals():
+    two_failing, one_failing = (1, FAILING[2]), (1, FAILING[1])
+    assert rules.pick_candidate([two_failing, one_failing]) == (1, {"kept": 2, "checks": ["2 failing, 1 passing", "1 failing, 2 passing"]})
+    assert rules.pick_candidate([one_failing, two_failing])[0] == 0
+    assert rules.pick_candidate([one_failing, one_failing])[0] == 0
+    assert rules.pick_candidate([(None, ""), two_failing])[0] == 1  # a timed-out check got least far
+    assert rules.pick_candidate([(1, FAILING[1]), (0, "ok")]) == (1, {"kept": 2, "checks": ["1 failing, 2 passing", "the check passed"]})
+
+
+def test_the_second_candidate_never_samples_as_the_first():
+    assert rules.candidate_sampling(1, None) == Sampling(temperature=0.7, seed=10_001)
+    assert rules.candidate_sampling(4, Sampling(temperature=1.0, seed=4)) == Sampling(temperature=1.0, seed=10_004)

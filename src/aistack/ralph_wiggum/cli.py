@@ -72,10 +72,11 @@ def submit(
     feedback: Annotated[str | None, typer.Option(help="A failed check in the next prompt: tail or shaped (its first failure).")] = None,
     diversity: Annotated[bool | None, typer.Option("--diversity/--no-diversity", help="Retries sample hotter, each with a seed.")] = None,
     context: Annotated[str | None, typer.Option(help="carried (quote a reply that got nowhere) or fresh.")] = None,
+    candidates: Annotated[int | None, typer.Option(help="2: two attempts per iteration at once; the better is kept.")] = None,
 ) -> None:
     """Submit a task. Strategy options left out take the .env's RALPH_STRATEGY_* defaults."""
     try:
-        chosen = {"keep_best": keep_best, "feedback": feedback, "diversity": diversity, "context": context}
+        chosen = {"keep_best": keep_best, "feedback": feedback, "diversity": diversity, "context": context, "candidates": candidates}
         body = TaskCreate(
             prompt=prompt,
             backend=backend,

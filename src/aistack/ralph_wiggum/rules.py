@@ -472,6 +472,26 @@ def position(history: Sequence[IterationRecord], base: str | None, keep_best: bo
 RETRY_TEMPERATURES = (0.4, 0.7, 1.0)  # iteration 2, 3, 4 and later; the first runs at the backend's own (0 for aider)
 
 
+CANDIDATE_TEMPERATURE = 0.7  # the second of two parallel attempts: it must not write what the first writes
+
+
+def candidate_sampling(iteration: int, first: Sampling | None) -> Sampling:
+    """How the second of two parallel attempts samples: hotter than the first, with a seed of its own."""
+    temperature = max(CANDIDATE_TEMPERATURE, first.temperature if first else 0.0)
+    return Sampling(temperature=temperature, seed=10_000 + iteration)
+
+
+def pick_candidate(checks: Sequence[tuple[int | None, str | None]]) -> tuple[int, dict[str, Any]]:
+    """Which of the parallel attempts to keep (its index), by (exit code, output) of their checks:
+    the one whose check got furthest, the first of equals; and the `candidates` event's data."""
+    scores = [testreport.score(code, output) for code, output in checks]
+    kept = 0
+    for index, candidate in enumerate(scores):
+        if testreport.is_worse(scores[kept], candidate):
+            kept = index
+    return kept, {"kept": kept + 1, "checks": [score.describe() for score in scores]}
+
+
 def sampling(iteration: int, diversity: bool) -> Sampling | None:
     """With diversity, each retry samples hotter than the last, with a seed of its own, so a
     repeated failure does not repeat itself; None: the backend's own settings."""

@@ -103,9 +103,6 @@ class TaskService:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         strategy = body.strategy.over(self.settings.strategy())
-        if strategy.candidates != 1:  # the interface has room for it; the loop does not run it yet
-            raise TaskInvalid("strategy.candidates: only 1 is supported so far (2 attempts per iteration are not built yet)",
-                              "strategy.candidates")  # fmt: skip
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],

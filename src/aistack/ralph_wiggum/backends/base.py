@@ -20,6 +20,7 @@ class IterationRequest:
     context: dict[str, Any] = field(default_factory=dict)
     on_group: OnGroup | None = None  # told of each process group the backend starts on this machine
     sampling: Sampling | None = None  # temperature and seed for this run (a retry with diversity); None: the model's own
+    candidate: int = 1  # which of the iteration's parallel attempts (strategy.candidates) this is
 
 
 @dataclass(frozen=True)
