@@ -430,7 +430,8 @@ def _retry_note(last: IterationRecord, context: str) -> str:
         what = f"ended in an error ({excerpt(what, 300)})"
     note = f"Attempt {last.number} {what}."
     if context == "carried" and last.output.strip():
-        note += f" Its reply was:\n```\n{excerpt(last.output, 800)}\n```\nThat changed nothing; do not repeat it."
+        quoted = "\n".join(f"> {line}" for line in excerpt(last.output, 800).splitlines())  # its own fences stay inside
+        note += f" Its reply was:\n{quoted}\nDo not answer the same way again."
     return note + " Make the change itself: write out every file you change, in full."
 
 
