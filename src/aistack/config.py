@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aistack import services
-from aistack.contracts import MOST_ITERATIONS, IterationLimits
+from aistack.contracts import MOST_ITERATIONS, IterationLimits, Strategy
 
 ENV_FILE_VARIABLE = "AISTACK_ENV_FILE"
 
@@ -132,6 +132,15 @@ class Settings(BaseSettings):
     ralph_transient_retry_seconds: int = Field(default=120, ge=0, le=86400, description="How long to retry an unreachable backend.")
     ralph_stuck_iterations: int = Field(default=3, ge=0, le=1000, description="Same output, no change this many times = stuck; 0 = off.")
     ralph_command_backend: str | None = Field(default=None, description="Shell command the `command` backend runs.")
+    ralph_strategy_keep_best: bool = Field(default=False, description="Undo an iteration that makes the check worse (strategy.keep_best).")
+    ralph_strategy_feedback: str = Field(
+        default="tail", pattern=r"^(tail|shaped)$", description="A failed check in the next prompt: its output's end, or its first failure."
+    )
+    ralph_strategy_diversity: bool = Field(default=False, description="Retries sample at rising temperatures, each with its own seed.")
+    ralph_strategy_context: str = Field(
+        default="carried", pattern=r"^(carried|fresh)$", description="carried: a prompt quotes a reply that got nowhere; fresh: not."
+    )
+    ralph_strategy_candidates: int = Field(default=1, ge=1, le=2, description="Attempts per iteration, in worktrees of their own.")
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
     ralph_git_credentials_file: Path | None = Field(
@@ -279,6 +288,11 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """RALPH_WIGGUM_API_KEY in clear, for the code that sends or checks it (never print it)."""
         return self.ralph_wiggum_api_key.get_secret_value() if self.ralph_wiggum_api_key else None
+
+    def strategy(self) -> Strategy:
+        """The loop's strategy for a task that chooses none (RALPH_STRATEGY_*)."""
+        prefix = "ralph_strategy_"
+        return Strategy.model_validate({name: getattr(self, prefix + name) for name in Strategy.model_fields})
 
     def iteration_limits(self) -> IterationLimits:
         """The loop's limits that may change while the orchestrator runs, as the one model of them."""

@@ -123,6 +123,48 @@ Context = Annotated[dict[str, Any], AfterValidator(_json_context)]
 # --- ralph-wiggum ------------------------------------------------------------------------------
 
 
+class Strategy(BaseModel):
+    """How the loop tries again after an iteration that did not finish the task (docs/architecture.md,
+    "How the loop retries"). Every field's default is today's behaviour; the `.env` may change them
+    (RALPH_STRATEGY_*), and a task may set each one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_best: bool = Field(default=False, description="An iteration that makes the check worse is undone; the next starts from the best.")
+    feedback: Literal["tail", "shaped"] = Field(
+        default="tail", description="tail: the failed check's last 2000 characters; shaped: its first failure, in the project's own frames."
+    )
+    diversity: bool = Field(default=False, description="Each retry samples at a higher temperature, with a seed of its own.")
+    context: Literal["carried", "fresh"] = Field(
+        default="carried", description="carried: the next prompt quotes a reply that got nowhere; fresh: the prompt and the check only."
+    )
+    candidates: Literal[1, 2] = Field(default=1, description="Attempts per iteration, each in a worktree of its own; the best is kept.")
+
+
+class Sampling(BaseModel):
+    """How the model samples one run's replies, where the loop chooses it (a retry with diversity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(ge=0.0, le=2.0)
+    seed: int = Field(ge=0, le=2**31 - 1)
+
+
+class StrategyChoice(BaseModel):
+    """A task's choice of strategy: each field left out takes the `.env` default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_best: bool | None = None
+    feedback: Literal["tail", "shaped"] | None = None
+    diversity: bool | None = None
+    context: Literal["carried", "fresh"] | None = None
+    candidates: Literal[1, 2] | None = None
+
+    def over(self, defaults: Strategy) -> Strategy:
+        return defaults.model_copy(update=self.model_dump(exclude_none=True))
+
+
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -146,6 +188,7 @@ class TaskCreate(BaseModel):
         default=None, max_length=1_000, description="Done when the reply ends with <promise>TEXT</promise>."
     )
     context: Context = Field(default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider.")
+    strategy: StrategyChoice = Field(default_factory=StrategyChoice, description="How the loop retries; unset fields: the .env's.")
 
 
 class TaskAccepted(BaseModel):
@@ -186,6 +229,7 @@ class TaskView(BaseModel):
     check_command: str | None
     completion_promise: str | None
     context: dict[str, Any]
+    strategy: Strategy
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -208,7 +252,9 @@ class IterationView(BaseModel):
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
-    status: Literal["success", "error"] | None
+    status: Literal["success", "no_progress", "error"] | None = Field(
+        description="How the agent's run ended. no_progress: it changed no file, or replied as before and the check got no further."
+    )
     exit_code: int | None
     output_excerpt: str
     error: str | None
@@ -327,6 +373,7 @@ class ExecuteRequest(BaseModel):
         max_length=200,
         description="The task this run is an iteration of: its runs go to one LLM server (else the workspace's do).",
     )
+    sampling: Sampling | None = Field(default=None, description="Temperature and seed for this run; omitted = the model's own settings.")
 
 
 class ExecuteResult(BaseModel):

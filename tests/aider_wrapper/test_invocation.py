@@ -9,6 +9,7 @@ import pytest
 
 from aistack.aider_wrapper import invocation
 from aistack.config import Settings
+from aistack.contracts import Sampling
 
 
 def settings_for(tmp_path: Path, **values) -> Settings:
@@ -77,6 +78,22 @@ def test_a_test_command_makes_aider_test_and_reflect(tmp_path: Path) -> None:
     )
     assert "--auto-test" in cmd and cmd[cmd.index("--test-cmd") + 1] == test  # one argument, as given
     assert cmd[-1] == str(ws / "a.py")
+
+
+def test_a_run_with_its_own_sampling_gets_model_settings_of_its_own(tmp_path: Path) -> None:
+    cfg = settings_for(tmp_path, llama_cpp_context_size=8192)
+    files = invocation.write_model_files(cfg)
+    run = invocation.RunFiles(files.runs / "r1")
+    run.folder.mkdir()
+    own = invocation.write_run_model_settings(cfg, run, Sampling(temperature=0.7, seed=3))
+    [entry] = json.loads(own.read_text())
+    assert own.parent == run.folder
+    assert entry["use_temperature"] == 0.7 and entry["extra_params"] == {"max_tokens": 2048, "seed": 3}
+    [shared] = json.loads(files.model_settings.read_text())
+    assert shared["use_temperature"] is True and shared == {**entry, "use_temperature": True, "extra_params": {"max_tokens": 2048}}
+    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [], [], 60, model_settings=own)
+    assert cmd[cmd.index("--model-settings-file") + 1] == str(own)
+    assert "--restore-chat-history" not in cmd  # no run carries an earlier run's chat: each starts from its prompt
 
 
 def test_environment_hides_our_settings_and_secrets_from_aider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from wrapper_support import check_result, llm_busy, point_at
 
+from aistack.contracts import Sampling
 from aistack.ralph_wiggum.backends import IterationRequest, IterationResult
 from aistack.ralph_wiggum.backends.aider import AiderBackend
 from support import children, git, make_git_repo, processes_in, wait_until
@@ -229,3 +230,26 @@ def test_llama_server_off_loopback_requires_the_key_and_the_wrapper_sends_it(sta
     assert result.tokens.prompt > 0 and result.tokens.completion > 0, result  # the model answered aider
     assert not (result.error or "").startswith("the LLM refused the API key"), result.error
     assert key not in wrapper.log() and key not in llama.log()
+
+
+def test_a_runs_own_temperature_and_seed_reach_llama_server(stack_env, wrapper, smol_llama) -> None:
+    """A retry with diversity, as the orchestrator's aider backend sends it: the temperature and
+    seed it chose are what llama-server samples aider's request with (its /slots show the request
+    being processed); abandoning the iteration then ends the run."""
+    repo = make_git_repo(stack_env.workspace_root / "repo")
+    backend = AiderBackend(wrapper.url)
+    request = IterationRequest(task_id="hot", iteration=2, prompt=LONG, worktree=repo, timeout_seconds=300,
+                               sampling=Sampling(temperature=0.7, seed=3), candidate=2)  # fmt: skip
+
+    async def scenario() -> list:
+        running = asyncio.create_task(backend.run(request))
+        assert await asyncio.to_thread(wait_until, lambda: llm_busy(smol_llama), 60), wrapper.log()[-2000:]
+        slots = (await asyncio.to_thread(httpx.get, smol_llama.url("llama-cpp") + "/slots", timeout=5)).json()
+        await backend.abandon("hot", 2)  # the second candidate's run has an id of its own
+        result = await running
+        await backend.close()
+        assert result.error == "cancelled"
+        return slots
+
+    slots = asyncio.run(scenario())
+    assert [(round(s["params"]["temperature"], 3), s["params"]["seed"]) for s in slots if s.get("is_processing")] == [(0.7, 3)]

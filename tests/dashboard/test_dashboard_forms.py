@@ -30,6 +30,10 @@ def test_task_form_maps_every_field() -> None:
             "max_iterations": "4",
             "require_approval": "true",
             "context": '{"files": ["app.py"]}',
+            "strategy_keep_best": "true",
+            "strategy_feedback": "shaped",
+            "strategy_diversity": "",  # .env default
+            "strategy_candidates": "2",
         }
     )
     assert task.model_dump() == {
@@ -41,7 +45,11 @@ def test_task_form_maps_every_field() -> None:
         "check_command": "pytest -q",
         "completion_promise": "DONE",
         "context": {"files": ["app.py"]},
+        "strategy": {"keep_best": True, "feedback": "shaped", "diversity": None, "context": None, "candidates": 2},
     }
+    with pytest.raises(FormError, match="strategy.feedback: Input should be 'tail' or 'shaped'") as refused:
+        task_from_form({"prompt": "p", "strategy_feedback": "all"})
+    assert refused.value.field == "strategy_feedback"  # the select to mark
 
 
 def test_task_form_auto_limit_ignores_the_number_and_blank_fields_are_unset() -> None:

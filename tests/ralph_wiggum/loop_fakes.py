@@ -93,6 +93,7 @@ class FakeWorkspace:
         self.removed: list[str] = []
         self.prepared: list[tuple[str, str | None]] = []
         self.problems: dict[str, str] = {}
+        self.restored: list[tuple[str, str]] = []  # (task, commit) keep_best went back to
 
     def write(self, path: Path, files: tuple[str, ...], check_exit: int | None) -> None:
         tree = self.trees[path]
@@ -124,6 +125,9 @@ class FakeWorkspace:
     ) -> ProcResult:
         code = self.trees[tree.path].check_exit
         return ProcResult(code, f"check said {code}", timed_out=code is None)
+
+    async def restore(self, tree: Tree, commit: str) -> None:
+        self.restored.append((tree.path.name, commit))
 
     async def remove(self, task: TaskRecord) -> None:
         if Path("/trees") / task.id in self.trees:  # like git: only a tree that was made is removed

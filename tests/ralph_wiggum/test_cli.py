@@ -51,9 +51,15 @@ def test_submit_wait_list_show_logs(stack_env, services):
         "false",
         "--max-iterations",
         "1",
+        "--keep-best",
+        "--feedback",
+        "shaped",
         "--wait",
     )
     assert failed.returncode == 1 and "exhausted" in failed.stdout
+    failed_id = failed.stdout.split("task ")[1].split()[0]
+    shown = " ".join(aistack(stack_env, "task", "show", failed_id).stdout.split())  # the console wraps long lines
+    assert "strategy: keep_best=True, feedback=shaped, diversity=False, context=carried, candidates=1" in shown
 
     listed = aistack(stack_env, "task", "list", "--status", "completed")
     assert task_id in listed.stdout and "of 1" in listed.stdout
@@ -62,6 +68,8 @@ def test_submit_wait_list_show_logs(stack_env, services):
     logs = aistack(stack_env, "task", "logs", task_id, "--iteration", "2")
     assert "wrote line 2" in logs.stdout and "wrote line 1" not in logs.stdout
 
+    bad_strategy = aistack(stack_env, "task", "submit", "x", "--context", "none")
+    assert bad_strategy.returncode == 1 and "strategy.context: Input should be 'carried' or 'fresh'" in bad_strategy.stderr
     bad = aistack(stack_env, "task", "submit", "x", "--backend", "nope")
     assert bad.returncode == 1 and "unknown backend 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     missing = aistack(stack_env, "task", "show", "nosuchtask")

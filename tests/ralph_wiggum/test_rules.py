@@ -194,10 +194,10 @@ def test_retry_delay_backs_off_within_budget():
 
 
 def test_compose_prompt_appends_failed_check_only():
-    assert rules.compose_prompt("P", None, facts(check=1)) == "P"
-    assert rules.compose_prompt("P", "pytest", None) == "P"
-    assert rules.compose_prompt("P", "pytest", facts(check=0)) == "P"
-    composed = rules.compose_prompt("P", "pytest", facts(check=2, check_out="E   assert 1 == 2"))
+    assert rules.compose_prompt("P", None, [facts(check=1)]) == "P"
+    assert rules.compose_prompt("P", "pytest", []) == "P"
+    assert rules.compose_prompt("P", "pytest", [facts(check=0)]) == "P"
+    composed = rules.compose_prompt("P", "pytest", [facts(check=2, check_out="E   assert 1 == 2")])
     assert composed.startswith("P\n\n") and "exit code 2" in composed and "assert 1 == 2" in composed
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import IntegrityError
 
 from aistack.config import database_url as engine_url
-from aistack.contracts import TaskStatus
+from aistack.contracts import Strategy, TaskStatus
 from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskUpdate, utcnow
@@ -159,8 +159,10 @@ def test_a_database_of_the_first_release_upgrades_in_place_with_every_row(tmp_pa
         assert await store.groups("run3") == [GroupIdentity(4242, 17, "boot-1")]
         claimed = await store.claim("w", [TaskStatus.running, TaskStatus.queued], set(), 5, 30)
         assert [lease.task_id for lease in claimed] == ["run3", "queued2"]  # running first, then oldest first
-        await store.add_task(new_task("new4"))  # and it takes new rows
+        assert done.strategy is None and done.view().strategy == Strategy()  # from before strategies: today's loop
+        await store.add_task(new_task("new4", strategy={**Strategy().model_dump(), "keep_best": True}))  # and it takes new rows
         assert (await store.list_tasks(None, 10, 0))[1] == 4
+        assert (await store.get("new4")).view().strategy.keep_best is True
 
     try:
         asyncio.run(scenario())

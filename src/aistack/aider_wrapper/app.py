@@ -234,6 +234,7 @@ async def _validate(settings: Settings, body: ExecuteRequest) -> Job:
         timeout_seconds=min(body.timeout_seconds or limit, limit),
         task=body.task_id or str(workspace),  # a task's iterations share its worktree
         test_command=test_command,
+        sampling=body.sampling,
     )
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aistack import agentenv
 from aistack.config import Settings
+from aistack.contracts import Sampling
 from aistack.files import atomic_write
 
 # Small local models manage aider's `whole` format (return whole files) and fail its `diff`
@@ -80,6 +81,38 @@ def write_model_files(settings: Settings) -> AiderFiles:
     for folder in (files.home, files.runs):
         folder.mkdir(parents=True, exist_ok=True)
     name, out = model_name(settings), output_tokens(settings)
+    metadata = {
+        name: {
+            "max_tokens": out,
+            "max_input_tokens": settings.llama_cpp_context_size - out,
+            "max_output_tokens": out,
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+            "litellm_provider": "openai",
+            "mode": "chat",
+        }
+    }
+    atomic_write(files.model_settings, _model_settings(settings, None))
+    atomic_write(files.model_metadata, json.dumps(metadata, indent=2) + "\n")
+    atomic_write(files.env_file, "# intentionally empty: aider must not read a .env from the workspace\n")
+    return files
+
+
+def write_run_model_settings(settings: Settings, run: RunFiles, sampling: Sampling) -> Path:
+    """The model settings of one run that samples at its own temperature and seed (a retry with
+    diversity), in the run's folder; every other run reads the shared file."""
+    path = run.folder / "model-settings.yml"
+    atomic_write(path, _model_settings(settings, sampling))
+    return path
+
+
+def _model_settings(settings: Settings, sampling: Sampling | None) -> str:
+    """aider's model settings file. With `sampling`, aider sends that temperature (a number in
+    `use_temperature`; `true` means 0) and the seed (in `extra_params`, passed on to llama-server)."""
+    name, out = model_name(settings), output_tokens(settings)
+    extra: dict[str, int] = {"max_tokens": out}
+    if sampling is not None:
+        extra["seed"] = sampling.seed
     # JSON is YAML: aider reads this list of model settings with yaml.safe_load.
     model_settings = [
         {
@@ -94,25 +127,11 @@ def write_model_files(settings: Settings) -> AiderFiles:
             "cache_control": False,
             "caches_by_default": False,
             "use_system_prompt": True,
-            "use_temperature": True,
-            "extra_params": {"max_tokens": out},
+            "use_temperature": sampling.temperature if sampling is not None else True,
+            "extra_params": extra,
         }
     ]
-    metadata = {
-        name: {
-            "max_tokens": out,
-            "max_input_tokens": settings.llama_cpp_context_size - out,
-            "max_output_tokens": out,
-            "input_cost_per_token": 0.0,
-            "output_cost_per_token": 0.0,
-            "litellm_provider": "openai",
-            "mode": "chat",
-        }
-    }
-    atomic_write(files.model_settings, json.dumps(model_settings, indent=2) + "\n")
-    atomic_write(files.model_metadata, json.dumps(metadata, indent=2) + "\n")
-    atomic_write(files.env_file, "# intentionally empty: aider must not read a .env from the workspace\n")
-    return files
+    return json.dumps(model_settings, indent=2) + "\n"
 
 
 def find_aider(settings: Settings) -> Path | None:
@@ -176,17 +195,19 @@ def aider_command(
     timeout_seconds: int,
     llm_url: str,
     test_command: str | None = None,
+    model_settings: Path | None = None,
 ) -> list[str]:
     """The full command line, for the LLM server at `llm_url`. The prompt goes in a file
     (`--message-file`), never in argv. With a `test_command`, aider runs it after its edits and,
     while it fails, shows the model its output and asks again (`--auto-test`, at most aider's 3
-    reflections); it runs in aider's sandbox."""
+    reflections); it runs in aider's sandbox. `model_settings`: the run's own file
+    (`write_run_model_settings`) instead of the shared one."""
     folder = run.folder
     cmd = [
         str(aider),
         "--model", model_name(settings),
         "--openai-api-base", api_base(llm_url),
-        "--model-settings-file", str(files.model_settings),
+        "--model-settings-file", str(model_settings or files.model_settings),
         "--model-metadata-file", str(files.model_metadata),
         "--edit-format", edit_format(settings),
         "--map-tokens", str(map_tokens(settings)),

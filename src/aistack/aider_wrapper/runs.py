@@ -17,7 +17,7 @@ from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.errors import find_fatal
 from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
 from aistack.config import Settings
-from aistack.contracts import ExecuteResult, TokenCounts
+from aistack.contracts import ExecuteResult, Sampling, TokenCounts
 from aistack.gitcli import GitError
 from aistack.llm_routing import Router
 from aistack.sandbox import Sandbox, installation
@@ -120,6 +120,7 @@ class Job:
     timeout_seconds: int
     task: str  # which LLM server it goes to follows this (the caller's task id, else the workspace)
     test_command: str | None = None  # context.test_command: aider's --auto-test
+    sampling: Sampling | None = None  # the run's own temperature and seed (a retry with diversity)
 
 
 async def execute(
@@ -193,6 +194,7 @@ async def _run_in_slot(
     folder.mkdir(parents=True)
     run_files = invocation.RunFiles(folder)
     run_files.message.write_text(job.prompt, encoding="utf-8")
+    model_settings = invocation.write_run_model_settings(settings, run_files, job.sampling) if job.sampling else files.model_settings
     await asyncio.to_thread(_prune_runs, files.runs)  # file-system work stays off the event loop
 
     caches_before = set(job.workspace.glob(TAGS_CACHE_GLOB))
@@ -201,6 +203,7 @@ async def _run_in_slot(
         settings, aider.path, files, run_files,
         edit=[str(p) for p in job.files], read_only=[str(p) for p in job.read_only_files],
         timeout_seconds=job.timeout_seconds, llm_url=llm_url, test_command=job.test_command,
+        model_settings=model_settings,
     )  # fmt: skip
     log.info("run %s of task %s in %s: %s", run.run_id, job.task, job.workspace, " ".join(cmd[1:]))
     # aider stages the files it creates (`git add`): unlike a command agent's, its git metadata is writable

@@ -18,6 +18,16 @@ _BELOW_THE_CAP = ("ralph_max_iterations_simple", "ralph_max_iterations_default",
 _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
+# The submit form's strategy selects: (field, label, (value, text) choices); none chosen = the .env's.
+STRATEGY_CHOICES = (
+    ("keep_best", "Keep the best checkpoint", (("true", "yes"), ("false", "no"))),
+    ("feedback", "Check feedback", (("tail", "its output's end"), ("shaped", "its first failure"))),
+    ("diversity", "Diversity on retry", (("true", "yes"), ("false", "no"))),
+    ("context", "Context", (("carried", "carried"), ("fresh", "fresh"))),
+    ("candidates", "Attempts per iteration", (("1", "1"), ("2", "2 at once"))),
+)
+
+
 class FormError(ValueError):
     def __init__(self, message: str, field: str | None):
         super().__init__(message)
@@ -43,6 +53,8 @@ def task_from_form(values: dict[str, str]) -> TaskCreate:
         if not raw.isdigit() or int(raw) < 1:
             raise FormError(f"max_iterations: a whole number of at least 1 is needed (got {raw!r})", "max_iterations")
         body["max_iterations"] = int(raw)
+    chosen = {name: values.get(f"strategy_{name}", "").strip() for name, _, _ in STRATEGY_CHOICES}
+    body["strategy"] = {name: int(value) if value.isdigit() else value for name, value in chosen.items() if value}  # candidates: a number
     if context_text := values.get("context", "").strip():
         try:
             context = json.loads(context_text)
@@ -55,8 +67,9 @@ def task_from_form(values: dict[str, str]) -> TaskCreate:
         return TaskCreate.model_validate(body)
     except ValidationError as exc:
         path, msg = first_error(exc.errors())
-        field = path.split(".")[0]  # the form's input
-        raise FormError(f"{field}: {msg}", field) from None
+        strategy = path.startswith("strategy.")
+        field = path.replace(".", "_") if strategy else path.split(".")[0]  # the form's input
+        raise FormError(f"{path if strategy else field}: {msg}", field) from None
 
 
 def limits_from_form(form: dict[str, Any]) -> IterationLimits:

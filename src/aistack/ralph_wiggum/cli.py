@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from aistack.client import RalphClient, RalphError
-from aistack.contracts import TaskCreate, TaskStatus, TaskView, first_error
+from aistack.contracts import StrategyChoice, TaskCreate, TaskStatus, TaskView, first_error
 from aistack.terminal import console, fail, settings_or_exit
 
 commands = typer.Typer()
@@ -70,9 +70,17 @@ def submit(
     require_approval: Annotated[bool, typer.Option("--require-approval", help="Approve every iteration.")] = False,
     file: Annotated[list[str] | None, typer.Option("--file", help="File aider may edit (repeatable).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task; exit 0 only if it completes.")] = False,
+    keep_best: Annotated[
+        bool | None, typer.Option("--keep-best/--no-keep-best", help="Undo an iteration that makes the check worse.")
+    ] = None,
+    feedback: Annotated[str | None, typer.Option(help="A failed check in the next prompt: tail or shaped (its first failure).")] = None,
+    diversity: Annotated[bool | None, typer.Option("--diversity/--no-diversity", help="Retries sample hotter, each with a seed.")] = None,
+    context: Annotated[str | None, typer.Option(help="carried (quote a reply that got nowhere) or fresh.")] = None,
+    candidates: Annotated[int | None, typer.Option(help="2: two attempts per iteration at once; the better is kept.")] = None,
 ) -> None:
-    """Submit a task."""
+    """Submit a task. Strategy options left out take the .env's RALPH_STRATEGY_* defaults."""
     try:
+        chosen = {"keep_best": keep_best, "feedback": feedback, "diversity": diversity, "context": context, "candidates": candidates}
         body = TaskCreate(
             prompt=prompt,
             backend=backend,
@@ -84,10 +92,11 @@ def submit(
             check_command=check,
             completion_promise=promise,
             context={"files": file} if file else {},
+            strategy=StrategyChoice.model_validate(chosen),
         )
     except ValidationError as exc:  # as the orchestrator would refuse it, without asking it
         field, msg = first_error(exc.errors())
-        fail(f"{field}: {msg}")
+        fail(f"{'strategy.' if exc.title == StrategyChoice.__name__ else ''}{field}: {msg}")
     accepted = _call(lambda c: c.submit(body))
     console.print(f"✓ task [bold]{accepted.task_id}[/bold] {accepted.message}")
     if wait:
@@ -206,6 +215,7 @@ def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Pri
         )
     )
     console.print(f"prompt: {task.prompt}", highlight=False)
+    console.print("strategy: " + ", ".join(f"{name}={value}" for name, value in task.strategy.model_dump().items()), highlight=False)
     table = Table()
     for col in ("#", "status", "check", "files", "seconds", "tokens", "commit"):
         table.add_column(col)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from aistack.contracts import EventView, Evidence, IterationView, TaskStatus, TaskView, TokenCounts
+from aistack.contracts import EventView, Evidence, IterationView, Strategy, TaskStatus, TaskView, TokenCounts
 
 
 def utcnow() -> datetime:
@@ -34,6 +34,7 @@ class NewTask:
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     base_commit: str | None = None  # known at submission for a task on a git remote
+    strategy: dict[str, Any] | None = None  # a `Strategy`, its defaults resolved at submission
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class TaskRecord:
     check_command: str | None = None
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    strategy: dict[str, Any] | None = None  # None: a task from before strategies, which ran with Strategy()'s defaults
     started_at: datetime | None = None
     finished_at: datetime | None = None
     completion_reason: str | None = None
@@ -73,6 +75,10 @@ class TaskRecord:
         URL is kept as its `workspace`, where a local repository's absolute path is."""
         return None if self.workspace.startswith("/") else self.workspace
 
+    @property
+    def loop_strategy(self) -> Strategy:
+        return Strategy.model_validate(self.strategy or {})
+
     def view(self) -> TaskView:
         return TaskView(
             id=self.id, prompt=self.prompt, status=self.status, backend=self.backend, workspace=self.workspace,
@@ -81,7 +87,7 @@ class TaskRecord:
             max_iterations=self.max_iterations, limit_source=self.limit_source, complexity=self.complexity,
             complexity_reason=self.complexity_reason, require_approval=self.require_approval,
             check_command=self.check_command, completion_promise=self.completion_promise, context=self.context,
-            created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
+            strategy=self.loop_strategy, created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
             updated_at=self.updated_at, completion_reason=self.completion_reason,
             evidence=Evidence.model_validate(self.evidence) if self.evidence else None, error=self.error,
             tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
@@ -95,7 +101,7 @@ class IterationRecord:
     task_id: str
     number: int
     started_at: datetime
-    status: str  # success or error: how the agent's run ended, not whether the task is done
+    status: str  # success, no_progress or error: how the agent's run ended, not whether the task is done
     output: str = ""
     duration_seconds: float | None = None
     exit_code: int | None = None

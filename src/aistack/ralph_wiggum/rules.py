@@ -13,11 +13,12 @@ import functools
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
-from aistack.contracts import Complexity, Evidence, IterationLimits, TaskStatus
+from aistack.contracts import Complexity, Evidence, IterationLimits, Sampling, Strategy, TaskStatus
+from aistack.ralph_wiggum import testreport
 from aistack.ralph_wiggum.records import Event, IterationRecord, TaskRecord, TaskUpdate
 
 # --- the state machine ---------------------------------------------------------------------------
@@ -224,8 +225,36 @@ def output_fingerprint(output: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+NO_PROGRESS = "no_progress"  # an iteration's status: the agent's run succeeded, but got nowhere
+
+
+def check_score(it: IterationRecord) -> testreport.Score:
+    return testreport.score(it.check_exit_code, it.check_output)
+
+
+def no_progress(it: IterationRecord, previous: IterationRecord | None, check_command: str | None) -> str | None:
+    """Why a run that succeeded made no progress, or None: it changed no file, or (with a check)
+    it replied what the previous one did and the check got no further. A passing check is progress."""
+    if not it.succeeded or (check_command and it.check_exit_code == 0):
+        return None
+    if not it.files_modified:
+        return "changed no file"
+    if check_command and previous is not None and output_fingerprint(it.output) == output_fingerprint(previous.output):
+        if not testreport.is_worse(check_score(previous), check_score(it)):
+            return "repeated the previous reply, and the check got no further"
+    return None
+
+
+def with_progress(it: IterationRecord, previous: IterationRecord | None, check_command: str | None) -> IterationRecord:
+    """The iteration as it is recorded: `no_progress`, and why, where its run got nowhere."""
+    why = no_progress(it, previous, check_command)
+    return replace(it, status=NO_PROGRESS, error=f"no progress: {why}") if why else it
+
+
 def is_stuck(recent: Sequence[IterationRecord], threshold: int) -> bool:
-    """`threshold` consecutive iterations (the newest last) without a file change and with the same reply."""
+    """`threshold` consecutive iterations (the newest last) without a file change and with the same
+    reply. Iterations that change files are never stuck, even when recorded as no_progress: they
+    may be legitimate work whose check has not moved yet."""
     if threshold <= 0 or len(recent) < threshold:
         return False
     window = recent[-threshold:]
@@ -272,6 +301,7 @@ class Outcome:
     decision: Decision
     update: TaskUpdate
     events: tuple[Event, ...]
+    restore: str | None = None  # keep_best: the commit to put the tree back at (None: it stays)
 
 
 def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[IterationRecord], stuck_threshold: int) -> Outcome:
@@ -301,7 +331,16 @@ def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[IterationRe
         "duration_seconds": round(it.duration_seconds or 0.0, 3),
         "tokens": {"prompt": it.prompt_tokens, "completion": it.completion_tokens},
     }))  # fmt: skip
-    return Outcome(decision, update, tuple(events))
+    restore = None
+    if task.loop_strategy.keep_best:
+        at = position([*history, it], task.base_commit, keep_best=True)
+        best = at.best.number if at.best else None
+        events[-1][1].update(best_iteration=best, best_checkpoint=at.best_commit)
+        if at.undone is not None:  # also when the task ends here: its branch keeps the best checkpoint
+            restore = at.commit
+            why = f"{check_score(it).describe()}, worse than after iteration {best}"
+            events.append(("checkpoint_restored", {"iteration": it.number, "to_iteration": best, "commit": at.commit, "reason": why}))
+    return Outcome(decision, update, tuple(events), restore)
 
 
 def approval_summary(number: int, last: IterationRecord | None) -> dict[str, Any]:
@@ -354,13 +393,112 @@ def check_output(output: str, timed_out_after: float | None) -> str:
     return text
 
 
-def compose_prompt(prompt: str, check_command: str | None, last: IterationRecord | None) -> str:
-    """The unchanged task prompt, followed by the last failed check's output when there is one.
-    The prompt comes first and never changes, so the LLM server's prefix cache can reuse it."""
-    if not check_command or last is None or last.check_exit_code in (None, 0):
+TODAYS_LOOP = Strategy()  # every strategy field at its default
+
+
+def compose_prompt(prompt: str, check_command: str | None, history: Sequence[IterationRecord], strategy: Strategy = TODAYS_LOOP) -> str:
+    """The unchanged task prompt, then what the next attempt needs to know: the check's failure on
+    the files as they are (the last iteration's, or the best one's after a worse attempt was
+    undone), and what the last attempt did when it got nowhere, so that no request repeats the one
+    before. The prompt comes first and never changes, so the LLM server's prefix cache can reuse it."""
+    if not history:
         return prompt
-    return (
-        f"{prompt}\n\n"
-        f"The check `{check_command}` failed after the previous attempt (exit code {last.check_exit_code}). "
-        f"Its output:\n```\n{excerpt(last.check_output, 2000)}\n```\nFix the cause and finish the task."
-    )
+    last, at = history[-1], position(history, None, strategy.keep_best)
+    parts = [prompt]
+    if at.undone is not None and at.best is not None:
+        parts.append(_undone_note(at.undone, at.best))
+    current = at.best if at.undone is not None and at.best is not None else last
+    if check_command and current.check_exit_code not in (None, 0):
+        parts.append(_check_note(check_command, current, strategy.feedback))
+    if at.undone is None and (last.status == NO_PROGRESS or (last.status == "error" and not last.files_modified)):
+        parts.append(_retry_note(last, strategy.context))
+    return "\n\n".join(parts)
+
+
+def _check_note(check_command: str | None, it: IterationRecord, feedback: str) -> str:
+    shaped = testreport.first_failure(it.check_output) if feedback == "shaped" else None
+    if shaped is None:
+        return (f"The check `{check_command}` failed after the previous attempt (exit code {it.check_exit_code}). "
+                f"Its output:\n```\n{excerpt(it.check_output, 2000)}\n```\nFix the cause and finish the task.")  # fmt: skip
+    summary = check_score(it).describe()
+    return (f"The check `{check_command}` failed after the previous attempt ({summary}). Its first failure, "
+            f"in the project's own code:\n```\n{excerpt(shaped, 2000)}\n```\nFix the cause and finish the task.")  # fmt: skip
+
+
+def _retry_note(last: IterationRecord, context: str) -> str:
+    """Why the last attempt got nowhere. Its number changes every time, so a request never repeats
+    the previous one word for word; with carried context, also what it replied."""
+    what = last.error.removeprefix("no progress: ") if last.error else "got nowhere"
+    if last.status != NO_PROGRESS:
+        what = f"ended in an error ({excerpt(what, 300)})"
+    note = f"Attempt {last.number} {what}."
+    if context == "carried" and last.output.strip():
+        quoted = "\n".join(f"> {line}" for line in excerpt(last.output, 800).splitlines())  # its own fences stay inside
+        note += f" Its reply was:\n{quoted}\nDo not answer the same way again."
+    return note + " Make the change itself: write out every file you change, in full."
+
+
+def _undone_note(worse: IterationRecord, best: IterationRecord) -> str:
+    changed = ", ".join(worse.files_modified) or "no file"
+    return (f"Attempt {worse.number} changed {changed} and made the check worse ({check_score(worse).describe()}, "
+            f"against {check_score(best).describe()} after attempt {best.number}), so it was undone: "
+            f"the files are as attempt {best.number} left them. Try a different change.")  # fmt: skip
+
+
+# --- how the loop retries (the task's Strategy) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the next iteration starts, and why."""
+
+    commit: str | None  # the commit the task's tree is at (None: its base)
+    best: IterationRecord | None  # the iteration whose check got furthest, first of equals
+    best_commit: str | None  # the commit that iteration's check ran on
+    undone: IterationRecord | None  # the last iteration, when keep_best undid it
+
+
+def position(history: Sequence[IterationRecord], base: str | None, keep_best: bool) -> Position:
+    """Replay the iterations: each checkpoint moves the tree on; with `keep_best`, an iteration
+    whose check got less far than the best one so far moves it back to the commit that one's
+    check ran on. Pure, so a resume after a crash puts the tree where the loop had it."""
+    at, best, best_commit, undone = base, None, base, None
+    for it in history:
+        at = it.checkpoint_commit or at
+        undone = None
+        if best is None or testreport.is_worse(check_score(best), check_score(it)):
+            best, best_commit = it, at
+        elif keep_best and testreport.is_worse(check_score(it), check_score(best)):
+            at, undone = best_commit, it
+    return Position(at, best, best_commit, undone)
+
+
+RETRY_TEMPERATURES = (0.4, 0.7, 1.0)  # iteration 2, 3, 4 and later; the first runs at the backend's own (0 for aider)
+
+
+CANDIDATE_TEMPERATURE = 0.7  # the second of two parallel attempts: it must not write what the first writes
+
+
+def candidate_sampling(iteration: int, first: Sampling | None) -> Sampling:
+    """How the second of two parallel attempts samples: hotter than the first, with a seed of its own."""
+    temperature = max(CANDIDATE_TEMPERATURE, first.temperature if first else 0.0)
+    return Sampling(temperature=temperature, seed=10_000 + iteration)
+
+
+def pick_candidate(checks: Sequence[tuple[int | None, str | None]]) -> tuple[int, dict[str, Any]]:
+    """Which of the parallel attempts to keep (its index), by (exit code, output) of their checks:
+    the one whose check got furthest, the first of equals; and the `candidates` event's data."""
+    scores = [testreport.score(code, output) for code, output in checks]
+    kept = 0
+    for index, candidate in enumerate(scores):
+        if testreport.is_worse(scores[kept], candidate):
+            kept = index
+    return kept, {"kept": kept + 1, "checks": [score.describe() for score in scores]}
+
+
+def sampling(iteration: int, diversity: bool) -> Sampling | None:
+    """With diversity, each retry samples hotter than the last, with a seed of its own, so a
+    repeated failure does not repeat itself; None: the backend's own settings."""
+    if not diversity or iteration <= 1:
+        return None
+    return Sampling(temperature=RETRY_TEMPERATURES[min(iteration - 2, len(RETRY_TEMPERATURES) - 1)], seed=iteration)

@@ -24,7 +24,7 @@ from aistack.ralph_wiggum.records import IterationRecord, TaskRecord, TaskUpdate
 from aistack.ralph_wiggum.rules import Action, Reason
 from aistack.ralph_wiggum.store import Store
 from aistack.ralph_wiggum.tasks import TaskService
-from aistack.ralph_wiggum.workspace import Tree
+from aistack.ralph_wiggum.workspace import Checkpoint, Tree
 
 log = logging.getLogger("aistack.ralph")
 OUTPUT_KEEP = 16_000  # characters of each reply kept in the database (its end)
@@ -94,8 +94,9 @@ class TaskRunner:
     async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> tuple[Tree, TaskRecord] | None:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
         None if the task changed meanwhile (stopped before it started)."""
-        last = next((it.checkpoint_commit for it in reversed(history) if it.checkpoint_commit), None)
-        tree = await self._prepare(task, last)
+        # where the loop had the tree: the last checkpoint, or the best one that keep_best went back to
+        at = rules.position(history, None, task.loop_strategy.keep_best).commit
+        tree = await self._prepare(task, at)
         step = rules.transition(Action.start)
         change = TaskUpdate(status=step.target, worktree=str(tree.path))  # a worker that took the task over has it elsewhere
         if tree.created:
@@ -128,37 +129,77 @@ class TaskRunner:
         begun = {"iteration": number, "max_iterations": task.max_iterations, "attempt": attempt}
         await self.store.add_event(task.id, "iteration_started", begun)
         groups = _GroupRecorder(self.store, task.id, number)
+        strategy = task.loop_strategy
         async with OutputStream(partial(self.store.add_event, task.id, "output"), number) as output:
             request = IterationRequest(
                 task_id=task.id,
                 iteration=number,
-                prompt=rules.compose_prompt(task.prompt, task.check_command, history[-1] if history else None),
+                prompt=rules.compose_prompt(task.prompt, task.check_command, history, strategy),
                 worktree=tree.path,
                 timeout_seconds=float(self.settings.iteration_timeout(task.backend)),
                 context=task.context,
                 on_group=groups.started,
                 on_output=output.feed,
+                sampling=rules.sampling(number, strategy.diversity),
             )
-            result, retries = await self._run_with_retries(task.id, backend, request)
-        saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
-        if saved.push_error is not None:  # the commit stays on the local branch; the next checkpoint pushes again
-            log.warning("task %s: pushing iteration %d's checkpoint failed: %s", task.id, number, saved.push_error)
-            await self.store.add_event(task.id, "push_failed", {"iteration": number, "commit": saved.commit, "error": saved.push_error})
-        check_exit, check_output = await self._check(task, tree, number, groups) if task.check_command else (None, None)
+            if strategy.candidates == 1:
+                done, chosen = await self._attempt(task, backend, tree, request, groups), None
+            else:
+                done, chosen = await self._best_of_two(task, backend, tree, request, groups)
         it = IterationRecord(
             task_id=task.id, number=number, started_at=started, duration_seconds=round(time.monotonic() - t0, 4),
-            status=result.status, exit_code=result.exit_code, output=result.output[-OUTPUT_KEEP:], error=result.error,
-            files_modified=saved.files, diff_stat=saved.diff_stat, checkpoint_commit=saved.commit,
-            check_exit_code=check_exit, check_output=check_output, prompt_tokens=result.tokens.prompt,
-            completion_tokens=result.tokens.completion, transient_retries=retries,
+            status=done.result.status, exit_code=done.result.exit_code, output=done.result.output[-OUTPUT_KEEP:],
+            error=done.result.error, files_modified=done.saved.files, diff_stat=done.saved.diff_stat,
+            checkpoint_commit=done.saved.commit, check_exit_code=done.check_exit, check_output=done.check_output,
+            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, transient_retries=done.retries,
         )  # fmt: skip
+        it = rules.with_progress(it, history[-1] if history else None, task.check_command)
         outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
+        if outcome.restore is not None:
+            # before the record, so whoever sees the task go on (or end) sees the tree (the branch)
+            # at its best checkpoint; a resume after a crash in between puts it where the record says
+            await self.workspace.restore(tree, outcome.restore)
         step = rules.transition(outcome.decision.action)
-        after = await self.store.record_iteration(it, outcome.update, outcome.events, step.sources)
+        events = (("candidates", {"iteration": number, **chosen}), *outcome.events) if chosen else outcome.events
+        after = await self.store.record_iteration(it, outcome.update, events, step.sources)
         if after is None:  # the task was ended meanwhile (a stop sent to another process)
             await self.tasks.release(task)
             raise StopRequested
         return it, outcome, after
+
+    async def _attempt(self, task: TaskRecord, backend: Backend, tree: Tree, request: IterationRequest, groups: _GroupRecorder) -> _Attempt:
+        """The agent's run in `tree`, its checkpoint, and the check after it."""
+        result, retries = await self._run_with_retries(task.id, backend, request)
+        saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {request.iteration}")
+        if saved.push_error is not None:  # the commit stays on the local branch; the next checkpoint pushes again
+            log.warning("task %s: pushing iteration %d's checkpoint failed: %s", task.id, request.iteration, saved.push_error)
+            event = {"iteration": request.iteration, "commit": saved.commit, "error": saved.push_error}
+            await self.store.add_event(task.id, "push_failed", event)
+        check_exit, check_output = await self._check(task, tree, request.iteration, groups) if task.check_command else (None, None)
+        return _Attempt(result, retries, saved, check_exit, check_output, result.tokens.prompt, result.tokens.completion)
+
+    async def _best_of_two(
+        self, task: TaskRecord, backend: Backend, tree: Tree, request: IterationRequest, groups: _GroupRecorder
+    ) -> tuple[_Attempt, dict]:
+        """strategy.candidates 2: a second attempt at once, in a tree of its own, sampled otherwise;
+        the one whose check got further is kept (the first of equals), in the task's tree. Both
+        attempts' tokens count."""
+        other = await self.workspace.add_candidate(tree)
+        sampling = rules.candidate_sampling(request.iteration, request.sampling)
+        # the live output is the first attempt's: two agents' lines interleaved would read as neither
+        second = replace(request, worktree=other.path, candidate=2, sampling=sampling, on_output=None)
+        try:
+            async with asyncio.TaskGroup() as both:  # one that fails ends the other
+                runs = [both.create_task(self._attempt(task, backend, at, req, groups)) for at, req in ((tree, request), (other, second))]
+            first, alt = (run.result() for run in runs)
+            kept, chosen = rules.pick_candidate([(first.check_exit, first.check_output), (alt.check_exit, alt.check_output)])
+            if kept == 1 and (alt.saved.commit or first.saved.commit):  # the task's tree takes the second one's state
+                await self.workspace.restore(tree, alt.saved.commit or f"{first.saved.commit}~1")
+        finally:
+            await self.workspace.remove_candidate(tree)
+        done = alt if kept == 1 else first
+        return replace(done, retries=first.retries + alt.retries, prompt_tokens=first.prompt_tokens + alt.prompt_tokens,
+                       completion_tokens=first.completion_tokens + alt.completion_tokens), chosen  # fmt: skip
 
     async def _run_with_retries(self, task_id: str, backend: Backend, request: IterationRequest) -> tuple[IterationResult, int]:
         """Run the iteration; transient failures (service down, 503, timeout) are retried with
@@ -190,6 +231,19 @@ class TaskRunner:
         timeout = float(self.settings.ralph_check_timeout_seconds)
         result = await self.workspace.check(tree, command, env, timeout, jail, groups.started)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What one attempt at an iteration came to: the agent's run, its checkpoint, the check after it."""
+
+    result: IterationResult
+    retries: int
+    saved: Checkpoint
+    check_exit: int | None
+    check_output: str | None
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ tasks = Table(
     Column("check_command", Text),
     Column("completion_promise", Text),
     Column("context", JSON, nullable=False, default=dict),
+    Column("strategy", JSON),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),

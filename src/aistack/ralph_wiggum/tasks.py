@@ -102,6 +102,7 @@ class TaskService:
             except ValidationError as exc:
                 _, problem = first_error(exc.errors())
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
+        strategy = body.strategy.over(self.settings.strategy())
         workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
         choice = rules.choose_limit(body.max_iterations, body.prompt, limits, self.settings.backend_max_iterations(body.backend))
         task = await self.store.add_task(NewTask(
@@ -118,6 +119,7 @@ class TaskService:
             check_command=(body.check_command or "").strip() or None,
             completion_promise=(body.completion_promise or "").strip() or None,
             context=body.context,
+            strategy=strategy.model_dump(),
         ))  # fmt: skip
         self.driver.wake()
         return task

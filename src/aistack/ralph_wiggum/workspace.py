@@ -81,6 +81,18 @@ class Workspace(Protocol):
         what it writes is undone afterwards."""
         ...
 
+    async def restore(self, tree: Tree, commit: str) -> None:
+        """Put the tree, and its branch, back at an earlier checkpoint (keep_best undoing a worse attempt)."""
+        ...
+
+    async def add_candidate(self, tree: Tree) -> Tree:
+        """A second tree at the same commit, for a parallel attempt (strategy.candidates 2)."""
+        ...
+
+    async def remove_candidate(self, tree: Tree) -> None:
+        """Remove the tree `add_candidate` made beside `tree`; a checkpoint made there stays in the repository."""
+        ...
+
     async def remove(self, task: TaskRecord) -> None:
         """Remove the task's tree; its branch and checkpoints stay."""
         ...
@@ -267,14 +279,33 @@ class GitWorktrees:
             await self._reset_to(tree.path, "HEAD")
         return result
 
+    async def restore(self, tree: Tree, commit: str) -> None:
+        # The undone checkpoint stays reachable from the branch's reflog, so its diff still shows.
+        await self._reset_to(tree.path, commit)
+        if tree.remote is not None:  # the remote still has the undone one: the next checkpoint, or the end, pushes
+            self._unpushed.add(tree.branch)
+
+    async def add_candidate(self, tree: Tree) -> Tree:
+        # detached: a checkpoint there moves no branch; the task's tree takes it over if it is kept
+        await self.remove_candidate(tree)  # one left by a crash
+        path = _candidate_path(tree.path)
+        await git(tree.path, "worktree", "add", "-q", "--detach", str(path), "HEAD")
+        return Tree(path, tree.branch, tree.base_commit, created=True)
+
+    async def remove_candidate(self, tree: Tree) -> None:
+        if _candidate_path(tree.path).exists():
+            await git(tree.path, "worktree", "remove", "--force", str(_candidate_path(tree.path)), check=False)
+        await git(tree.path, "worktree", "prune", check=False)
+
     async def remove(self, task: TaskRecord) -> None:
         # A task stopped while its first `worktree add` ran has a tree but no record of it yet;
         # a task on a remote has its tree here, whichever worker recorded one first.
         path = Path(task.worktree) if task.worktree and task.repository is None else self.root / task.id
         repository = self._repository(task)
-        if path.exists():
-            await git(repository, "worktree", "remove", "--force", str(path), check=False)
-            await git(repository, "worktree", "prune", check=False)
+        for tree in (path, _candidate_path(path)):  # a candidate's tree is left only by a crash
+            if tree.exists():
+                await git(repository, "worktree", "remove", "--force", str(tree), check=False)
+                await git(repository, "worktree", "prune", check=False)
         branch = branch_name(task.id)
         if task.repository is not None and branch in self._unpushed:  # the last push failed: a last try
             if error := await self._push(repository, task.repository, branch):
@@ -305,6 +336,10 @@ class GitWorktrees:
     async def _reset_to(path: Path, commit: str) -> None:
         await git(path, "reset", "-q", "--hard", commit)
         await git(path, "clean", "-q", "-fd")
+
+
+def _candidate_path(tree: Path) -> Path:
+    return tree.with_name(tree.name + ".2")
 
 
 def branch_name(task_id: str) -> str:

@@ -13,7 +13,7 @@ from markupsafe import escape
 
 from aistack.client import RalphError
 from aistack.contracts import MAX_INT, TERMINAL_STATUSES
-from aistack.dashboard.forms import FormError, checked_task_id, task_from_form
+from aistack.dashboard.forms import STRATEGY_CHOICES, FormError, checked_task_id, task_from_form
 from aistack.dashboard.security import CSRF_FIELD, checked_form, require_login
 from aistack.dashboard.site import STATUSES, Site, SiteDep, attempt
 
@@ -35,7 +35,8 @@ async def submit_form(site: Site) -> dict[str, Any]:
     health, _ = await attempt(site.ralph.health())
     limits, _ = await attempt(site.ralph.limits())
     backends = [b.name for b in health.backends if b.available] if health else []  # the API refuses the others
-    return {"backends": backends or ["aider"], "limits": limits, "workspace_root": site.settings.workspace_root}
+    return {"backends": backends or ["aider"], "limits": limits, "workspace_root": site.settings.workspace_root,
+            "strategy_choices": STRATEGY_CHOICES}  # fmt: skip
 
 
 @router.get("/tasks/new", response_class=HTMLResponse)
@@ -56,7 +57,8 @@ async def submit_task(request: Request, site: SiteDep):
     except FormError as exc:
         return await again(str(exc), exc.field)
     except RalphError as exc:
-        return await again(exc.detail, exc.field, exc.status if 400 <= exc.status < 500 else 502)
+        field = exc.field.replace(".", "_") if exc.field and exc.field.startswith("strategy.") else exc.field  # its select
+        return await again(exc.detail, field, exc.status if 400 <= exc.status < 500 else 502)
     return site.redirect(f"/tasks/{accepted.task_id}", f"Task accepted: {accepted.message}", request=request)
 
 

@@ -63,7 +63,7 @@ class AiderBackend:
         return BackendHealth(name=self.name, available=self._available, reachable=self._reachable, url=self.base_url, detail=self._detail)
 
     async def run(self, request: IterationRequest) -> IterationResult:
-        run_id = _run_id(request.task_id, request.iteration)
+        run_id = _run_id(request.task_id, request.iteration, request.candidate)
         body = ExecuteRequest(
             prompt=request.prompt,
             workspace=str(request.worktree),
@@ -74,6 +74,7 @@ class AiderBackend:
             context=request.context,
             run_id=run_id,
             task_id=request.task_id,  # every iteration to the same LLM server: its prompt cache
+            sampling=request.sampling,
         )
         where = f"aider-wrapper at {self.base_url}"
         try:
@@ -132,7 +133,8 @@ class AiderBackend:
     async def abandon(self, task_id: str, iteration: int) -> None:
         """The wrapper cancels a run whose client went away, but only once it notices; this ends
         the run (its whole process group) now, before the task's tree is put back."""
-        await self._cancel(_run_id(task_id, iteration), timeout=CANCEL_WAIT_SECONDS)
+        for candidate in (1, 2):  # a second attempt ran beside the first with strategy.candidates 2
+            await self._cancel(_run_id(task_id, iteration, candidate), timeout=CANCEL_WAIT_SECONDS)
 
     async def _cancel(self, run_id: str, timeout: float = 2.0) -> None:
         try:
@@ -146,9 +148,10 @@ class AiderBackend:
         await self._client.aclose()
 
 
-def _run_id(task_id: str, iteration: int) -> str:
-    """A run's id at the wrapper: the same for every attempt at one iteration."""
-    return f"{task_id}-{iteration}"
+def _run_id(task_id: str, iteration: int, candidate: int = 1) -> str:
+    """A run's id at the wrapper: the same for every attempt at one iteration (after a crash), one
+    per parallel candidate."""
+    return f"{task_id}-{iteration}" if candidate == 1 else f"{task_id}-{iteration}-{candidate}"
 
 
 def _llm_urls(body: WrapperHealth) -> str:

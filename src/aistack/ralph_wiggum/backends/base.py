@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from aistack.contracts import BackendHealth, TokenCounts
+from aistack.contracts import BackendHealth, Sampling, TokenCounts
 from aistack.ralph_wiggum.output import OnOutput
 from aistack.ralph_wiggum.shell import OnGroup
 
@@ -15,12 +15,14 @@ from aistack.ralph_wiggum.shell import OnGroup
 class IterationRequest:
     task_id: str
     iteration: int
-    prompt: str  # the task's prompt, with the last failed check's output appended when there is one
+    prompt: str  # the task's prompt, then what the last attempts left to do (`rules.compose_prompt`)
     worktree: Path
     timeout_seconds: float
     context: dict[str, Any] = field(default_factory=dict)
     on_group: OnGroup | None = None  # told of each process group the backend starts on this machine
     on_output: OnOutput | None = None  # told each piece of the agent's output as it is read (output.py)
+    sampling: Sampling | None = None  # temperature and seed for this run (a retry with diversity); None: the model's own
+    candidate: int = 1  # which of the iteration's parallel attempts (strategy.candidates) this is
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ class Agent:
 
 class CommandBackend:
     """The prompt arrives on stdin and in the file $AISTACK_PROMPT_FILE, the iteration number in
-    $AISTACK_ITERATION; stdout and stderr together are the reply; exit 0 is success. The command
+    $AISTACK_ITERATION, a retry's sampling (strategy.diversity) in $AISTACK_TEMPERATURE and
+    $AISTACK_SEED; stdout and stderr together are the reply; exit 0 is success. The command
     sees only the allow-listed environment (`agentenv`) and runs in the service's sandbox."""
 
     def __init__(self, agent: Agent, settings: Settings, sandbox: Sandbox):
@@ -53,9 +54,12 @@ class CommandBackend:
         files = agentenv.TaskFiles.of(self.settings, request.task_id).prepare(request.prompt)
         if self.agent.configure:
             self.agent.configure(files.home)
+        sampling = request.sampling
+        sampled = {"AISTACK_TEMPERATURE": str(sampling.temperature), "AISTACK_SEED": str(sampling.seed)} if sampling else {}
         env = agentenv.environ(
             self.settings, files.home, **self.agent.environ,
             AISTACK_PROMPT_FILE=str(files.prompt), AISTACK_ITERATION=str(request.iteration), AISTACK_TASK_ID=request.task_id,
+            **sampled,
         )  # fmt: skip
         jail = self.sandbox.jail(request.worktree, command=self.command, writable=[files.home], readable=[files.prompt])
         result = await run_shell(self.command, request.worktree, stdin=request.prompt, env=env, timeout=request.timeout_seconds, jail=jail,
