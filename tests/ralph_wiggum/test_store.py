@@ -159,10 +159,10 @@ def test_a_database_of_the_first_release_upgrades_in_place_with_every_row(tmp_pa
         assert await store.groups("run3") == [GroupIdentity(4242, 17, "boot-1")]
         claimed = await store.claim("w", [TaskStatus.running, TaskStatus.queued], set(), 5, 30)
         assert [lease.task_id for lease in claimed] == ["run3", "queued2"]  # running first, then oldest first
-        assert done.strategy is None and done.view().strategy == Strategy()  # from before strategies: today's loop
+        assert done.strategy is None and done.loop_strategy == Strategy()  # from before strategies: today's loop
         await store.add_task(new_task("new4", strategy={**Strategy().model_dump(), "keep_best": True}))  # and it takes new rows
         assert (await store.list_tasks(None, 10, 0))[1] == 4
-        assert (await store.get("new4")).view().strategy.keep_best is True
+        assert (await store.get("new4")).loop_strategy.keep_best is True
 
     try:
         asyncio.run(scenario())
@@ -179,6 +179,8 @@ def test_a_database_from_before_process_groups_gains_the_table(tmp_path):
     path = tmp_path / "aistack.db"
     old = create_engine(f"sqlite:///{path}")
     metadata.create_all(old, tables=[table for table in metadata.sorted_tables if table.name in ("tasks", "iterations", "events")])
+    with old.begin() as db:  # nor had its tasks a strategy then
+        db.exec_driver_sql("ALTER TABLE tasks DROP COLUMN strategy")
     assert "process_groups" not in inspect(old).get_table_names()
     old.dispose()
 
