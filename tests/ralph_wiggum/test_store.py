@@ -217,7 +217,9 @@ def test_workers_claiming_at_once_never_take_the_same_task(open_store):
         for n in range(12):
             await first.add_task(new_task(f"t{n:02d}"))
         ready = [TaskStatus.queued]
-        rounds = await asyncio.gather(*[store.claim(f"w{i}", ready, set(), 3, 30) for i in range(4) for store in (first, second)])
+        # a worker id per process: one that is its own (a restart under the same id) takes its lease back
+        stores = [(f"w{i}{side}", store) for i in range(4) for side, store in (("a", first), ("b", second))]
+        rounds = await asyncio.gather(*[store.claim(worker, ready, set(), 3, 30) for worker, store in stores])
         taken = [lease.task_id for leases in rounds for lease in leases]
         assert sorted(taken) == [f"t{n:02d}" for n in range(12)]  # each exactly once
         assert await first.claim("w9", ready, set(), 5, 30) == []  # all held
