@@ -3,6 +3,8 @@
 #   - the aistack package and its pinned dependencies (.venv)
 #   - aider-chat in its own environment (.venv/aider), because aider pins versions of
 #     pydantic, fastapi, rich... that the stack's services should not be tied to
+#   - mini-swe-agent in its own environment (.venv/mini-swe-agent), for the same reason: litellm
+#     and a large tree of pins (datasets, pandas, pyarrow, boto3...); the backend runs its program
 #   - llama.cpp's llama-server (found on PATH or built once from source into the cache)
 #   - the bundled default model (assembled once into the cache)
 # With --test, also what the test suites need: system packages (Chromium, podman) when root.
@@ -51,6 +53,12 @@ step "aider (.venv/aider)"
 if [ ! -x .venv/aider/bin/aider ]; then
   "$PY" -m venv .venv/aider
   .venv/aider/bin/pip install -q --disable-pip-version-check "aider-chat==0.86.2"
+fi
+
+step "mini-swe-agent (.venv/mini-swe-agent)"
+if [ ! -x .venv/mini-swe-agent/bin/mini ]; then
+  "$PY" -m venv .venv/mini-swe-agent
+  .venv/mini-swe-agent/bin/pip install -q --disable-pip-version-check "mini-swe-agent==2.4.6"
 fi
 
 step "llama-server"

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     ralph_command_backend: str | None = Field(default=None, description="Shell command the `command` backend runs.")
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
+    ralph_langchain_max_steps: int = Field(
+        default=16, ge=1, le=1000, description="Most model calls the langchain agent makes in one iteration."
+    )
+    ralph_mini_swe_agent_bin: Path | None = Field(default=None, description="mini-swe-agent's `mini` (else the stack's own, else PATH).")
+    ralph_mini_swe_agent_step_limit: int = Field(
+        default=16, ge=1, le=1000, description="Most model calls mini-swe-agent makes in one iteration."
+    )
 
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
@@ -154,7 +161,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
 
-    @field_validator("llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", mode="after")
+    @field_validator("llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", "ralph_mini_swe_agent_bin", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value else None

@@ -58,7 +58,7 @@ def _status(status: str) -> Text:
 @task_app.command("submit")
 def submit(
     prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
-    backend: Annotated[str, typer.Option(help="aider, or command (RALPH_COMMAND_BACKEND).")] = "aider",
+    backend: Annotated[str, typer.Option(help="aider, langchain, mini-swe-agent, or command (RALPH_COMMAND_BACKEND).")] = "aider",
     max_iterations: Annotated[int | None, typer.Option("--max-iterations", help="Default: adaptive.")] = None,
     check: Annotated[str | None, typer.Option("--check", help="Shell command; exit 0 means done.")] = None,
     promise: Annotated[str | None, typer.Option("--promise", help="Done when the reply ends with <promise>TEXT</promise>.")] = None,

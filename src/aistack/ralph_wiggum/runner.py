@@ -119,6 +119,7 @@ class TaskRunner:
             timeout_seconds=float(self.settings.ralph_iteration_timeout_seconds),
             context=task.context,
             on_group=groups.started,
+            check_command=task.check_command,
         )
         result, retries = await self._run_with_retries(task.id, backend, request)
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {number}")
@@ -157,9 +158,7 @@ class TaskRunner:
     async def _check(self, task: TaskRecord, tree: Tree, number: int, groups: _GroupRecorder) -> tuple[int | None, str]:
         """The check runs as the agent does: the allow-listed environment, the task's home, its jail."""
         command = task.check_command or ""
-        home = agentenv.TaskFiles.of(self.settings, task.id).prepare().home
-        env = agentenv.environ(self.settings, home, AISTACK_TASK_ID=task.id, AISTACK_ITERATION=str(number))
-        jail = self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
+        env, jail = agentenv.for_check(self.settings, self.tasks.sandbox, task.id, number, tree.path, command)
         timeout = float(self.settings.ralph_check_timeout_seconds)
         result = await self.workspace.check(tree, command, env, timeout, jail, groups.started)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)

@@ -19,6 +19,7 @@ class IterationRequest:
     timeout_seconds: float
     context: dict[str, Any] = field(default_factory=dict)
     on_group: OnGroup | None = None  # told of each process group the backend starts on this machine
+    check_command: str | None = None  # the task's check, for an agent that runs it itself
 
 
 @dataclass(frozen=True)
