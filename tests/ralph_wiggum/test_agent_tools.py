@@ -9,13 +9,21 @@ import json
 from pathlib import Path
 
 import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
+from aistack.config import Settings
+from aistack.ralph_wiggum.backends import IterationRequest, langchain_graph
+from aistack.ralph_wiggum.backends.langchain_agent import LangchainBackend
 from aistack.ralph_wiggum.backends.langchain_graph import _as_tool_call
-from aistack.ralph_wiggum.backends.mini_swe_agent import _tokens, _transcript
+from aistack.ralph_wiggum.backends.llm import LocalLlm
+from aistack.ralph_wiggum.backends.mini_swe_agent import MiniSweAgentBackend, _tokens, _transcript
 from aistack.ralph_wiggum.backends.worktree_tools import WorktreeTools
 from aistack.ralph_wiggum.shell import run_shell
-from support import git, make_git_repo
+from aistack.sandbox import Sandbox
+from support import free_port, git, make_git_repo, missing, wait_until
+
+CHECK = "python3 -c \"import hello; assert hello.hello() == 'hello'\""
 
 
 @pytest.fixture
@@ -142,3 +150,61 @@ def test_mini_swe_agent_trajectory_gives_tokens_and_transcript():
 
 async def _all(*coroutines):
     return [await c for c in coroutines]
+
+
+# --- the backends' own behaviour: an LLM that is down, a stop --------------------------------------
+
+
+def backend_settings(tmp_path: Path) -> Settings:
+    """Settings whose llama-cpp port nobody listens on."""
+    return Settings(_env_file=None, aistack_data_dir=tmp_path / "data", workspace_root=tmp_path, llama_cpp_host="127.0.0.1",
+                    llama_cpp_port=free_port())  # fmt: skip
+
+
+def request(tree: Path, task_id: str) -> IterationRequest:
+    return IterationRequest(task_id=task_id, iteration=1, prompt="Create hello.py", worktree=tree, timeout_seconds=120, check_command=CHECK)
+
+
+@pytest.mark.parametrize("backend", [LangchainBackend, MiniSweAgentBackend])
+def test_an_unreachable_llm_is_a_transient_failure(backend, tree, tmp_path):
+    settings = backend_settings(tmp_path)
+    agent = backend(settings, Sandbox(settings, tmp_path / ".env"), LocalLlm(settings))
+    if not agent.health().available:
+        missing(f"{agent.name}: {agent.health().detail}")
+
+    async def scenario():
+        try:
+            return await agent.run(request(tree, "t1"))
+        finally:
+            await agent.close()
+
+    result = asyncio.run(scenario())
+    assert result.status == "error" and result.transient, result
+    assert "LLM unreachable" in (result.error or "")
+    assert git(tree, "status", "--porcelain") == ""
+
+
+class ScriptedModel(GenericFakeChatModel):
+    """Replies from a script, tool calls included (the loop logic around it is what is tested)."""
+
+    def bind_tools(self, tools, **kwargs):
+        return self
+
+
+def test_stopping_the_langchain_agent_ends_its_running_check(tree):
+    pid_file = tree.parent / "check.pid"
+    check = f"sleep 300 & echo $! > {pid_file}; wait"
+    model = ScriptedModel(messages=iter([AIMessage(content="", tool_calls=[{"name": "run_check", "args": {}, "id": "call_1"}])]))
+    tools = WorktreeTools(tree, lambda: run_shell(check, tree, timeout=600))
+
+    async def scenario():
+        drive = asyncio.create_task(langchain_graph.drive(langchain_graph.Transcript(), model, tools, "Create hello.py", check, 4))
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            await asyncio.sleep(0.05)
+        drive.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drive
+        return int(pid_file.read_text())
+
+    sleeper = asyncio.run(scenario())
+    assert wait_until(lambda: not Path(f"/proc/{sleeper}").exists() or "Z" in Path(f"/proc/{sleeper}/stat").read_text().split()[2])

@@ -73,9 +73,9 @@ class MiniSweAgentBackend:
             return IterationResult("error", "", f"mini-swe-agent cannot read a config file whose path holds '=': {config}")
         trajectory = files.home / "mini-swe-agent" / f"iteration-{request.iteration}.traj.json"
         trajectory.unlink(missing_ok=True)  # an earlier attempt's
-        atomic_write(config, json.dumps(self._config(request, trajectory), ensure_ascii=False))  # JSON is YAML
+        atomic_write(config, json.dumps(self._config(request), ensure_ascii=False))  # JSON is YAML
         command = shlex.join([str(self.program), "--yolo", "--exit-immediately", "--agent-class", "default",
-                              "-c", self.base_config, "-c", str(config)])  # fmt: skip
+                              "-c", self.base_config, "-c", str(config), "-o", str(trajectory)])  # fmt: skip
         jail = self.sandbox.jail(request.worktree, command=command, writable=[files.home], readable=[config])
         result = await run_shell(command, request.worktree, env=self._environ(files), timeout=request.timeout_seconds, jail=jail,
                                  on_group=request.on_group)  # fmt: skip
@@ -93,13 +93,13 @@ class MiniSweAgentBackend:
             return IterationResult("error", output or result.output, why, exit_code=result.exit_code, tokens=tokens)
         return IterationResult("success", output, exit_code=0, tokens=tokens)
 
-    def _config(self, request: IterationRequest, trajectory: Path) -> dict[str, Any]:
+    def _config(self, request: IterationRequest) -> dict[str, Any]:
         task = request.prompt
         if request.check_command:
             task += f"\n\nThe task is done when the command `{request.check_command}` exits 0."
         return {
             "run": {"task": task},
-            "agent": {"step_limit": self.settings.ralph_mini_swe_agent_step_limit, "cost_limit": 0, "output_path": str(trajectory)},
+            "agent": {"step_limit": self.settings.ralph_mini_swe_agent_step_limit, "cost_limit": 0},
             "model": {
                 "model_name": f"openai/{self.llm.model}",
                 "cost_tracking": "ignore_errors",  # a local model has no price
