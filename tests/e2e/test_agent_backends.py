@@ -49,7 +49,7 @@ def completes_hello_task(stack, backend: str, workspace: str) -> tuple[dict, lis
         assert time.monotonic() < deadline, f"task {task_id} did not finish in {TASK_SECONDS}s: {task}"
         time.sleep(1)
     iterations = client.get(f"/tasks/{task_id}/iterations").json()
-    assert task["status"] == "completed", (task, [(it["status"], it["error"], it["output"][-1500:]) for it in iterations])
+    assert task["status"] == "completed", (task, [(it["status"], it["error"], it["output_excerpt"]) for it in iterations])
     assert task["backend"] == backend
     assert task["evidence"]["rule"] == "check_command" and task["evidence"]["check_exit_code"] == 0
     assert any("hello.py" in it["files_modified"] for it in iterations)  # from git, as for every backend
@@ -61,7 +61,7 @@ def completes_hello_task(stack, backend: str, workspace: str) -> tuple[dict, lis
 
 def test_langchain_agent_completes_the_hello_task_with_evidence(stack):
     task, iterations = completes_hello_task(stack, "langchain", "lc")
-    assert any("→ write_file(path='hello.py'" in it["output"] for it in iterations)  # it used its tools
+    assert any("→ write_file(path='hello.py'" in it["output_excerpt"] for it in iterations)  # it used its tools
     assert not any(".pyc" in path for it in iterations for path in it["files_modified"])  # its check left no caches
 
 
@@ -69,4 +69,4 @@ def test_mini_swe_agent_completes_the_hello_task_with_evidence(stack):
     if find_mini(Settings(_env_file=stack[0].env_file)) is None:
         missing("mini-swe-agent is not installed (scripts/setup.sh installs it into .venv/mini-swe-agent)")
     task, iterations = completes_hello_task(stack, "mini-swe-agent", "mini")
-    assert any("$ " in it["output"] for it in iterations)  # the commands it ran are in the transcript
+    assert any("$ " in it["output_excerpt"] for it in iterations)  # the commands it ran are in the transcript

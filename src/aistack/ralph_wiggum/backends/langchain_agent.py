@@ -43,7 +43,7 @@ class LangchainBackend:
 
         command = request.check_command
         tools = WorktreeTools(request.worktree, (lambda: self._check(request, command)) if command else None)
-        model = graph.chat_model(self.llm.api_url, self.llm.model, self.llm.api_key, self.llm.client)
+        model = graph.chat_model(self.llm.api_url, self.llm.model, self.llm.api_key, self.llm.client, request.timeout_seconds)
         max_steps = self.settings.ralph_langchain_max_steps
         transcript = graph.Transcript()
         try:

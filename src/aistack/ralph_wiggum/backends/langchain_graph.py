@@ -39,9 +39,11 @@ class Transcript:
     transient: bool = False
 
 
-def chat_model(base_url: str, model: str, api_key: str, http: httpx.AsyncClient) -> ChatOpenAI:
-    """The local LLM. No retries of its own: the runner retries a transient failure, with backoff."""
-    return ChatOpenAI(base_url=base_url, model=model, api_key=api_key, temperature=TEMPERATURE, max_retries=0, http_async_client=http)
+def chat_model(base_url: str, model: str, api_key: str, http: httpx.AsyncClient, timeout: float) -> ChatOpenAI:
+    """The local LLM. No retries of its own: the runner retries a transient failure, with backoff.
+    A reply may take as long as the iteration (the client's default is 10 minutes)."""
+    return ChatOpenAI(base_url=base_url, model=model, api_key=api_key, temperature=TEMPERATURE, max_retries=0, http_async_client=http,
+                      timeout=httpx.Timeout(10.0, read=timeout))  # fmt: skip
 
 
 def tools(worktree: WorktreeTools, check: bool) -> list[StructuredTool]:
