@@ -103,7 +103,9 @@ class MiniSweAgentBackend:
             "model": {
                 "model_name": f"openai/{self.llm.model}",
                 "cost_tracking": "ignore_errors",  # a local model has no price
-                "model_kwargs": {"api_base": self.llm.api_url, "drop_params": True},
+                # a reply may take the whole iteration (litellm's default gives up after 10 minutes), and is
+                # not retried in there: the runner retries a transient failure, with backoff
+                "model_kwargs": {"api_base": self.llm.api_url, "drop_params": True, "timeout": request.timeout_seconds, "max_retries": 0},
             },
             # the commands it runs see no key (they inherit its environment, where litellm needs it)
             "environment": {"env": {"OPENAI_API_KEY": ""}},
