@@ -4,6 +4,8 @@
 #   - aider-chat in its own environment (.venv/aider), because aider pins versions of
 #     pydantic, fastapi, rich... that the stack's services should not be tied to
 #   - the npm CLI agents (continue, opencode, qwen-code) into <cache dir>/npm, when Node.js >= 20 is there
+#   - mini-swe-agent in its own environment (.venv/mini-swe-agent), for the same reason: litellm
+#     and a large tree of pins (datasets, pandas, pyarrow, boto3...); the backend runs its program
 #   - llama.cpp's llama-server (found on PATH or built once from source into the cache)
 #   - the bundled default model (assembled once into the cache)
 # With --test, also what the test suites need: system packages (Chromium, podman, PostgreSQL) when root.
@@ -54,6 +56,12 @@ step "aider (.venv/aider)"
 if [ ! -x .venv/aider/bin/aider ]; then
   "$PY" -m venv .venv/aider
   .venv/aider/bin/pip install -q --disable-pip-version-check "aider-chat==0.86.2"
+fi
+
+step "mini-swe-agent (.venv/mini-swe-agent)"
+if [ ! -x .venv/mini-swe-agent/bin/mini ]; then
+  "$PY" -m venv .venv/mini-swe-agent
+  .venv/mini-swe-agent/bin/pip install -q --disable-pip-version-check "mini-swe-agent==2.4.6"
 fi
 
 step "CLI agents: continue, opencode, qwen-code (npm, into the stack's own prefix)"

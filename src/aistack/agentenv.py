@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aistack.config import Settings
 from aistack.files import atomic_write
+from aistack.sandbox import Jail, Sandbox
 
 KEPT = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM"})  # and every LC_*
 
@@ -30,6 +31,16 @@ def environ(settings: Settings, home: Path, **variables: str) -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     env.update(HOME=str(home), **variables)
     return env
+
+
+def for_check(
+    settings: Settings, sandbox: Sandbox, task_id: str, iteration: int, worktree: Path, command: str
+) -> tuple[dict[str, str], Jail]:
+    """The environment and jail of a task's check, whoever runs it: the loop after an iteration,
+    or an agent's own tool during one. It runs as the agent does, with the task's home."""
+    home = TaskFiles.of(settings, task_id).prepare().home
+    env = environ(settings, home, AISTACK_TASK_ID=task_id, AISTACK_ITERATION=str(iteration))
+    return env, sandbox.jail(worktree, command=command, writable=[home])
 
 
 @dataclass(frozen=True)

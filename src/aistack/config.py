@@ -177,6 +177,13 @@ class Settings(BaseSettings):
         default='autogpt run --continuous --continuous-limit 20 --skip-news --skip-reprompt --ai-task "$(cat "$AISTACK_PROMPT_FILE")"',
         description="How the autogpt backend runs AutoGPT's CLI (available once autogpt is on PATH).",
     )
+    ralph_langchain_max_steps: int = Field(
+        default=16, ge=1, le=1000, description="Most model calls the langchain agent makes in one iteration."
+    )
+    ralph_mini_swe_agent_bin: Path | None = Field(default=None, description="mini-swe-agent's `mini` (else the stack's own, else PATH).")
+    ralph_mini_swe_agent_step_limit: int = Field(
+        default=16, ge=1, le=1000, description="Most model calls mini-swe-agent makes in one iteration."
+    )
 
     # --- agents (the command backend's agent, check commands, aider) ---------------------------
     ralph_sandbox: str = Field(
@@ -207,7 +214,9 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
 
-    @field_validator("llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", "ralph_git_credentials_file", mode="after")
+    @field_validator(
+        "llama_cpp_model_file", "llama_cpp_server_bin", "aider_bin", "ralph_git_credentials_file", "ralph_mini_swe_agent_bin", mode="after"
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value else None

@@ -436,7 +436,7 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     git(empty, "init", "-q")
 
     cases = [
-        ({"backend": "nope"}, "backend", "available: aider, command"),
+        ({"backend": "nope"}, "backend", "available: aider, command, langchain, mini-swe-agent"),
         ({"max_iterations": 0}, "max_iterations", "between 1 and 100"),
         ({"max_iterations": 101}, "max_iterations", "between 1 and 100"),
         ({"workspace": "../outside"}, "workspace", "outside"),
@@ -638,7 +638,27 @@ def test_health_lists_backends_and_is_degraded_when_wrapper_is_down(ralph):
             break
         time.sleep(0.1)
     assert health["status"] == "degraded" and health["loop_enabled"] is True
-    assert {b["name"] for b in health["backends"]} == {"aider", "command", "continue", "opencode", "qwen-code", "goose", "autogpt"}
+    assert {b["name"] for b in health["backends"]} == {
+        "aider",
+        "command",
+        "continue",
+        "opencode",
+        "qwen-code",
+        "goose",
+        "autogpt",
+        "langchain",
+        "mini-swe-agent",
+    }
+
+
+def test_health_says_why_mini_swe_agent_is_unavailable(ralph, stack_env):
+    client, _ = ralph(RALPH_MINI_SWE_AGENT_BIN=stack_env.root / "no" / "mini")
+    backends = {b["name"]: b for b in client.get("/health").json()["backends"]}
+    mini = backends["mini-swe-agent"]
+    assert mini["available"] is False and mini["detail"].startswith(f"not installed: {stack_env.root / 'no' / 'mini'}")
+    assert "setup.sh" in mini["detail"]
+    assert backends["langchain"]["available"] is True  # a dependency of the stack: always installed
+    assert backends["langchain"]["url"] == stack_env.url("llama-cpp") + "/v1"
 
 
 def test_events_stream_is_resumable(ralph, stack_env):

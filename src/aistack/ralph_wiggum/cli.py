@@ -59,7 +59,10 @@ def _status(status: str) -> Text:
 def submit(
     prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
     backend: Annotated[
-        str, typer.Option(help="aider, command, continue, opencode, qwen-code, goose or autogpt, if available (/health).")
+        str,
+        typer.Option(
+            help="aider, command, langchain, mini-swe-agent, continue, opencode, qwen-code, goose or autogpt, if available (/health)."
+        ),
     ] = "aider",
     max_iterations: Annotated[int | None, typer.Option("--max-iterations", help="Default: adaptive.")] = None,
     check: Annotated[str | None, typer.Option("--check", help="Shell command; exit 0 means done.")] = None,

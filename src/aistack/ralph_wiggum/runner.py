@@ -141,6 +141,7 @@ class TaskRunner:
                 on_group=groups.started,
                 on_output=output.feed,
                 sampling=rules.sampling(number, strategy.diversity),
+                check_command=task.check_command,
             )
             if strategy.candidates == 1:
                 done, chosen = await self._attempt(task, backend, tree, request, groups), None
@@ -225,9 +226,7 @@ class TaskRunner:
     async def _check(self, task: TaskRecord, tree: Tree, number: int, groups: _GroupRecorder) -> tuple[int | None, str]:
         """The check runs as the agent does: the allow-listed environment, the task's home, its jail."""
         command = task.check_command or ""
-        home = agentenv.TaskFiles.of(self.settings, task.id).prepare().home
-        env = agentenv.environ(self.settings, home, AISTACK_TASK_ID=task.id, AISTACK_ITERATION=str(number))
-        jail = self.tasks.sandbox.jail(tree.path, command=command, writable=[home])
+        env, jail = agentenv.for_check(self.settings, self.tasks.sandbox, task.id, number, tree.path, command)
         timeout = float(self.settings.ralph_check_timeout_seconds)
         result = await self.workspace.check(tree, command, env, timeout, jail, groups.started)
         return result.exit_code, rules.check_output(result.output, timeout if result.timed_out else None)

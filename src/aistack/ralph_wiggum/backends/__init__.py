@@ -14,6 +14,9 @@ from aistack.ralph_wiggum.backends.agents import cli_agents
 from aistack.ralph_wiggum.backends.aider import AiderBackend
 from aistack.ralph_wiggum.backends.base import Backend, IterationRequest, IterationResult
 from aistack.ralph_wiggum.backends.command import Agent, CommandBackend
+from aistack.ralph_wiggum.backends.langchain_agent import LangchainBackend
+from aistack.ralph_wiggum.backends.llm import LocalLlm
+from aistack.ralph_wiggum.backends.mini_swe_agent import MiniSweAgentBackend
 from aistack.sandbox import Sandbox
 
 __all__ = ["Backend", "IterationRequest", "IterationResult", "configured_backends", "refusal"]
@@ -24,9 +27,12 @@ NO_COMMAND = "not configured: set RALPH_COMMAND_BACKEND to a shell command"
 def configured_backends(settings: Settings, sandbox: Sandbox) -> dict[str, Backend]:
     """Every backend, by name; one line each."""
     command = settings.ralph_command_backend
+    llm = LocalLlm(settings)  # one health poll for the agents that talk to llama-cpp themselves
     backends: list[Backend] = [
         AiderBackend(settings.url("aider-wrapper"), settings.api_key),
         CommandBackend(Agent("command", command or "", None if command else NO_COMMAND), settings, sandbox),
+        LangchainBackend(settings, sandbox, llm),
+        MiniSweAgentBackend(settings, sandbox, llm),
         *(CommandBackend(agent, settings, sandbox) for agent in cli_agents(settings)),
     ]
     return {backend.name: backend for backend in backends}

@@ -23,6 +23,7 @@ class IterationRequest:
     on_output: OnOutput | None = None  # told each piece of the agent's output as it is read (output.py)
     sampling: Sampling | None = None  # temperature and seed for this run (a retry with diversity); None: the model's own
     candidate: int = 1  # which of the iteration's parallel attempts (strategy.candidates) this is
+    check_command: str | None = None  # the task's check, for an agent that runs it itself
 
 
 @dataclass(frozen=True)
