@@ -436,7 +436,7 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
     git(empty, "init", "-q")
 
     cases = [
-        ({"backend": "nope"}, "backend", "available: aider, command, langchain, mini-swe-agent"),
+        ({"backend": "nope"}, "backend", "unknown backend 'nope'; available: aider, command, "),
         ({"max_iterations": 0}, "max_iterations", "between 1 and 100"),
         ({"max_iterations": 101}, "max_iterations", "between 1 and 100"),
         ({"workspace": "../outside"}, "workspace", "outside"),
