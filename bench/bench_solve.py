@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import tempfile
 import time
 from datetime import datetime
@@ -250,6 +251,10 @@ def save(out: Path | None, report: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # Ctrl-C or a TERM ends a long run cleanly (the stack stopped, the JSON and the table written),
+    # also when started in the background, where the shell leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, help="the first N problems")
     parser.add_argument("--sample", type=int, help="a random sample of N problems (the same for every mode), by --seed")
