@@ -42,6 +42,8 @@ def test_task_form_maps_every_field() -> None:
         "max_iterations": 4,
         "require_approval": True,
         "workspace": "repo",
+        "repository": None,  # the form offers local workspaces; a remote is for the API and CLI
+        "ref": None,
         "check_command": "pytest -q",
         "completion_promise": "DONE",
         "context": {"files": ["app.py"]},

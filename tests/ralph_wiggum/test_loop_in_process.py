@@ -247,7 +247,7 @@ def test_a_stop_ends_the_running_iteration_at_once(tmp_path, store):
         await wait_until(lambda: _status(loop, task_id, TaskStatus.stopped))
         task = await loop.store.get(task_id)
         assert task.completion_reason == "stopped by user" and task.iteration == 0 and loop.agent.cancelled == 1
-        assert loop.workspace.removed == [task_id]
+        await wait_until(lambda: loop.workspace.removed == [task_id])  # just after the status is written
         with pytest.raises(TaskError, match="already ended as stopped"):
             await loop.tasks.stop(task_id)
         await loop.scheduler.shutdown()
