@@ -91,7 +91,7 @@ def test_a_run_with_its_own_sampling_gets_model_settings_of_its_own(tmp_path: Pa
     assert entry["use_temperature"] == 0.7 and entry["extra_params"] == {"max_tokens": 2048, "seed": 3}
     [shared] = json.loads(files.model_settings.read_text())
     assert shared["use_temperature"] is True and shared == {**entry, "use_temperature": True, "extra_params": {"max_tokens": 2048}}
-    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [], [], 60, model_settings=own)
+    cmd = invocation.aider_command(cfg, Path("/opt/aider"), files, run, [], [], 60, cfg.llm_urls[0], model_settings=own)
     assert cmd[cmd.index("--model-settings-file") + 1] == str(own)
     assert "--restore-chat-history" not in cmd  # no run carries an earlier run's chat: each starts from its prompt
 
