@@ -44,7 +44,9 @@ def test_cli_agent_runs_an_iteration_on_the_bundled_model(stack, backend):
     task = wait_terminal(client, resp.json()["task_id"], timeout=2000)
 
     [iteration] = client.get(f"/tasks/{task['id']}/iterations").json()
-    assert iteration["status"] == "success", iteration  # the agent ran to its end: no login, no network, no crash
+    # the agent ran to its end: no login, no network, no crash; it changed files (success) or, as the
+    # bundled model does with these agents (its tool call written as text), nothing (no_progress)
+    assert iteration["status"] == ("success" if iteration["files_modified"] else "no_progress"), iteration
     assert "hello" in iteration["output_excerpt"].lower(), iteration  # the model's answer came back through it
     assert iteration["tokens"]["prompt"] > 0 and iteration["tokens"]["completion"] > 0, iteration  # as the agent reported them
     assert iteration["check_exit_code"] is not None
