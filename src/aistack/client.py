@@ -131,7 +131,9 @@ class RalphClient:
                     async for sse in source.aiter_sse():
                         if sse.event == "end":
                             return
-                        if sse.id:
+                        # a keep-alive comment comes out as a message without data (the decoder keeps
+                        # the last id): only a stored event has both
+                        if sse.id and sse.data:
                             event = EventView.model_validate_json(sse.data)
                             after = event.id
                             yield event
