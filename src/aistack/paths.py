@@ -1,9 +1,12 @@
-"""Confinement: every path a request names must resolve inside one of the allowed roots."""
+"""Confinement: every path a request names must resolve inside one of the allowed roots; and where
+an agent program the stack installs is found (`find_program`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 
 log = logging.getLogger("aistack.paths")
@@ -53,3 +56,16 @@ def _check_length(real: Path) -> None:
         raise PathNotAllowed(f"path has a name of {longest} bytes; at most {NAME_MAX} are allowed")
     if len(os.fsencode(real)) > PATH_MAX:
         raise PathNotAllowed(f"path is {len(os.fsencode(real))} bytes long; at most {PATH_MAX} are allowed")
+
+
+def find_program(configured: Path | None, venv: str, name: str) -> Path | None:
+    """`configured` if set (even when missing: the user asked for that one), else the stack's own
+    (`.venv/<venv>/bin/<name>`, installed by scripts/setup.sh beside the stack's environment),
+    else `name` on PATH."""
+    if configured:
+        return configured
+    own = Path(sys.prefix) / venv / "bin" / name
+    if own.is_file() and os.access(own, os.X_OK):
+        return own
+    found = shutil.which(name)
+    return Path(found) if found else None

@@ -9,9 +9,6 @@ workspace but the model's edits.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,6 +17,7 @@ from aistack import agentenv
 from aistack.config import Settings
 from aistack.contracts import Sampling
 from aistack.files import atomic_write
+from aistack.paths import find_program
 
 # Small local models manage aider's `whole` format (return whole files) and fail its `diff`
 # format (search/replace blocks), so `auto` means `whole`.
@@ -135,15 +133,8 @@ def _model_settings(settings: Settings, sampling: Sampling | None) -> str:
 
 
 def find_aider(settings: Settings) -> Path | None:
-    """AIDER_BIN if set (even when missing: the user asked for that one), else the stack's own
-    (`.venv/aider`, installed by scripts/setup.sh), else `aider` on PATH."""
-    if settings.aider_bin:
-        return settings.aider_bin
-    own = Path(sys.prefix) / "aider" / "bin" / "aider"
-    if own.is_file() and os.access(own, os.X_OK):
-        return own
-    found = shutil.which("aider")
-    return Path(found) if found else None
+    """AIDER_BIN, else the stack's own (`.venv/aider`), else `aider` on PATH."""
+    return find_program(settings.aider_bin, "aider", "aider")
 
 
 def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:

@@ -33,8 +33,7 @@ class LangchainBackend:
         self.llm.start()
 
     def health(self) -> BackendHealth:
-        return BackendHealth(name=self.name, available=self._missing is None, reachable=self.llm.reachable, url=self.llm.api_url,
-                             detail=self._missing or self.llm.detail)  # fmt: skip
+        return self.llm.backend_health(self.name, self._missing)
 
     async def run(self, request: IterationRequest) -> IterationResult:
         if self._missing:

@@ -9,6 +9,7 @@ import asyncio
 import httpx
 
 from aistack.config import Settings
+from aistack.contracts import BackendHealth
 from aistack.health import acheck
 
 POLL_SECONDS = 5.0
@@ -31,6 +32,12 @@ class LocalLlm:
         """Begin polling (once, however many backends share this)."""
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def backend_health(self, name: str, missing: str | None) -> BackendHealth:
+        """A backend that calls this LLM itself: available unless `missing` says what is not
+        installed; reachable as last polled."""
+        return BackendHealth(name=name, available=missing is None, reachable=self.reachable, url=self.api_url,
+                             detail=missing or self.detail)  # fmt: skip
 
     async def _poll(self) -> None:
         while True:

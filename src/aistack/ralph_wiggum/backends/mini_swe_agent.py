@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from aistack import agentenv
 from aistack.config import Settings
 from aistack.contracts import BackendHealth, TokenCounts
 from aistack.files import atomic_write
+from aistack.paths import find_program
 from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 from aistack.ralph_wiggum.backends.llm import LocalLlm
 from aistack.ralph_wiggum.shell import run_shell
@@ -36,15 +35,8 @@ SHOWN_OUTPUT = 2_000  # characters of each command's output kept in the transcri
 
 
 def find_mini(settings: Settings) -> Path | None:
-    """RALPH_MINI_SWE_AGENT_BIN if set (even when missing: the user asked for that one), else the
-    stack's own (`.venv/mini-swe-agent`), else `mini` on PATH."""
-    if settings.ralph_mini_swe_agent_bin:
-        return settings.ralph_mini_swe_agent_bin
-    own = Path(sys.prefix) / "mini-swe-agent" / "bin" / "mini"
-    if own.is_file() and os.access(own, os.X_OK):
-        return own
-    found = shutil.which("mini")
-    return Path(found) if found else None
+    """RALPH_MINI_SWE_AGENT_BIN, else the stack's own (`.venv/mini-swe-agent`), else `mini` on PATH."""
+    return find_program(settings.ralph_mini_swe_agent_bin, "mini-swe-agent", "mini")
 
 
 class MiniSweAgentBackend:
@@ -61,8 +53,7 @@ class MiniSweAgentBackend:
         self.llm.start()
 
     def health(self) -> BackendHealth:
-        return BackendHealth(name=self.name, available=self._missing is None, reachable=self.llm.reachable, url=self.llm.api_url,
-                             detail=self._missing or self.llm.detail)  # fmt: skip
+        return self.llm.backend_health(self.name, self._missing)
 
     async def run(self, request: IterationRequest) -> IterationResult:
         if self._missing:
