@@ -6,10 +6,9 @@ evidence (its check passes), in a few iterations at most: the loop exists for th
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
+from test_loop_end_to_end import wait_terminal
 
 from aistack.config import Settings
 from aistack.ralph_wiggum.backends.mini_swe_agent import find_mini
@@ -45,10 +44,7 @@ def completes_hello_task(stack, backend: str, workspace: str) -> tuple[dict, lis
     resp = client.post("/tasks", json=body)
     assert resp.status_code == 202, resp.text
     task_id = resp.json()["task_id"]
-    deadline = time.monotonic() + TASK_SECONDS
-    while (task := client.get(f"/tasks/{task_id}").json())["status"] not in ("completed", "exhausted", "failed", "stopped"):
-        assert time.monotonic() < deadline, f"task {task_id} did not finish in {TASK_SECONDS}s: {task}"
-        time.sleep(1)
+    task = wait_terminal(client, task_id, timeout=TASK_SECONDS)
     iterations = client.get(f"/tasks/{task_id}/iterations").json()
     assert task["status"] == "completed", (task, [(it["status"], it["error"], it["output_excerpt"]) for it in iterations])
     assert task["backend"] == backend
@@ -79,10 +75,7 @@ def test_mini_swe_agent_runs_an_iteration_on_the_bundled_model(stack):
     resp = client.post("/tasks", json=body)
     assert resp.status_code == 202, resp.text
     task_id = resp.json()["task_id"]
-    deadline = time.monotonic() + TASK_SECONDS
-    while (task := client.get(f"/tasks/{task_id}").json())["status"] not in ("completed", "exhausted", "failed", "stopped"):
-        assert time.monotonic() < deadline, f"task {task_id} did not finish in {TASK_SECONDS}s: {task}"
-        time.sleep(1)
+    task = wait_terminal(client, task_id, timeout=TASK_SECONDS)
     (it,) = client.get(f"/tasks/{task_id}/iterations").json()
     assert task["status"] in ("completed", "exhausted"), (task, it["error"], it["output_excerpt"])
     assert it["tokens"]["prompt"] > 0 and it["tokens"]["completion"] > 0, it  # the model answered, as its trajectory says
