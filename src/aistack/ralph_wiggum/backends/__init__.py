@@ -40,11 +40,11 @@ def configured_backends(settings: Settings, sandbox: Sandbox) -> dict[str, Backe
 
 def refusal(backends: Mapping[str, Backend], name: str) -> str | None:
     """Why a task may not go to backend `name` (unknown, or unavailable and why), naming the
-    available ones; None when it may."""
-    health = {backend.name: backend.health() for backend in backends.values()}
-    available = ", ".join(sorted(n for n, h in health.items() if h.available)) or "none"
-    if name not in health:
+    available ones; None when it may. Only a refusal asks the other backends (every submit asks)."""
+    asked = backends[name].health() if name in backends else None
+    if asked is not None and asked.available:
+        return None
+    available = ", ".join(sorted(n for n, b in backends.items() if b.health().available)) or "none"
+    if asked is None:
         return f"unknown backend {name!r}; available: {available}"
-    if not health[name].available:
-        return f"backend {name!r} is unavailable: {health[name].detail or 'no reason given'}; available: {available}"
-    return None
+    return f"backend {name!r} is unavailable: {asked.detail or 'no reason given'}; available: {available}"
