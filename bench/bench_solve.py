@@ -17,6 +17,13 @@ run; `autotest` is one aider run that tests its own edits and reflects on a fail
 --auto-test, through the wrapper's `context.test_command`); `loop` is the Ralph loop as configured
 (3 iterations); `loop-*` add a loop strategy (the task's `strategy` object). An orchestrator that
 does not know `strategy` refuses it (422): those modes are skipped, with the reason printed.
+`one-<agent>` is one attempt of another agent backend (langchain, mini-swe-agent, the CLI agents).
+
+Strategies matter only where the single shot fails. With `--baseline single.json` (a run of
+`single` on the same problems), the loop modes whose first iteration is the single-shot request
+take the problems it solved from it and run only its failures; a run that passes at iteration 1
+where the baseline failed is counted (`first_iteration_disagrees`), since then the saving assumed
+something the model did not do.
 
 Reports per mode: pass rate, mean iterations, prompt and completion tokens per solved task (all
 tokens spent, over the problems solved), seconds per task, solved per minute; and, per iteration
@@ -44,6 +51,7 @@ from aistack.client import RalphClient, RalphError
 from support import ServiceProcess, StackEnv, new_stack_env
 
 LOOP = {"max_iterations": 3}
+AGENTS = ("langchain", "mini-swe-agent", "continue", "opencode", "qwen-code")
 MODES: dict[str, dict[str, Any]] = {
     "single": {"max_iterations": 1},
     "autotest": {"max_iterations": 1, "context": {"test_command": he.check_command()}},
@@ -54,7 +62,16 @@ MODES: dict[str, dict[str, Any]] = {
     "loop-fresh": {**LOOP, "strategy": {"context": "fresh"}},
     "loop-parallel": {**LOOP, "strategy": {"candidates": 2}},
     "loop-all": {**LOOP, "strategy": {"keep_best": True, "feedback": "shaped", "diversity": True}},
+    # The other agents, one attempt each (beside `single`): the same prompt, file and check.
+    **{
+        f"one-{name}": {"backend": name, "max_iterations": 1}
+        for name in ("langchain", "mini-swe-agent", "continue", "opencode", "qwen-code")
+    },
 }
+# Modes whose first iteration is the single-shot request (the same prompt and files, temperature 0):
+# with --baseline, a problem the baseline's `single` solved ends there, the same way, so it is taken
+# from the baseline and only the baseline's failures run. (Parallel candidates and other agents differ.)
+FIRST_IS_SINGLE = {"loop", "loop-best", "loop-shaped", "loop-diverse", "loop-fresh", "loop-all"}
 DEFAULT_MODES = "single,autotest,loop"
 # Qwen2.5-Coder technical report: HumanEval pass@1 of the unquantised 1.5B instruct model (their harness)
 REPORTED = "Qwen2.5-Coder-1.5B-Instruct, unquantised, as its technical report gives it: HumanEval pass@1 ≈ 70 %"
@@ -161,8 +178,20 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "follow_ups_unchanged": sum(not it["changed"] for it in follow_ups),
         "rescued": sum(r["solved"] and r["iterations"] > 1 for r in results),
         "touched_tests": sum(r["touched_tests"] for r in results),
+        "from_baseline": sum(bool(r.get("from_baseline")) for r in results),
+        # run here, yet passed at iteration 1 where the baseline's single shot failed: sampling is not
+        # as deterministic as --baseline assumes, and the figures mix two runs' luck
+        "first_iteration_disagrees": sum(
+            not r.get("from_baseline") and bool(r["per_iteration"]) and r["per_iteration"][0]["passed"] for r in results
+        )
+        if _uses_baseline(results)
+        else 0,
         "iteration_errors": sum(it["error"] is not None for r in results for it in r["per_iteration"]),  # a timeout, aider failing
     }
+
+
+def _uses_baseline(results: list[dict[str, Any]]) -> bool:
+    return any(r.get("from_baseline") for r in results)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -212,8 +241,20 @@ def start_stack(root: Path, model: str, threads: int) -> tuple[StackEnv, list[Se
     return env, started
 
 
+def baseline_solved(path: Path | None, chosen: list[he.Problem]) -> dict[str, dict[str, Any]]:
+    """The problems a baseline report's `single` mode solved, by id: its record of each."""
+    if path is None:
+        return {}
+    results = json.loads(path.read_text()).get("results", {}).get("single", [])
+    ids = {p.task_id for p in chosen}
+    if missing := ids - {r["problem"] for r in results}:
+        raise SystemExit(f"--baseline {path}: its `single` mode lacks {len(missing)} of the chosen problems, e.g. {min(missing)}")
+    return {r["problem"]: {**r, "from_baseline": True} for r in results if r["solved"] and r["problem"] in ids}
+
+
 async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, report: dict[str, Any]) -> None:
     chosen = he.choose(he.problems(), args.limit, args.sample, args.seed)
+    reused = baseline_solved(args.baseline, chosen)
     for problem in chosen:
         if not (workspace_root / problem.slug).exists():
             he.write_repo(problem, workspace_root / problem.slug)
@@ -224,6 +265,9 @@ async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, re
             results: list[dict[str, Any]] = report["results"].setdefault(mode, [])
             began = time.monotonic()
             for i, problem in enumerate(chosen, 1):
+                if mode in FIRST_IS_SINGLE and problem.task_id in reused:
+                    results.append(reused[problem.task_id])
+                    continue
                 try:
                     results.append(await solve(client, problem, mode))
                 except Skipped as exc:
@@ -256,7 +300,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, help="the first N problems")
+    parser.add_argument("--limit", type=int, help="the first N problems (of the sample, with --sample)")
     parser.add_argument("--sample", type=int, help="a random sample of N problems (the same for every mode), by --seed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of: {', '.join(MODES)} (default {DEFAULT_MODES})")
@@ -264,6 +308,9 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="the bundled model the started llama-cpp serves")
     parser.add_argument("--threads", type=int, default=0, help="llama-server's threads (0: all cores); 1 fares better on a busy machine")
     parser.add_argument("--ralph", help="a running orchestrator's URL instead of a stack started here (key: $RALPH_WIGGUM_API_KEY)")
+    parser.add_argument(
+        "--baseline", type=Path, help="a report of this run's `single` mode: the loop modes take the problems it solved from it"
+    )
     parser.add_argument("--workspace-root", type=Path, help="with --ralph: its WORKSPACE_ROOT, where the repositories are made")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -271,7 +318,8 @@ def main() -> None:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
     if args.ralph and not args.workspace_root:
         parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
-    selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else f"first {args.limit or 'all'}"
+    selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all"
+    selection = f"the first {args.limit} of the {selection}" if args.limit else selection
     report: dict[str, Any] = {
         "selection": selection,
         "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s)) through aider",
@@ -279,6 +327,7 @@ def main() -> None:
         "commit": benchlib.commit_line(),
         "check_command": he.check_command(),
         "modes": {m: MODES[m] for m in args.modes},
+        "baseline": str(args.baseline) if args.baseline else None,
     }
     started: list[ServiceProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench-solve-") as tmp:

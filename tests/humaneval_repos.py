@@ -55,11 +55,11 @@ def problems() -> list[Problem]:
 
 
 def choose(every: list[Problem], limit: int | None = None, sample: int | None = None, seed: int = 0) -> list[Problem]:
-    """The first `limit`, or a seeded random `sample` (in the data set's order), so that every
-    mode of a run, and every run with the same seed, gets the same problems."""
+    """A seeded random `sample` (in the data set's order), so that every mode of a run, and every
+    run with the same seed, gets the same problems; then its first `limit`."""
     if sample is not None:
         picked = set(random.Random(seed).sample(range(len(every)), min(sample, len(every))))
-        return [p for i, p in enumerate(every) if i in picked]
+        every = [p for i, p in enumerate(every) if i in picked]
     return every[:limit] if limit is not None else every
 
 

@@ -4,6 +4,7 @@ from task records, its modes as task bodies."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_a_seeded_sample_is_the_same_for_every_mode_and_run(every) -> None:
     assert he.choose(every, sample=40, seed=8) != first
     assert he.choose(every, limit=3) == every[:3]
     assert he.choose(every) == every
+    assert he.choose(every, limit=5, sample=40, seed=7) == first[:5]  # the first 5 of the same sample
 
 
 def _bench_solve():
@@ -110,3 +112,19 @@ def test_a_mode_is_the_common_task_body_with_its_overrides(every) -> None:
     assert single["context"] == {"files": [he.SOLUTION]}
     assert autotest["context"] == {"files": [he.SOLUTION], "test_command": he.check_command()}  # merged, not replaced
     assert best["max_iterations"] == 3 and best["strategy"] == {"keep_best": True}
+
+
+def test_a_baseline_gives_the_loop_modes_what_its_single_shot_solved(every, tmp_path) -> None:
+    bench = _bench_solve()
+    chosen = every[:3]
+    records = [{**_task(solved, (solved, True)), "problem": p.task_id} for p, solved in zip(chosen, (True, False, True), strict=True)]
+    path = tmp_path / "single.json"
+    path.write_text(json.dumps({"results": {"single": records}}))
+    reused = bench.baseline_solved(path, chosen)
+    assert set(reused) == {chosen[0].task_id, chosen[2].task_id}  # only the solved ones; the failure runs again
+    assert all(r["from_baseline"] for r in reused.values())
+    ran = {**_task(True, (True, True)), "problem": chosen[1].task_id}  # passed at iteration 1 where the baseline failed
+    s = bench.summary([reused[chosen[0].task_id], ran, reused[chosen[2].task_id]])
+    assert (s["solved"], s["from_baseline"], s["first_iteration_disagrees"]) == (3, 2, 1)
+    with pytest.raises(SystemExit, match="lacks 1 of the chosen problems"):
+        bench.baseline_solved(path, every[:4])  # a baseline of another selection
