@@ -208,3 +208,11 @@ def test_stopping_the_langchain_agent_ends_its_running_check(tree):
 
     sleeper = asyncio.run(scenario())
     assert wait_until(lambda: not Path(f"/proc/{sleeper}").exists() or "Z" in Path(f"/proc/{sleeper}/stat").read_text().split()[2])
+
+
+def test_the_agent_starts_with_the_files_the_task_names_and_only_those_inside(tree, tmp_path):
+    (tmp_path / "secret.txt").write_text("secret\n")
+    opening = asyncio.run(langchain_graph.opening("Fix main.", WorktreeTools(tree), ["src/app.py", "../secret.txt"]))
+    assert opening.startswith("Fix main.\n\nsrc/app.py:\n```\ndef main():\n    return 'hello'\n")
+    assert "../secret.txt:\n```\nerror:" in opening and "secret\n" not in opening.split("../secret.txt:")[1]
+    assert asyncio.run(langchain_graph.opening("Fix main.", WorktreeTools(tree), [])) == "Fix main."

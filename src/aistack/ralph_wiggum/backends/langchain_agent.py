@@ -47,7 +47,8 @@ class LangchainBackend:
         transcript = graph.Transcript()
         try:
             async with asyncio.timeout(request.timeout_seconds):
-                await graph.drive(transcript, model, tools, request.prompt, command, max_steps)
+                prompt = await graph.opening(request.prompt, tools, request.context.get("files", []))
+                await graph.drive(transcript, model, tools, prompt, command, max_steps)
         except TimeoutError:
             transcript.error = f"the langchain agent timed out after {request.timeout_seconds:.0f} s"
         prompt_tokens, completion_tokens = graph.tokens(transcript.messages)

@@ -5,6 +5,7 @@ libraries take a second or more to import, which no other part of the service sh
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,15 @@ def _as_tool_call(message: AIMessage, names: set[Any]) -> AIMessage:
         return message
     tool_call = {"name": call["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
     return message.model_copy(update={"tool_calls": [tool_call], "content": "", "additional_kwargs": {FROM_TEXT: True}})
+
+
+async def opening(prompt: str, worktree: WorktreeTools, files: Sequence[str]) -> str:
+    """The task, then the files it names (`context.files`) as they are now: the agent starts from
+    the code it must change, as aider's chat does. A small model that must first think of reading
+    a file tends to act on a guess instead (on HumanEval, it called the function it was asked to
+    write as if it were a tool)."""
+    shown = [f"{path}:\n```\n{await worktree.read_file(path)}\n```" for path in files]
+    return "\n\n".join([prompt, *shown])
 
 
 async def drive(
