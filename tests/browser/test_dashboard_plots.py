@@ -137,4 +137,4 @@ def test_stats_plot_success_and_tokens_per_day_per_backend_and_class(strict_page
     assert sum(r["total"] for r in daily["per_backend"]) == 2 and sum(r["completed"] for r in daily["per_backend"]) == 1
     assert page.errors == []
     shot = screenshot(page, "stats-plots")
-    page.locator("#plot-backend").screenshot(path=str(shot.with_name("plot-stats.png")))
+    page.locator("#plot-class").screenshot(path=str(shot.with_name("plot-stats.png")))
