@@ -11,6 +11,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from aistack.contracts import (
+    DailyStats,
     EventView,
     IterationLimits,
     IterationView,
@@ -69,6 +70,9 @@ class RalphClient:
 
     async def stats(self) -> Stats:
         return Stats.model_validate(await self._request("GET", "/stats"))
+
+    async def daily_stats(self) -> DailyStats:
+        return DailyStats.model_validate(await self._request("GET", "/stats/daily"))
 
     async def tasks(self, status: str | None = None, limit: int = 20, offset: int = 0) -> TaskPage:
         params: dict[str, Any] = {"limit": limit, "offset": offset}

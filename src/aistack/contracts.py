@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -333,6 +333,18 @@ class Stats(BaseModel):
     mean_iterations: float | None
     per_backend: dict[str, RateRow]
     per_complexity: dict[str, RateRow]
+
+
+class DayRate(RateRow):
+    day: date = Field(description="The day (UTC) the tasks finished on.")
+    group: str = Field(description="The backend, or the prompt's class (`unclassified` when it had none).")
+
+
+class DailyStats(BaseModel):
+    """/stats/daily: the finished tasks' outcomes per day, per backend and per prompt class, oldest day first."""
+
+    per_backend: list[DayRate]
+    per_complexity: list[DayRate]
 
 
 MOST_ITERATIONS = 10_000  # the highest iteration limit any setting accepts

@@ -16,7 +16,7 @@ from aistack.dashboard.app import create_app
 from aistack.dashboard.security import LoginThrottle
 from support import free_port
 
-PAGES = ["/", "/tasks", "/tasks?status=failed&page=3", "/tasks/new", "/controls", "/config", "/deploy", "/fragments/overview"]
+PAGES = ["/", "/tasks", "/tasks?status=failed&page=3", "/tasks/new", "/stats", "/controls", "/config", "/deploy", "/fragments/overview"]
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_every_page_renders_without_an_orchestrator(client_for, path: str) -> No
     response = client.get(path)
     assert response.status_code == 200
     assert "<html" in response.text or path.startswith("/fragments")
-    if path in ("/", "/tasks", "/controls"):
+    if path in ("/", "/tasks", "/stats", "/controls"):
         assert "is unreachable" in response.text
 
 

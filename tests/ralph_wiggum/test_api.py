@@ -618,7 +618,7 @@ def test_api_key_guards_everything_but_health_and_healths_details(ralph, stack_e
     full = client.get("/health", headers={"X-API-Key": "s3cret-key"}).json()
     assert {b["name"]: b["detail"] for b in full["backends"]}["command"] == stack_env.values["RALPH_COMMAND_BACKEND"]
     assert full["status"] == bare.json()["status"]
-    for path in ("/tasks", "/stats", "/metrics", "/config/limits"):
+    for path in ("/tasks", "/stats", "/stats/daily", "/metrics", "/config/limits"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get(path, headers={"X-API-Key": "s3cret-key"}).status_code == 200
@@ -701,6 +701,10 @@ def test_stats_metrics_and_live_limit_reload(ralph, stack_env):
     assert stats["mean_iterations"] == 1.5
     assert stats["per_backend"]["command"] == {"total": 2, "completed": 1, "success_rate": 0.5, "iterations_per_solved": 1.0,
                                                "tokens_per_solved": 0.0}  # fmt: skip
+    days = {task["finished_at"][:10] for task in client.get("/tasks").json()["items"]}  # UTC, as the API writes it
+    daily = client.get("/stats/daily").json()["per_backend"]
+    assert {r["day"] for r in daily} == days and {r["group"] for r in daily} == {"command"}
+    assert sum(r["total"] for r in daily) == 2 and sum(r["completed"] for r in daily) == 1
     metrics = client.get("/metrics").text
     # the second iteration of the exhausted task appended a line again, said the same, and the check got no further
     assert 'aistack_iterations_total{backend="command",status="success"} 2.0' in metrics

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, update
 from sqlalchemy.exc import IntegrityError
 
 from aistack.config import database_url as engine_url
@@ -19,7 +20,7 @@ from aistack.contracts import Strategy, TaskStatus
 from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskUpdate, utcnow
-from aistack.ralph_wiggum.store import LeaseLost, Store, metadata
+from aistack.ralph_wiggum.store import LeaseLost, Store, metadata, tasks
 from support import wait_until
 
 RELEASE_1 = Path(__file__).parent / "data" / "release1.sql"
@@ -197,6 +198,37 @@ def test_a_database_from_before_process_groups_gains_the_table(tmp_path):
         asyncio.run(scenario(store))
     finally:
         store.close()
+
+
+def test_daily_stats_count_the_finished_tasks_per_utc_day_per_backend_and_class(open_store):
+    store = open_store()
+    days = {"a": (2026, 11, 27, 23, 59), "b": (2026, 11, 27, 8, 0), "c": (2026, 11, 28, 0, 1), "d": (2026, 11, 28, 9, 0)}
+
+    async def scenario():
+        for task_id, backend, complexity in (("a", "command", "simple"), ("b", "command", None), ("c", "aider", "simple"),
+                                             ("d", "command", "simple"), ("q", "command", "simple")):  # fmt: skip
+            await store.add_task(new_task(task_id, backend=backend, complexity=complexity))
+        for task_id in ("a", "b", "c", "d"):
+            await store.apply(task_id, TaskUpdate(status=TaskStatus.running))
+        for task_id, iterations in (("a", 2), ("c", 1)):  # completed; b and d fail
+            for n in range(1, iterations + 1):
+                end = TaskUpdate(status=TaskStatus.completed) if n == iterations else TaskUpdate()
+                await store.record_iteration(iteration(task_id, n), end, [], RUNNING)
+        for task_id in ("b", "d"):
+            await store.apply(task_id, TaskUpdate(status=TaskStatus.failed))
+        with store.engine.begin() as db:  # when they finished, set: the grouping is by the UTC day of it
+            for task_id, when in days.items():
+                db.execute(update(tasks).where(tasks.c.id == task_id).values(finished_at=datetime(*when, tzinfo=UTC)))
+        daily = await store.daily_stats()
+        rows = [(r.day.isoformat(), r.group, r.total, r.completed, r.iterations_per_solved, r.tokens_per_solved) for r in daily.per_backend]
+        # a: 2 iterations of 12 tokens; c: 1 iteration; the queued task q is not counted
+        assert rows == [("2026-11-27", "command", 2, 1, 2.0, 24.0), ("2026-11-28", "aider", 1, 1, 1.0, 12.0),
+                        ("2026-11-28", "command", 1, 0, None, None)]  # fmt: skip
+        classes = [(r.day.isoformat(), r.group, r.total, r.success_rate) for r in daily.per_complexity]
+        assert sorted(classes) == [("2026-11-27", "simple", 1, 1.0), ("2026-11-27", "unclassified", 1, 0.0),
+                                   ("2026-11-28", "simple", 2, 0.5)]  # fmt: skip
+
+    asyncio.run(scenario())
 
 
 # --- leases: many workers on PostgreSQL, one process on SQLite ---------------------------------------

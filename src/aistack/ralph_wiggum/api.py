@@ -17,6 +17,7 @@ from aistack.config import ConfigError, load_settings
 from aistack.contracts import (
     MAX_INT,
     ApprovalDecision,
+    DailyStats,
     EventView,
     HealthSummary,
     IterationLimits,
@@ -208,6 +209,12 @@ async def approve(
 @router.get("/stats", response_model=Stats, tags=["service"])
 async def stats(request: Request) -> Stats:
     return await _store(request).stats()
+
+
+@router.get("/stats/daily", response_model=DailyStats, tags=["service"])
+async def daily_stats(request: Request) -> DailyStats:
+    """The rates of `/stats` per day the tasks finished on, for plots over time."""
+    return await _store(request).daily_stats()
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["service"])

@@ -68,7 +68,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
-from aistack.contracts import TERMINAL_STATUSES, RateRow, Stats, TaskStatus
+from aistack.contracts import TERMINAL_STATUSES, DailyStats, DayRate, RateRow, Stats, TaskStatus
 from aistack.procgroup import GroupIdentity
 from aistack.ralph_wiggum import migrations, space
 from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, Lease, NewTask, TaskRecord, TaskUpdate, utcnow
@@ -452,13 +452,7 @@ class Store:
             mean = db.scalar(select(func.avg(tasks.c.iteration)).where(tasks.c.status.in_(_TERMINAL)))
 
             def rates(column) -> dict[str, RateRow]:
-                def solved(value):  # summed over the completed tasks only
-                    return func.sum(case((tasks.c.status == TaskStatus.completed.value, value), else_=0))
-
-                tokens = tasks.c.prompt_tokens + tasks.c.completion_tokens
-                query = select(column, func.count(), solved(1), solved(tasks.c.iteration), solved(tokens))
-                rows = db.execute(query.where(tasks.c.status.in_(_TERMINAL)).group_by(column))
-                return {str(key or "unclassified"): _rate(n, int(ok or 0), its, toks) for key, n, ok, its, toks in rows}
+                return {str(key or "unclassified"): _rate(*row) for key, *row in db.execute(_rates_by(column))}
 
             return Stats(
                 by_status=by_status,
@@ -467,6 +461,22 @@ class Store:
                 per_backend=rates(tasks.c.backend),
                 per_complexity=rates(tasks.c.complexity),
             )
+
+    async def daily_stats(self) -> DailyStats:
+        """`stats`'s rates per day the tasks finished on (UTC; the store keeps UTC), oldest first."""
+        return await asyncio.to_thread(self._daily_stats)
+
+    def _daily_stats(self) -> DailyStats:
+        day = func.date(tasks.c.finished_at)  # SQLite: 'YYYY-MM-DD'; PostgreSQL: a date
+
+        def rates(column) -> list[DayRate]:
+            query = _rates_by(day, column).where(tasks.c.finished_at.is_not(None)).order_by(day, column)
+            return [
+                DayRate(day=when, group=str(key or "unclassified"), **_rate(*row).model_dump()) for when, key, *row in db.execute(query)
+            ]
+
+        with self.engine.connect() as db:
+            return DailyStats(per_backend=rates(tasks.c.backend), per_complexity=rates(tasks.c.complexity))
 
     def metric_rows(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str | None, int, float, int, int]]]:
         """For the Prometheus collector (prometheus-client calls it synchronously, from the sync
@@ -663,8 +673,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _rate(total: int, completed: int, iterations: int | None, tokens: int | None) -> RateRow:
+def _rates_by(*columns):
+    """The finished tasks per group of `columns`: how many, how many completed, and the iterations
+    and tokens (prompt + completion) summed over the completed ones (see `_rate`)."""
+
+    def solved(value):
+        return func.sum(case((tasks.c.status == TaskStatus.completed.value, value), else_=0))
+
+    tokens = tasks.c.prompt_tokens + tasks.c.completion_tokens
+    query = select(*columns, func.count(), solved(1), solved(tasks.c.iteration), solved(tokens))
+    return query.where(tasks.c.status.in_(_TERMINAL)).group_by(*columns)
+
+
+def _rate(total: int, completed: int | None, iterations: int | None, tokens: int | None) -> RateRow:
     """A group's outcomes: its success rate, and what a solved task cost on average."""
+    completed = int(completed or 0)
     return RateRow(
         total=total, completed=completed, success_rate=completed / total if total else None,
         iterations_per_solved=int(iterations or 0) / completed if completed else None,

@@ -12,6 +12,7 @@ async function refreshFragment(container, url) {
   const closed = new Set([...container.querySelectorAll("details[id]:not([open])")].map((d) => d.id));
   const loaded = new Map([...container.querySelectorAll("details[data-diff][data-loaded]")].map((d) => [d.id, d.querySelector("pre").textContent]));
   const focusedId = document.activeElement && container.contains(document.activeElement) ? document.activeElement.id : null;
+  destroyPlots(container);
   container.innerHTML = html;
   container.querySelectorAll("details[id]").forEach((d) => {
     if (open.has(d.id)) d.open = true;
@@ -20,7 +21,74 @@ async function refreshFragment(container, url) {
   });
   if (focusedId && document.getElementById(focusedId)) document.getElementById(focusedId).focus();
   wireDiffs(container);
+  drawPlots(container);
   return true;
+}
+
+// Plots (Chart.js, vendored under static/vendor): each is drawn from the numbers of the table in
+// its <figure>, so the picture and its accessible fallback never disagree. Without Chart.js (the
+// file failed to load) the tables stay, open.
+const SERIES = ["#1f5fbf", "#e07000", "#7b3fa0", "#00838f", "#c2185b", "#5b8c1f"];
+const CHECK = { passed: ["check passed", "#1b7a3a"], failed: ["check failed", "#c0392b"], none: ["no check", "#9aa3ab"] };
+const number = (text) => (text === "" || text === undefined ? null : Number(text));
+
+function drawPlots(root) {
+  const figures = root.querySelectorAll("figure[data-plot]");
+  if (!window.Chart) { figures.forEach((f) => { f.querySelectorAll("details").forEach((d) => { d.open = true; }); }); return; }
+  figures.forEach((figure) => (figure.dataset.plot === "iterations" ? plotIterations : plotDaily)(figure));
+}
+
+function destroyPlots(root) {
+  if (window.Chart) root.querySelectorAll("figure[data-plot] canvas").forEach((c) => { const chart = Chart.getChart(c); if (chart) chart.destroy(); });
+}
+
+function chart(canvas, type, data, options) {
+  return new Chart(canvas, { type, data, options: { animation: false, maintainAspectRatio: false, ...options } });
+}
+
+const axis = (title, extra) => ({ beginAtZero: true, title: { display: true, text: title }, ...extra });
+
+// A task's iterations: the duration as a bar coloured by the check's outcome, the tokens as a line.
+function plotIterations(figure) {
+  const rows = [...figure.querySelectorAll("tbody tr[data-number]")].map((r) => r.dataset);
+  const bars = Object.entries(CHECK).map(([check, [label, color]]) => ({
+    label: `seconds, ${label}`, backgroundColor: color, yAxisID: "y",
+    data: rows.map((r) => (r.check === check ? number(r.duration) : null)),
+  })).filter((set) => set.data.some((v) => v !== null));
+  const tokens = { type: "line", label: "tokens", borderColor: SERIES[0], backgroundColor: SERIES[0], yAxisID: "tokens",
+                   data: rows.map((r) => number(r.tokens)), pointRadius: 4 };
+  chart(figure.querySelector("canvas"), "bar", { labels: rows.map((r) => `iteration ${r.number}`), datasets: [...bars, tokens] }, {
+    skipNull: true,
+    scales: { y: axis("seconds"), tokens: axis("tokens", { position: "right", grid: { drawOnChartArea: false } }) },
+  });
+}
+
+// Every day from the first to the last, so a day without finished tasks is a gap on the axis.
+function everyDay(days) {
+  const sorted = [...new Set(days)].sort();
+  const out = [];
+  for (let d = new Date(`${sorted[0]}T00:00:00Z`); sorted.length && out.length < 3660; d.setUTCDate(d.getUTCDate() + 1)) {
+    out.push(d.toISOString().slice(0, 10));
+    if (out[out.length - 1] >= sorted[sorted.length - 1]) break;
+  }
+  return out;
+}
+
+// Rates per day: a line per group (backend or class), one plot per metric (its canvas's data-metric).
+function plotDaily(figure) {
+  const rows = [...figure.querySelectorAll("tbody tr[data-day]")].map((r) => r.dataset);
+  const days = everyDay(rows.map((r) => r.day));
+  const groups = [...new Set(rows.map((r) => r.group))];
+  figure.querySelectorAll("canvas[data-metric]").forEach((canvas) => {
+    const metric = canvas.dataset.metric;
+    const value = (row) => (row && number(row[metric]) !== null ? number(row[metric]) * (metric === "success" ? 100 : 1) : null);
+    const datasets = groups.map((group, i) => ({
+      label: group, borderColor: SERIES[i % SERIES.length], backgroundColor: SERIES[i % SERIES.length], spanGaps: true, pointRadius: 4,
+      data: days.map((day) => value(rows.find((r) => r.day === day && r.group === group))),
+    }));
+    const y = metric === "success" ? axis("%", { max: 100 }) : axis("tokens");
+    chart(canvas, "line", { labels: days, datasets }, { scales: { x: { offset: true }, y }, plugins: { title: { display: true, text: canvas.dataset.title } } });
+  });
 }
 
 // Diffs load when their <details> is first opened.
@@ -121,6 +189,7 @@ function startTaskStream(live) {
 
 document.addEventListener("DOMContentLoaded", () => {
   wireDiffs(document);
+  drawPlots(document);
   document.querySelectorAll("[data-refresh]").forEach(startPolling);
   const live = document.getElementById("task-live");
   if (live) startTaskStream(live);
