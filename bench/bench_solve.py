@@ -253,7 +253,7 @@ def baseline_solved(path: Path | None, chosen: list[he.Problem]) -> dict[str, di
 
 
 async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, report: dict[str, Any]) -> None:
-    chosen = he.choose(he.problems(), args.limit, args.sample, args.seed)
+    chosen = he.choose(he.problems(), args.limit, args.sample, args.seed)[args.skip :]
     reused = baseline_solved(args.baseline, chosen)
     for problem in chosen:
         if not (workspace_root / problem.slug).exists():
@@ -303,6 +303,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="the first N problems (of the sample, with --sample)")
     parser.add_argument("--sample", type=int, help="a random sample of N problems (the same for every mode), by --seed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N of those (to go on where a run stopped)")
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of: {', '.join(MODES)} (default {DEFAULT_MODES})")
     parser.add_argument("--out", type=Path, help="JSON report, rewritten after every problem")
     parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="the bundled model the started llama-cpp serves")
@@ -320,6 +321,7 @@ def main() -> None:
         parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
     selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all"
     selection = f"the first {args.limit} of the {selection}" if args.limit else selection
+    selection = f"{selection}, from the {args.skip + 1}th on" if args.skip else selection
     report: dict[str, Any] = {
         "selection": selection,
         "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s)) through aider",
