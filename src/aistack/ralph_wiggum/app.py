@@ -99,10 +99,15 @@ def open_store(settings: Settings, on_event=None) -> Store:
     if settings.aistack_database_url is None:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return Store(settings.database_url, on_event)
+        return Store(settings.database_url, on_event, model=served_model(settings))
     except DBAPIError as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
+
+
+def served_model(settings: Settings) -> str:
+    """The model the local LLM serves, as the outcomes name it: its file, or the bundled one's name."""
+    return settings.llama_cpp_model_file.name if settings.llama_cpp_model_file else settings.llama_cpp_model.value
 
 
 def run(settings: Settings, role: str = "all") -> int:

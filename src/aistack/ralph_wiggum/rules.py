@@ -107,13 +107,13 @@ _SIMPLE_WORDS = re.compile(
     r"bump|format|lint)\b",
     re.IGNORECASE,
 )
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
+LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
 
 
 def classify(prompt: str) -> tuple[Complexity, str]:
     """Guess how much work a prompt asks for, from its length, structure and wording."""
     words = len(prompt.split())
-    items = len(_LIST_ITEM.findall(prompt))
+    items = len(LIST_ITEM.findall(prompt))
     complex_hit = _COMPLEX_WORDS.search(prompt)
     if complex_hit:
         return Complexity.complex, f"mentions {complex_hit.group(0).lower()!r}"
