@@ -20,6 +20,7 @@ from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
+from aistack.ralph_wiggum.learner import Learner
 from aistack.ralph_wiggum.mcp_server import HttpEndpoint
 from aistack.ralph_wiggum.metrics import registry_for
 from aistack.ralph_wiggum.scheduler import Scheduler
@@ -50,12 +51,14 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
         workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root, remotes, settings.repositories_dir)
         tasks = TaskService(settings, store, workspace, backends, sandbox)
         scheduler = Scheduler(tasks, settings.worker_id)
-        app.state.tasks, app.state.scheduler = tasks, scheduler
+        learner = Learner(settings, store, tasks, resolve_env_file())
+        app.state.tasks, app.state.scheduler, app.state.learner = tasks, scheduler, learner
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():
             backend.start()
         if role != "api":
             scheduler.start()
+            learner.start()
         who = role if role == "api" else f"{role}, worker {settings.worker_id}"
         log.info("ralph-wiggum %s ready (%s): backends %s, data in %s", __version__, who, ", ".join(backends), settings.aistack_data_dir)
         log.info("store: %s (schema %s)", settings.database_shown, migrations.head())
@@ -64,6 +67,7 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
             async with mcp.serving(app):
                 yield
         finally:
+            await learner.stop()
             await scheduler.shutdown()
             for backend in backends.values():
                 await backend.close()

@@ -87,7 +87,7 @@ class Current:
     @classmethod
     def of(cls, settings: Any) -> Current:
         limits = {c: getattr(settings, key.lower()) for c, key in LIMIT_KEYS.items()}
-        return cls(limits, settings.ralph_stuck_iterations, settings.ralph_iteration_timeout_seconds, settings.strategy)
+        return cls(limits, settings.ralph_stuck_iterations, settings.ralph_iteration_timeout_seconds, settings.strategy())
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,22 @@ Field names are the database's column names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from aistack.contracts import EventView, Evidence, IterationView, Strategy, TaskStatus, TaskView, TokenCounts
+from aistack.contracts import (
+    DecisionView,
+    EventView,
+    Evidence,
+    IterationView,
+    ProposalView,
+    Strategy,
+    TaskStatus,
+    TaskView,
+    TokenCounts,
+)
 
 
 def utcnow() -> datetime:
@@ -236,6 +247,10 @@ class ProposalRecord:
     previous: dict[str, str | None] | None = None  # the values an acceptance replaced (None: unset): what a rollback restores
     task: dict[str, Any] | None = None  # a drafted task (kind task): submitted when accepted
 
+    def view(self, decisions: Sequence[DecisionRecord] = ()) -> ProposalView:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return ProposalView.model_validate({**values, "decisions": [d.view() for d in decisions]})
+
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
@@ -244,3 +259,7 @@ class DecisionRecord:
     who: str
     created_at: datetime
     detail: str | None = None
+
+    def view(self) -> DecisionView:
+        values = {name: getattr(self, name) for name in ("decision", "who", "detail", "created_at")}
+        return DecisionView.model_validate(values)
