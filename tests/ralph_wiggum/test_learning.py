@@ -97,11 +97,11 @@ def test_a_backend_that_fails_a_class_another_solves_is_named():
 
 
 def test_the_same_check_failing_across_tasks_drafts_a_task_to_fix_it():
-    same = failed(3, check_failure="test_add", workspace="/repo")
-    other = failed(2, start=200, check_failure="test_sub", workspace="/repo")
-    [task] = [p for p in learn(same + other, NOW) if p.kind == "task"]
+    same = failed(4, check_failure="test_add", workspace="/repo")
+    other = failed(3, start=200, check_failure="test_sub", workspace="/repo")
+    [task] = [p for p in learn(same + other, NOW, min_sample=4) if p.kind == "task"]
     assert task.task is not None and task.task["workspace"] == "/repo" and task.task["check_command"] == "pytest"
-    assert "test_add" in task.task["prompt"] and task.evidence["tasks_total"] == 3 and task.changes == {}
+    assert "test_add" in task.task["prompt"] and task.evidence["tasks_total"] == 4 and task.changes == {}
 
 
 def test_features_and_idle_runs_of_a_task():

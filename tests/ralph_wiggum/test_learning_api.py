@@ -98,3 +98,34 @@ def test_decisions_on_what_is_not_there_or_not_open_are_refused_with_the_field(r
     bad = client.get("/learn/proposals", params={"status": "maybe"})
     assert bad.status_code == 422 and bad.json()["field"] == "status"
     assert client.post("/learn/proposals/1/reject", json={"who": ""}).status_code == 422
+
+
+def test_on_a_schedule_the_same_failing_check_drafts_a_task_that_runs_only_once_accepted(stack_env, services):
+    script = stack_env.root / "agent.sh"
+    script.write_text(AGENT)
+    script.chmod(0o755)
+    stack_env.set(
+        RALPH_COMMAND_BACKEND=str(script),
+        RALPH_SANDBOX="off",
+        RALPH_LEARN_INTERVAL_SECONDS=1,
+        RALPH_LEARN_MIN_OUTCOMES=4,
+        RALPH_MAX_CONCURRENT_TASKS=4,
+    )
+    make_git_repo(stack_env.workspace_root / "repo")
+    with httpx.Client(base_url=services("ralph-wiggum", stack_env).url, timeout=10) as client:
+        failed = run_tasks(client, ["fix the greeting", "fix the sum", "fix the title", "fix the header"], max_iterations=2)
+        deadline = time.monotonic() + 60
+        while not (drafts := [p for p in client.get("/learn/proposals").json() if p["kind"] == "task"]):  # nobody asked: the schedule
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        [draft] = drafts
+        assert draft["task"]["check_command"] == "test -f done" and "exit code 1" in draft["task"]["prompt"]
+        assert set(draft["evidence"]["tasks"]) == {t["id"] for t in failed}
+        assert client.get("/tasks").json()["total"] == 4  # drafted, not submitted
+
+        accepted = client.post(f"/learn/proposals/{draft['id']}/accept", json={"who": "ann"}).json()
+        submitted = accepted["decisions"][-1]["detail"].removeprefix("submitted as task ")
+        task = client.get(f"/tasks/{submitted}").json()
+        assert task["prompt"] == draft["task"]["prompt"] and task["check_command"] == "test -f done"
+        undo = client.post(f"/learn/proposals/{draft['id']}/rollback")
+        assert undo.status_code == 409 and "nothing to roll back" in undo.json()["detail"]

@@ -23,7 +23,6 @@ from aistack.ralph_wiggum.records import IterationRecord, OutcomeRecord, TaskRec
 
 MIN_SAMPLE = 10  # finished tasks a proposal needs at the least (RALPH_LEARN_MIN_OUTCOMES)
 MIN_SOLVED = 3  # solved tasks a limit needs: it is read from how long they took
-REPEATED_FAILURE = 3  # tasks failing the same check the same way before a task to fix it is drafted
 LOOP_ENDINGS = frozenset({TaskStatus.completed.value, TaskStatus.exhausted.value, TaskStatus.failed.value})
 LIMIT_KEYS = {c.value: f"RALPH_MAX_ITERATIONS_{c.value.upper()}" for c in Complexity}
 TASK_IDS_SHOWN = 50  # the tasks a proposal's evidence names, at most
@@ -112,7 +111,7 @@ def learn(outcomes: Iterable[OutcomeRecord], current: Current, min_sample: int =
     found.append(stuck_threshold(ended, current.stuck_iterations, min_sample))
     found += [strategy_for(c, group, current.strategy, min_sample) for c, group in sorted(by_class.items())]
     found += failing_backends(ended, min_sample)
-    found += repeated_failures(ended)
+    found += repeated_failures(ended, min_sample)
     return [p for p in found if p is not None]
 
 
@@ -211,16 +210,16 @@ def failing_backends(ended: Sequence[OutcomeRecord], min_sample: int) -> list[Pr
     return found
 
 
-def repeated_failures(ended: Sequence[OutcomeRecord]) -> list[Proposal]:
-    """A drafted task where REPEATED_FAILURE tasks or more in one workspace ended with the same
-    check failing the same way: the check (or what it tests) may be what needs the work."""
+def repeated_failures(ended: Sequence[OutcomeRecord], min_sample: int) -> list[Proposal]:
+    """A drafted task where `min_sample` tasks or more in one workspace ended with the same check
+    failing the same way: the check (or what it tests) may be what needs the work."""
     groups: dict[tuple[str, str, str], list[OutcomeRecord]] = defaultdict(list)
     for o in ended:
         if not o.solved and o.check_passed is False and o.check_command and o.check_failure:
             groups[(o.workspace, o.check_command, o.check_failure)].append(o)
     found = []
     for (workspace, check, failure), group in sorted(groups.items()):
-        if len(group) < REPEATED_FAILURE:
+        if len(group) < min_sample:
             continue
         prompt = (f"The check `{check}` fails the same way ({failure}) at the end of {len(group)} tasks in this repository. "
                   "Find out why and make it pass: fix the code it tests, or the check itself where it is wrong.")  # fmt: skip
