@@ -222,7 +222,7 @@ class TaskView(BaseModel):
     base_commit: str | None
     iteration: int
     max_iterations: int
-    limit_source: str = Field(description="request, backend, adaptive or default")
+    limit_source: str = Field(description="request, backend, learned (from similar past tasks), adaptive or default")
     complexity: Complexity | None
     complexity_reason: str | None
     require_approval: bool

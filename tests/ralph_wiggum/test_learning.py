@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from aistack.contracts import Strategy
-from aistack.ralph_wiggum import learning
+from aistack.contracts import Complexity, IterationLimits, Strategy
+from aistack.ralph_wiggum import learning, rules
 from aistack.ralph_wiggum.learning import Current, learn
 from aistack.ralph_wiggum.records import IterationRecord, OutcomeRecord
 
@@ -108,3 +108,39 @@ def test_features_and_idle_runs_of_a_task():
     assert learning.features("Do:\n- a\n- b\n", {"files": ["x.py"], "read_only_files": ["y.py"]}) == ("default", 5, 2, 2)
     its = [IterationRecord("t", n, T0, "success", files_modified=files) for n, files in enumerate([(), ("a",), (), (), ("b",), ()], 1)]
     assert learning.idle_run(its) == 2 and learning.idle_run([]) == 0
+
+
+LIMITS = IterationLimits(ralph_max_iterations_simple=10, ralph_max_iterations_default=20, ralph_max_iterations_complex=50,
+                         ralph_adaptive_iterations=True, ralph_max_iterations_cap=100)  # fmt: skip
+
+
+def past(words: int, iterations: int, solved: bool, items: int = 0, files: int = 0) -> rules.PastTask:
+    return rules.PastTask("simple", words, items, files, iterations, solved)
+
+
+def test_a_learned_limit_comes_from_the_most_similar_past_tasks_once_enough_have_finished():
+    short = [past(6, n, True) for n in (1, 2, 2)] + [past(6, 10, False)] * 12
+    longer = [past(30, n, True) for n in (6, 7, 8)]  # less like a 6-word prompt: not among its nearest 15
+    history = short + longer
+    choice = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=18)
+    assert (choice.max_iterations, choice.source, choice.complexity) == (3, "learned", Complexity.simple)
+    assert "3 solved, in at most 2 iterations" in choice.reason
+    below = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=19)
+    assert (below.max_iterations, below.source) == (10, "adaptive")  # too few finished: the keyword classes
+    off = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=0)
+    assert off.source == "adaptive"
+    asked = rules.choose_limit(4, "fix the typo in the greeting", LIMITS, past=history, learn_after=1)
+    assert (asked.max_iterations, asked.source) == (4, "request")
+
+
+def test_too_few_similar_successes_or_another_class_fall_back_to_the_class_limit():
+    few = [past(6, 1, True)] * 2 + [past(6, 10, False)] * 20
+    assert rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=few, learn_after=5).source == "adaptive"
+    others = [rules.PastTask("complex", 6, 0, 0, 1, True)] * 20  # solved, but of another class
+    assert rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=others, learn_after=5).source == "adaptive"
+    assert rules.learned_limit("fix it", 0, [past(6, 200, True)] * 5, cap=100).max_iterations == 100  # never above the cap
+
+
+def test_past_tasks_are_the_outcomes_the_loop_ended():
+    ended = solved_in(2) + failed(1) + [replace(outcome(7, False, 3), status="stopped")]
+    assert learning.past_tasks(ended) == [rules.PastTask("simple", 8, 0, 0, 2, True), rules.PastTask("simple", 8, 0, 0, 10, False)]

@@ -129,3 +129,19 @@ def test_on_a_schedule_the_same_failing_check_drafts_a_task_that_runs_only_once_
         assert task["prompt"] == draft["task"]["prompt"] and task["check_command"] == "test -f done"
         undo = client.post(f"/learn/proposals/{draft['id']}/rollback")
         assert undo.status_code == 409 and "nothing to roll back" in undo.json()["detail"]
+
+
+def test_once_enough_tasks_finished_a_new_task_takes_its_limit_from_similar_ones(stack_env, services):
+    script = stack_env.root / "agent.sh"
+    script.write_text(AGENT)
+    script.chmod(0o755)
+    stack_env.set(RALPH_COMMAND_BACKEND=str(script), RALPH_SANDBOX="off", RALPH_LEARNED_LIMITS_AFTER=4, RALPH_MAX_CONCURRENT_TASKS=4)
+    make_git_repo(stack_env.workspace_root / "repo")
+    with httpx.Client(base_url=services("ralph-wiggum", stack_env).url, timeout=10) as client:
+        run_tasks(client, ["solve the greeting", "solve the sum", "solve the title"])
+        [first] = run_tasks(client, ["fix the header"])
+        assert first["limit_source"] == "adaptive"  # 3 finished: below the threshold, and not yet learned from
+        client.post("/learn")  # what the learned limits read is refreshed with each learning
+        [learned] = run_tasks(client, ["fix the footer"])
+        assert (learned["limit_source"], learned["max_iterations"], learned["complexity"]) == ("learned", 2, "simple")
+        assert "3 solved, in at most 1 iterations" in learned["complexity_reason"]

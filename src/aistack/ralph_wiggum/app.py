@@ -56,9 +56,9 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():
             backend.start()
+        await learner.start(schedule=role != "api")  # an API replica learns only when asked
         if role != "api":
             scheduler.start()
-            learner.start()
         who = role if role == "api" else f"{role}, worker {settings.worker_id}"
         log.info("ralph-wiggum %s ready (%s): backends %s, data in %s", __version__, who, ", ".join(backends), settings.aistack_data_dir)
         log.info("store: %s (schema %s)", settings.database_shown, migrations.head())

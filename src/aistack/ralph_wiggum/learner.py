@@ -34,8 +34,10 @@ class Learner:
         self._job: asyncio.Task[None] | None = None
 
     async def learn(self) -> list[ProposalRecord]:
-        """Learn from every outcome now; the proposals it made or refreshed."""
+        """Learn from every outcome now; the proposals it made or refreshed. The learned limits
+        of the tasks submitted from now on read these outcomes too."""
         outcomes = await self.store.outcomes()
+        self.tasks.past = learning.past_tasks(outcomes)
         found = learning.learn(outcomes, learning.Current.of(self.settings), self.settings.ralph_learn_min_outcomes)
         return await self.store.save_proposals(found)
 
@@ -100,8 +102,11 @@ class Learner:
 
     # --- on a schedule ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self.settings.ralph_learn_interval_seconds > 0:
+    async def start(self, schedule: bool) -> None:
+        """Read the outcomes the learned limits start from; with `schedule`, learn every
+        RALPH_LEARN_INTERVAL_SECONDS (0: never)."""
+        self.tasks.past = learning.past_tasks(await self.store.outcomes())
+        if schedule and self.settings.ralph_learn_interval_seconds > 0:
             self._job = asyncio.create_task(self._every(self.settings.ralph_learn_interval_seconds), name="learner")
 
     async def stop(self) -> None:

@@ -62,6 +62,12 @@ def outcome_of(task: TaskRecord, history: Sequence[IterationRecord], model: str 
     )  # fmt: skip
 
 
+def past_tasks(outcomes: Iterable[OutcomeRecord]) -> list[rules.PastTask]:
+    """The outcomes the learned limits read: the tasks the loop ended, as plain features."""
+    return [rules.PastTask(o.complexity, o.words, o.items, o.context_files, o.iterations, o.solved)
+            for o in outcomes if o.status in LOOP_ENDINGS]  # fmt: skip
+
+
 def idle_run(history: Sequence[IterationRecord]) -> int:
     """The longest run of consecutive iterations that changed no file (what the stuck rule counts)."""
     longest = current = 0
