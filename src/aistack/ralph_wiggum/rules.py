@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import math
 import re
 from collections.abc import Sequence
@@ -180,7 +181,7 @@ def learned_limit(prompt: str, files: int, past: Sequence[PastTask], cap: int) -
     def distance(task: PastTask) -> float:
         return abs(math.log1p(task.words) - math.log1p(words)) + abs(task.items - items) + abs(task.files - files)
 
-    nearest = sorted((t for t in past if t.complexity == complexity.value), key=distance)[:NEIGHBOURS]
+    nearest = heapq.nsmallest(NEIGHBOURS, (t for t in past if t.complexity == complexity.value), key=distance)  # stable: ties keep order
     solved = [t.iterations for t in nearest if t.solved]
     if len(solved) < NEIGHBOURS_SOLVED:
         return None
