@@ -44,7 +44,7 @@ def outcomes(report: dict[str, Any], prompts: dict[str, str]) -> list[tuple[Outc
     for mode, results in report["results"].items():
         if not mode.startswith("loop"):
             continue
-        limit = report["modes"][mode]["max_iterations"]
+        limit, backend = report["modes"][mode]["max_iterations"], report["modes"][mode].get("backend", "aider")
         for n, r in enumerate(results):
             its = r["per_iteration"]
             prompt = prompts.get(r["problem"], r["problem"])
@@ -52,7 +52,7 @@ def outcomes(report: dict[str, Any], prompts: dict[str, str]) -> list[tuple[Outc
             idle = learning.idle_run([replace(_BLANK, files_modified=("x",) if it["changed"] else ()) for it in its])
             o = OutcomeRecord(
                 task_id=f"{mode}:{r['task']}", status=r["status"], reason=None, complexity=complexity, words=words, items=items,
-                context_files=files, workspace=r["problem"], backend="aider", model=report.get("model"), strategy=None,
+                context_files=files, workspace=r["problem"], backend=backend, model=report.get("model"), strategy=None,
                 iterations=r["iterations"], max_iterations=limit, limit_source="request", evidence_rule=None,
                 check_command=report.get("check_command"), check_passed=r["solved"], check_failure=None, promise=None,
                 diff=any(it["changed"] for it in its), prompt_tokens=r["tokens"]["prompt"], completion_tokens=r["tokens"]["completion"],
@@ -131,6 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     prompts = {p.task_id: he.prompt(p) for p in he.problems()}
     tasks = [t for path in args.reports for t in outcomes(json.loads(path.read_text()), prompts)]
+    if not tasks:
+        raise SystemExit("no recorded task of a loop mode (loop, loop-*) in these reports: nothing to replay")
     splits = [one_split(tasks, prompts, seed, args.min_sample) for seed in range(args.seeds)]
     text, total = table(splits)
     print(f"{len(tasks)} recorded tasks from {', '.join(str(p) for p in args.reports)}; {args.seeds} seeded splits, learned on "
