@@ -5,10 +5,16 @@ superseded, decided) is a compare-and-set with every decision recorded."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict, replace
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
 from aistack.contracts import TaskStatus
-from aistack.ralph_wiggum.learning import Proposal
-from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskUpdate, utcnow
+from aistack.ralph_wiggum.learning import Proposal, outcome_of
+from aistack.ralph_wiggum.records import IterationRecord, NewTask, TaskRecord, TaskUpdate, utcnow
+from aistack.ralph_wiggum.store import outcomes
 
 RUNNING = [TaskStatus.running]
 PYTEST_FAILURE = """\
@@ -24,6 +30,10 @@ test_calc.py:4: AssertionError
 FAILED test_calc.py::test_add - assert -1 == 3
 ============================== 1 failed in 0.02s ===============================
 """
+
+
+NOW = utcnow()
+OUTCOME = outcome_of(TaskRecord("x", "p", "command", "/w", TaskStatus.failed, 1, "request", NOW, NOW), [], None)
 
 
 def new_task(task_id: str, **fields) -> NewTask:
@@ -106,5 +116,23 @@ def test_proposals_are_kept_refreshed_superseded_and_decided_once(open_store):
         assert [p.id for p in await store.proposals("rolled_back")] == [other.id]
         assert [p.id for p in await store.proposals()] == [other.id, first.id]
         assert await store.proposal(999) is None
+
+    asyncio.run(scenario())
+
+
+def test_an_outcome_that_cannot_be_written_leaves_the_task_unfinished(open_store):
+    """One transaction: a row already there for the task (as a crash between two writes would
+    leave, were they two) makes the whole end fail, the iteration and the status included."""
+    store = open_store()
+
+    async def scenario():
+        await store.add_task(new_task("t1"))
+        await store.apply("t1", TaskUpdate(status=TaskStatus.running), [TaskStatus.queued])
+        with store.engine.begin() as db:
+            db.execute(insert(outcomes), asdict(replace(OUTCOME, task_id="t1")))
+        with pytest.raises(IntegrityError):
+            await store.record_iteration(iteration("t1", 1), TaskUpdate(status=TaskStatus.completed), [], RUNNING)
+        task = await store.get("t1")
+        assert task.status is TaskStatus.running and task.iteration == 0 and await store.iterations("t1") == []
 
     asyncio.run(scenario())
