@@ -3,9 +3,7 @@ and Accept / Reject / Roll back (the orchestrator writes the .env and applies th
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from aistack.client import RalphError
@@ -42,10 +40,10 @@ async def learn_now(request: Request, site: SiteDep):
 
 
 @router.post("/learning/{proposal_id}/{action}")
-async def decide(request: Request, site: SiteDep, proposal_id: Annotated[int, Path(ge=1, le=MAX_INT)], action: str):
-    posted = await checked_form(request)
-    if action not in ACTIONS:
-        message = f"unknown action {action!r}: allowed: {', '.join(ACTIONS)}"
+async def decide(request: Request, site: SiteDep, proposal_id: str, action: str):
+    posted = await checked_form(request)  # first: a post without its token learns nothing, not even that the id is bad
+    if action not in ACTIONS or not proposal_id.isascii() or not proposal_id.isdigit() or not 1 <= int(proposal_id) <= MAX_INT:
+        message = f"no proposal {proposal_id!r}, or unknown action {action!r} (allowed: {', '.join(ACTIONS)})"
         return site.render(request, "error.html", 404, title="Learning", message=message)
     why = str(posted.get("detail", "")).strip()[:2000] or None
     body = {"who": WHO, **({"detail": why} if why else {})}
