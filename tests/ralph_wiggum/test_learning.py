@@ -63,13 +63,18 @@ def test_stopped_and_rejected_tasks_are_no_evidence():
     assert learn(solved_in(1, 2, 3) + stopped, NOW) == []
 
 
-def test_the_timeout_follows_the_longest_successful_iteration():
-    found = kinds(learn(solved_in(1, 1, 1) + failed(9, longest_iteration_seconds=900.0), NOW))
-    timeout = found["iteration_timeout"]
-    assert timeout.changes == {"RALPH_ITERATION_TIMEOUT_SECONDS": "60"}  # 1.5 x 30 s, at least a minute
-    assert timeout.evidence["failed_with_longer"] == 9 and timeout.evidence["longest_iteration_seconds_of_solved"]["max"] == 30.0
+def test_each_backends_timeout_follows_its_longest_successful_iteration_in_one_proposal():
+    aider = solved_in(1, 1, 1) + failed(9, longest_iteration_seconds=900.0)
+    script = [replace(o, task_id=f"c{o.task_id}", backend="command", longest_iteration_seconds=2.0) for o in solved_in(1, 1, 1) + failed(9)]
+    few = [replace(o, task_id=f"g{o.task_id}", backend="goose") for o in solved_in(1, 1, 1)]  # too few tasks: kept as it is
+    now = replace(NOW, backend_timeouts={"goose": 300})
+    timeout = kinds(learn(aider + script + few, now))["iteration_timeout"]
+    assert timeout.changes == {"RALPH_BACKEND_TIMEOUT_SECONDS": "aider=60,command=60,goose=300"}  # 1.5 x 30 s, at least a minute
+    aider_evidence = timeout.evidence["aider"]
+    assert aider_evidence["failed_with_longer"] == 9 and aider_evidence["longest_iteration_seconds_of_solved"]["max"] == 30.0
+    assert set(timeout.evidence) == {"aider", "command"} and "aider 900 -> 60 s" in timeout.summary
     slow = [replace(o, longest_iteration_seconds=500.0) for o in solved_in(1, 1, 1)]
-    assert "iteration_timeout" not in kinds(learn(slow + failed(9), replace(NOW, iteration_timeout_seconds=800)))  # 750 is close
+    assert "iteration_timeout" not in kinds(learn(slow + failed(9), replace(NOW, backend_timeouts={"aider": 800})))  # 750 is close
 
 
 def test_the_stuck_threshold_sits_above_what_a_success_came_back_from():

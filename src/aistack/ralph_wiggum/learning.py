@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aistack.config import per_backend
 from aistack.contracts import Complexity, Strategy, TaskStatus
 from aistack.ralph_wiggum import rules, testreport
 from aistack.ralph_wiggum.records import IterationRecord, OutcomeRecord, TaskRecord
@@ -88,11 +89,16 @@ class Current:
     stuck_iterations: int
     iteration_timeout_seconds: int
     strategy: Strategy = field(default_factory=Strategy)
+    backend_timeouts: dict[str, int] = field(default_factory=dict)  # RALPH_BACKEND_TIMEOUT_SECONDS
 
     @classmethod
     def of(cls, settings: Any) -> Current:
         limits = {c: getattr(settings, key.lower()) for c, key in LIMIT_KEYS.items()}
-        return cls(limits, settings.ralph_stuck_iterations, settings.ralph_iteration_timeout_seconds, settings.strategy())
+        timeouts = per_backend(settings.ralph_backend_timeout_seconds)
+        return cls(limits, settings.ralph_stuck_iterations, settings.ralph_iteration_timeout_seconds, settings.strategy(), timeouts)
+
+    def timeout(self, backend: str) -> int:
+        return self.backend_timeouts.get(backend, self.iteration_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def learn(outcomes: Iterable[OutcomeRecord], current: Current, min_sample: int =
     for o in ended:
         by_class[o.complexity].append(o)
     found: list[Proposal | None] = [iteration_limit(c, group, current.limits.get(c), min_sample) for c, group in sorted(by_class.items())]
-    found.append(iteration_timeout(ended, current.iteration_timeout_seconds, min_sample))
+    found.append(iteration_timeouts(ended, current, min_sample))
     found.append(stuck_threshold(ended, current.stuck_iterations, min_sample))
     found += [strategy_for(c, group, current.strategy, min_sample) for c, group in sorted(by_class.items())]
     found += failing_backends(ended, min_sample)
@@ -141,21 +147,32 @@ def iteration_limit(complexity: str, group: Sequence[OutcomeRecord], limit: int 
     return Proposal("iteration_limit", complexity, summary, {key: str(value)}, evidence)
 
 
-def iteration_timeout(ended: Sequence[OutcomeRecord], timeout: int, min_sample: int) -> Proposal | None:
-    """RALPH_ITERATION_TIMEOUT_SECONDS at 1.5x the longest iteration of a solved task (at least a
-    minute, in whole 10 s), when that is a quarter or more away from today's."""
-    longest = sorted(o.longest_iteration_seconds for o in ended if o.solved and o.longest_iteration_seconds is not None)
-    if len(ended) < min_sample or len(longest) < MIN_SOLVED:
+def iteration_timeouts(ended: Sequence[OutcomeRecord], current: Current, min_sample: int) -> Proposal | None:
+    """Per backend with `min_sample` finished tasks: its timeout at 1.5x the longest iteration of
+    one of its solved tasks (at least a minute, in whole 10 s), where that is a quarter or more
+    away from the one in effect. One proposal of RALPH_BACKEND_TIMEOUT_SECONDS for them all (an
+    agent on a CPU model takes minutes where a script takes a second), the other backends' kept."""
+    by_backend: dict[str, list[OutcomeRecord]] = defaultdict(list)
+    for o in ended:
+        by_backend[o.backend].append(o)
+    chosen, evidence, said = dict(current.backend_timeouts), dict[str, Any](), list[str]()
+    for backend, group in sorted(by_backend.items()):
+        longest = sorted(o.longest_iteration_seconds for o in group if o.solved and o.longest_iteration_seconds is not None)
+        if len(group) < min_sample or len(longest) < MIN_SOLVED:
+            continue
+        seconds, now = max(60, math.ceil(longest[-1] * 1.5 / 10) * 10), current.timeout(backend)
+        if abs(seconds - now) < now / 4:
+            continue
+        slower = [o for o in group if not o.solved and (o.longest_iteration_seconds or 0) > seconds]
+        chosen[backend] = seconds
+        said.append(f"{backend} {now} -> {seconds} s (its longest solved iteration: {longest[-1]:.0f} s)")
+        evidence[backend] = {**_sample(group), "longest_iteration_seconds_of_solved": _spread(longest),
+                             "failed_with_longer": len(slower), "tasks": _ids(group)}  # fmt: skip
+    if not evidence:
         return None
-    value = max(60, math.ceil(longest[-1] * 1.5 / 10) * 10)
-    if abs(value - timeout) < timeout / 4:
-        return None
-    slower = [o for o in ended if not o.solved and (o.longest_iteration_seconds or 0) > value]
-    summary = (f"iteration timeout {timeout} -> {value} s: the longest iteration of {len(longest)} solved tasks took "
-               f"{longest[-1]:.0f} s" + (f"; {len(slower)} failed tasks had longer ones" if slower else ""))  # fmt: skip
-    evidence = {**_sample(ended), "longest_iteration_seconds_of_solved": _spread(longest), "failed_with_longer": len(slower),
-                "tasks": _ids(ended)}  # fmt: skip
-    return Proposal("iteration_timeout", "all", summary, {"RALPH_ITERATION_TIMEOUT_SECONDS": str(value)}, evidence)
+    setting = ",".join(f"{backend}={seconds}" for backend, seconds in sorted(chosen.items()))
+    return Proposal("iteration_timeout", "per backend", "iteration timeouts: " + "; ".join(said),
+                    {"RALPH_BACKEND_TIMEOUT_SECONDS": setting}, evidence)  # fmt: skip
 
 
 def stuck_threshold(ended: Sequence[OutcomeRecord], threshold: int, min_sample: int) -> Proposal | None:
