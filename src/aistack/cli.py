@@ -21,6 +21,7 @@ from aistack.lifecycle import cli as lifecycle_cli
 from aistack.lifecycle import systemd
 from aistack.llama_cpp import cli as llama_cli
 from aistack.ralph_wiggum import cli as ralph_cli
+from aistack.ralph_wiggum import learn_cli
 from aistack.terminal import console, fail, settings_or_exit
 
 app = typer.Typer(help="aistack: hand a coding task to a local AI and get back verified work.", no_args_is_help=True)
@@ -127,7 +128,7 @@ def _mount(sub: typer.Typer) -> None:
     app.registered_groups.extend(sub.registered_groups)
 
 
-for _sub in (ralph_cli.commands, llama_cli.commands, lifecycle_cli.commands, systemd.commands, demo.commands):
+for _sub in (ralph_cli.commands, learn_cli.commands, llama_cli.commands, lifecycle_cli.commands, systemd.commands, demo.commands):
     _mount(_sub)
 
 

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         default="carried", pattern=r"^(carried|fresh)$", description="carried: a prompt quotes a reply that got nowhere; fresh: not."
     )
     ralph_strategy_candidates: int = Field(default=1, ge=1, le=2, description="Attempts per iteration, in worktrees of their own.")
+    ralph_learn_interval_seconds: int = Field(
+        default=0, ge=0, le=604800, description="How often ralph-wiggum turns the tasks' outcomes into proposals; 0 = only on demand."
+    )
+    ralph_learn_min_outcomes: int = Field(default=10, ge=4, le=100000, description="Finished tasks a learned proposal needs at the least.")
+    ralph_learned_limits_after: int = Field(
+        default=50, ge=0, le=1_000_000, description="Finished tasks after which a limit comes from similar past ones; 0 = classes only."
+    )
     ralph_iteration_timeout_seconds: int = Field(default=900, ge=1, le=86400, description="Longest one iteration may take.")
     ralph_check_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest a check command may take.")
     ralph_git_credentials_file: Path | None = Field(

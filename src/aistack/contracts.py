@@ -222,7 +222,7 @@ class TaskView(BaseModel):
     base_commit: str | None
     iteration: int
     max_iterations: int
-    limit_source: str = Field(description="request, backend, adaptive or default")
+    limit_source: str = Field(description="request, backend, learned (from similar past tasks), adaptive or default")
     complexity: Complexity | None
     complexity_reason: str | None
     require_approval: bool
@@ -345,6 +345,39 @@ class DailyStats(BaseModel):
 
     per_backend: list[DayRate]
     per_complexity: list[DayRate]
+
+
+class ProposalDecision(BaseModel):
+    """Who decides on a learned proposal, and why (both kept with the decision)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    who: Text = Field(default="api", min_length=1, max_length=200)
+    detail: Text | None = Field(default=None, max_length=2000)
+
+
+class DecisionView(BaseModel):
+    decision: Literal["accepted", "rejected", "rolled_back"]
+    who: str
+    detail: str | None
+    created_at: datetime
+
+
+class ProposalView(BaseModel):
+    """A change the learner proposes from the tasks' outcomes (docs/architecture.md, "Learning")."""
+
+    id: int
+    kind: Literal["iteration_limit", "iteration_timeout", "stuck_threshold", "strategy", "backend", "task"]
+    subject: str = Field(description="What it is about: a class, a backend, a workspace's check.")
+    summary: str
+    changes: dict[str, str] = Field(description=".env keys and the values an acceptance writes and applies; {} for advice.")
+    previous: dict[str, str | None] | None = Field(description="What an acceptance replaced (null: unset): a rollback restores it.")
+    task: dict[str, Any] | None = Field(description="kind task: the drafted task, submitted when accepted.")
+    evidence: dict[str, Any] = Field(description="Counts, percentiles and the tasks it rests on.")
+    status: Literal["open", "accepted", "rejected", "rolled_back", "superseded"]
+    created_at: datetime
+    updated_at: datetime
+    decisions: list[DecisionView] = Field(default_factory=list)
 
 
 MOST_ITERATIONS = 10_000  # the highest iteration limit any setting accepts

@@ -29,7 +29,9 @@ def test_no_input_makes_a_server_error_or_an_answer_unlike_the_document(stack_en
     schema = load(proc.url + "/openapi.json", base_url=proc.url, headers=key, exclude=r"/events$")
 
     single = fuzz_operations(schema, EXAMPLES)
-    linked = fuzz_links(schema, SCENARIOS)
+    # the scenarios follow the links between a task's routes; the learning routes' links (a
+    # proposal's id) would take their share of the scenarios, and no task leaves a proposal here
+    linked = fuzz_links(load(proc.url + "/openapi.json", base_url=proc.url, headers=key, exclude=r"/events$|^/learn"), SCENARIOS)
 
     operations = {label for label, _ in single}
     assert "POST /tasks" in operations and "POST /tasks/{task_id}/approve" in operations and len(operations) >= 12

@@ -19,7 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from aistack import preflight
 from aistack.config import Settings
-from aistack.dashboard.pages import auth, config, controls, deploy, overview, stats, tasks
+from aistack.dashboard.pages import auth, config, controls, deploy, learning, overview, stats, tasks
 from aistack.dashboard.security import CsrfFailed, LoginRequired, session_secret
 from aistack.dashboard.site import HERE, Site
 from aistack.web import check_bind, error_body, serve
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_error_pages(app, site)
-    for page in (auth, overview, tasks, stats, controls, config, deploy):
+    for page in (auth, overview, tasks, stats, controls, config, deploy, learning):
         app.include_router(page.router)
     return app
 

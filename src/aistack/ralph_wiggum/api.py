@@ -7,7 +7,7 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -22,6 +22,8 @@ from aistack.contracts import (
     HealthSummary,
     IterationLimits,
     IterationView,
+    ProposalDecision,
+    ProposalView,
     RalphHealth,
     Stats,
     TaskAccepted,
@@ -31,6 +33,7 @@ from aistack.contracts import (
     TaskView,
 )
 from aistack.ralph_wiggum import space
+from aistack.ralph_wiggum.learner import Learner
 from aistack.ralph_wiggum.scheduler import Scheduler
 from aistack.ralph_wiggum.store import Store, unreachable
 from aistack.ralph_wiggum.tasks import TaskError, TaskService
@@ -49,6 +52,10 @@ def _tasks(request: Request) -> TaskService:
 
 def _store(request: Request) -> Store:
     return request.app.state.store
+
+
+def _learner(request: Request) -> Learner:
+    return request.app.state.learner
 
 
 def _scheduler(request: Request) -> Scheduler:
@@ -238,3 +245,57 @@ async def reload_limits(request: Request) -> IterationLimits:
     for name in IterationLimits.model_fields:
         setattr(settings, name, getattr(fresh, name))
     return settings.iteration_limits()
+
+
+# --- learning -----------------------------------------------------------------------------------
+
+ProposalId = Annotated[int, Path(ge=1, le=MAX_INT)]
+PROPOSAL_STATUSES = ("open", "accepted", "rejected", "rolled_back", "superseded")
+
+
+@router.post("/learn", response_model=list[ProposalView], tags=["learning"])
+async def learn(request: Request) -> list[ProposalView]:
+    """Learn from every finished task's outcome now: the proposals made or refreshed (each with its evidence)."""
+    return [p.view() for p in await _learner(request).learn()]
+
+
+@router.get("/learn/proposals", response_model=list[ProposalView], tags=["learning"])
+async def list_proposals(
+    request: Request, status: Annotated[str | None, Query(description="Only proposals in this status.")] = None
+) -> list[ProposalView]:
+    if status is not None and status not in PROPOSAL_STATUSES:
+        raise http_error(422, f"status must be one of {', '.join(PROPOSAL_STATUSES)}, got {status!r}", "status")
+    return [p.view() for p in await _store(request).proposals(status)]
+
+
+@router.get("/learn/proposals/{proposal_id}", response_model=ProposalView, tags=["learning"], responses=NOT_FOUND)
+async def get_proposal(proposal_id: ProposalId, request: Request) -> ProposalView:
+    """One proposal with every decision taken on it."""
+    proposal = await _learner(request).get(proposal_id)
+    return proposal.view(await _store(request).decisions(proposal_id))
+
+
+DECIDED = error_responses(400, 404, 409)
+
+
+@router.post("/learn/proposals/{proposal_id}/accept", response_model=ProposalView, tags=["learning"], responses=DECIDED)
+async def accept_proposal(proposal_id: ProposalId, request: Request, body: ProposalDecision | None = None) -> ProposalView:
+    """Write its settings to the .env (atomic, with a backup) and apply them without a restart; a drafted task is submitted."""
+    body = body or ProposalDecision()
+    await _learner(request).accept(proposal_id, body.who, body.detail)
+    return await get_proposal(proposal_id, request)
+
+
+@router.post("/learn/proposals/{proposal_id}/reject", response_model=ProposalView, tags=["learning"], responses=DECIDED)
+async def reject_proposal(proposal_id: ProposalId, request: Request, body: ProposalDecision | None = None) -> ProposalView:
+    body = body or ProposalDecision()
+    await _learner(request).reject(proposal_id, body.who, body.detail)
+    return await get_proposal(proposal_id, request)
+
+
+@router.post("/learn/proposals/{proposal_id}/rollback", response_model=ProposalView, tags=["learning"], responses=DECIDED)
+async def rollback_proposal(proposal_id: ProposalId, request: Request, body: ProposalDecision | None = None) -> ProposalView:
+    """Write back and apply the values an accepted proposal replaced."""
+    body = body or ProposalDecision()
+    await _learner(request).rollback(proposal_id, body.who, body.detail)
+    return await get_proposal(proposal_id, request)

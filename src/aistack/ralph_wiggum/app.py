@@ -20,6 +20,7 @@ from aistack.ralph_wiggum import migrations
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
+from aistack.ralph_wiggum.learner import Learner
 from aistack.ralph_wiggum.mcp_server import HttpEndpoint
 from aistack.ralph_wiggum.metrics import registry_for
 from aistack.ralph_wiggum.scheduler import Scheduler
@@ -50,10 +51,12 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
         workspace = GitWorktrees(settings.worktrees_dir, settings.workspace_root, remotes, settings.repositories_dir)
         tasks = TaskService(settings, store, workspace, backends, sandbox)
         scheduler = Scheduler(tasks, settings.worker_id)
-        app.state.tasks, app.state.scheduler = tasks, scheduler
+        learner = Learner(settings, store, tasks, resolve_env_file())
+        app.state.tasks, app.state.scheduler, app.state.learner = tasks, scheduler, learner
         app.state.registry = registry_for(store, lambda: scheduler.active_count)
         for backend in backends.values():
             backend.start()
+        await learner.start(schedule=role != "api")  # an API replica learns only when asked
         if role != "api":
             scheduler.start()
         who = role if role == "api" else f"{role}, worker {settings.worker_id}"
@@ -64,6 +67,7 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
             async with mcp.serving(app):
                 yield
         finally:
+            await learner.stop()
             await scheduler.shutdown()
             for backend in backends.values():
                 await backend.close()
@@ -99,10 +103,15 @@ def open_store(settings: Settings, on_event=None) -> Store:
     if settings.aistack_database_url is None:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return Store(settings.database_url, on_event)
+        return Store(settings.database_url, on_event, model=served_model(settings))
     except DBAPIError as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
+
+
+def served_model(settings: Settings) -> str:
+    """The model the local LLM serves, as the outcomes name it: its file, or the bundled one's name."""
+    return settings.llama_cpp_model_file.name if settings.llama_cpp_model_file else settings.llama_cpp_model.value
 
 
 def run(settings: Settings, role: str = "all") -> int:

@@ -6,11 +6,22 @@ Field names are the database's column names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from aistack.contracts import EventView, Evidence, IterationView, Strategy, TaskStatus, TaskView, TokenCounts
+from aistack.contracts import (
+    DecisionView,
+    EventView,
+    Evidence,
+    IterationView,
+    ProposalView,
+    Strategy,
+    TaskStatus,
+    TaskView,
+    TokenCounts,
+)
 
 
 def utcnow() -> datetime:
@@ -177,3 +188,78 @@ class Lease:
     task_id: str
     worker_id: str
     epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    """What one finished task was, what it took and how it ended: what the learner learns from
+    (`learning.py`). Written with the task's terminal status, in its transaction."""
+
+    task_id: str
+    status: str
+    reason: str | None
+    complexity: str  # rules.classify's class of the prompt, whatever chose the task's limit
+    words: int
+    items: int  # listed requirements in the prompt
+    context_files: int  # files the request named for the agent (context files + read_only_files)
+    workspace: str
+    backend: str
+    model: str | None
+    strategy: dict[str, Any] | None
+    iterations: int
+    max_iterations: int
+    limit_source: str
+    evidence_rule: str | None  # check_command, completion_promise or diff: what completed it
+    check_command: str | None
+    check_passed: bool | None  # the last check's verdict; None: no check ran
+    check_failure: str | None  # the last failed check's first failing line, to see the same failure across tasks
+    promise: bool | None  # the reply ended with the promise; None: no promise asked for
+    diff: bool  # some iteration changed files
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # the iterations' time, summed
+    longest_iteration_seconds: float | None
+    idle_run: int  # the longest run of consecutive iterations that changed no file
+    finished_at: datetime
+
+    @property
+    def solved(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalRecord:
+    """A change the learner proposes, with its evidence, and where a person's decisions left it."""
+
+    id: int
+    kind: str  # iteration_limit, iteration_timeout, stuck_threshold, strategy, backend or task
+    subject: str  # what it is about (a class, a backend, a workspace): one open proposal per kind and subject
+    summary: str
+    changes: dict[str, str]  # .env keys and values an acceptance writes; {} for advice
+    evidence: dict[str, Any]
+    status: str  # open, accepted, rejected, rolled_back or superseded
+    created_at: datetime
+    updated_at: datetime
+    previous: dict[str, str | None] | None = None  # the values an acceptance replaced (None: unset): what a rollback restores
+    task: dict[str, Any] | None = None  # a drafted task (kind task): submitted when accepted
+
+    def view(self, decisions: Sequence[DecisionRecord] = ()) -> ProposalView:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return ProposalView.model_validate({**values, "decisions": [d.view() for d in decisions]})
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    proposal_id: int
+    decision: str  # accepted, rejected or rolled_back
+    who: str
+    created_at: datetime
+    detail: str | None = None
+
+    def view(self) -> DecisionView:
+        values = {name: getattr(self, name) for name in ("decision", "who", "detail", "created_at")}
+        return DecisionView.model_validate(values)

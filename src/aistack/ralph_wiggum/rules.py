@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -91,7 +93,7 @@ EXCERPT_CHARS = 4000
 @dataclass(frozen=True)
 class LimitChoice:
     max_iterations: int
-    source: str  # "request", "backend", "adaptive" or "default"
+    source: str  # "request", "backend", "learned", "adaptive" or "default"
     complexity: Complexity | None
     reason: str
 
@@ -107,13 +109,13 @@ _SIMPLE_WORDS = re.compile(
     r"bump|format|lint)\b",
     re.IGNORECASE,
 )
-_LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
+LIST_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
 
 
 def classify(prompt: str) -> tuple[Complexity, str]:
     """Guess how much work a prompt asks for, from its length, structure and wording."""
     words = len(prompt.split())
-    items = len(_LIST_ITEM.findall(prompt))
+    items = len(LIST_ITEM.findall(prompt))
     complex_hit = _COMPLEX_WORDS.search(prompt)
     if complex_hit:
         return Complexity.complex, f"mentions {complex_hit.group(0).lower()!r}"
@@ -128,9 +130,13 @@ def classify(prompt: str) -> tuple[Complexity, str]:
     return Complexity.default, f"{words} words, {items} listed requirements"
 
 
-def choose_limit(requested: int | None, prompt: str, limits: IterationLimits, backend_limit: int | None = None) -> LimitChoice:
+def choose_limit(
+    requested: int | None, prompt: str, limits: IterationLimits, backend_limit: int | None = None,
+    past: Sequence[PastTask] = (), learn_after: int = 0, files: int = 0,
+) -> LimitChoice:  # fmt: skip
     """The task's iteration limit: what the request asked for, else its backend's
-    (RALPH_BACKEND_MAX_ITERATIONS), else adaptive, else the default."""
+    (RALPH_BACKEND_MAX_ITERATIONS), else adaptive: learned from similar past tasks once
+    `learn_after` (RALPH_LEARNED_LIMITS_AFTER) have finished, else the prompt's class; else the default."""
     cap = limits.ralph_max_iterations_cap
     if requested is not None:
         return LimitChoice(requested, "request", None, "given in the request")
@@ -138,6 +144,8 @@ def choose_limit(requested: int | None, prompt: str, limits: IterationLimits, ba
         return LimitChoice(min(backend_limit, cap), "backend", None, "RALPH_BACKEND_MAX_ITERATIONS")
     if not limits.ralph_adaptive_iterations:
         return LimitChoice(min(limits.ralph_max_iterations_default, cap), "default", None, "adaptive limits are off")
+    if learn_after and len(past) >= learn_after and (learned := learned_limit(prompt, files, past, cap)) is not None:
+        return learned
     complexity, reason = classify(prompt)
     chosen = {
         Complexity.simple: limits.ralph_max_iterations_simple,
@@ -145,6 +153,41 @@ def choose_limit(requested: int | None, prompt: str, limits: IterationLimits, ba
         Complexity.complex: limits.ralph_max_iterations_complex,
     }
     return LimitChoice(min(chosen[complexity], cap), "adaptive", complexity, reason)
+
+
+@dataclass(frozen=True)
+class PastTask:
+    """A finished task as the learned limits see it: its prompt's plain features and what it took."""
+
+    complexity: str
+    words: int
+    items: int
+    files: int
+    iterations: int
+    solved: bool
+
+
+NEIGHBOURS = 15  # similar past tasks a learned limit is read from
+NEIGHBOURS_SOLVED = 3  # of which solved, at the least; fewer: the prompt's class decides
+
+
+def learned_limit(prompt: str, files: int, past: Sequence[PastTask], cap: int) -> LimitChoice | None:
+    """The limit the most similar past tasks of the prompt's class suggest (nearest by words, on a
+    log scale, listed items and files): one more than the most iterations any of them needed to
+    succeed, so a limit can still grow. None when too few of them succeeded."""
+    complexity, _ = classify(prompt)
+    words, items = len(prompt.split()), len(LIST_ITEM.findall(prompt))
+
+    def distance(task: PastTask) -> float:
+        return abs(math.log1p(task.words) - math.log1p(words)) + abs(task.items - items) + abs(task.files - files)
+
+    nearest = heapq.nsmallest(NEIGHBOURS, (t for t in past if t.complexity == complexity.value), key=distance)  # stable: ties keep order
+    solved = [t.iterations for t in nearest if t.solved]
+    if len(solved) < NEIGHBOURS_SOLVED:
+        return None
+    value = min(max(solved) + 1, cap)
+    why = f"the {len(nearest)} most similar past {complexity.value} tasks: {len(solved)} solved, in at most {max(solved)} iterations"
+    return LimitChoice(value, "learned", complexity, why)
 
 
 def limit_error(requested: int | None, cap: int) -> str | None:

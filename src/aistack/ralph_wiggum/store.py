@@ -70,8 +70,20 @@ from sqlalchemy.types import TypeDecorator
 
 from aistack.contracts import TERMINAL_STATUSES, DailyStats, DayRate, RateRow, Stats, TaskStatus
 from aistack.procgroup import GroupIdentity
-from aistack.ralph_wiggum import migrations, space
-from aistack.ralph_wiggum.records import Event, EventRecord, IterationRecord, Lease, NewTask, TaskRecord, TaskUpdate, utcnow
+from aistack.ralph_wiggum import learning, migrations, space
+from aistack.ralph_wiggum.records import (
+    DecisionRecord,
+    Event,
+    EventRecord,
+    IterationRecord,
+    Lease,
+    NewTask,
+    OutcomeRecord,
+    ProposalRecord,
+    TaskRecord,
+    TaskUpdate,
+    utcnow,
+)
 
 T = TypeVar("T")
 EVENTS_CHANNEL = "aistack_events"  # PostgreSQL's NOTIFY channel: the payload is the id of a task with new events
@@ -180,6 +192,62 @@ leases = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )  # fmt: skip
 
+# One row per finished task, written with its terminal status (`learning.outcome_of`).
+outcomes = Table(
+    "outcomes", metadata,
+    Column("task_id", ForeignKey("tasks.id"), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("reason", String(64)),
+    Column("complexity", String(16), nullable=False, index=True),
+    Column("words", Integer, nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("context_files", Integer, nullable=False),
+    Column("workspace", Text, nullable=False),
+    Column("backend", String(64), nullable=False),
+    Column("model", String(200)),
+    Column("strategy", JSON),
+    Column("iterations", Integer, nullable=False),
+    Column("max_iterations", Integer, nullable=False),
+    Column("limit_source", String(16), nullable=False),
+    Column("evidence_rule", String(32)),
+    Column("check_command", Text),
+    Column("check_passed", Boolean),
+    Column("check_failure", Text),
+    Column("promise", Boolean),
+    Column("diff", Boolean, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("longest_iteration_seconds", Float),
+    Column("idle_run", Integer, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False, index=True),
+)  # fmt: skip
+
+proposals = Table(
+    "proposals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("changes", JSON, nullable=False),
+    Column("previous", JSON),
+    Column("task", JSON),
+    Column("evidence", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
+decisions = Table(
+    "decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("proposal_id", ForeignKey("proposals.id"), nullable=False, index=True),
+    Column("decision", String(16), nullable=False),
+    Column("who", String(200), nullable=False),
+    Column("detail", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+)  # fmt: skip
+
 log = logging.getLogger("aistack.ralph")
 _TERMINAL = tuple(s.value for s in TERMINAL_STATUSES)
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))  # built once: the hottest query
@@ -200,7 +268,7 @@ class Store:
     """Every method is one short transaction: with SQLite on the store's connection, on the event
     loop; with PostgreSQL on a pooled connection, in one of the store's threads."""
 
-    def __init__(self, url: str, on_event: Callable[[str], None] | None = None):
+    def __init__(self, url: str, on_event: Callable[[str], None] | None = None, model: str | None = None):
         sqlite = make_url(url).get_backend_name() == "sqlite"
         options: dict[str, Any]
         if sqlite:
@@ -211,6 +279,7 @@ class Store:
             options = {"pool_size": POOL_SIZE + 1, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 10,
                        "connect_args": {"connect_timeout": 5}}  # fmt: skip
         self.engine = create_engine(url, **options)
+        self.model = model  # the model the agents' LLM serves, as the tasks' outcomes name it
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrations.upgrade(self.engine)
@@ -265,6 +334,7 @@ class Store:
             after = update(tasks).where(tasks.c.id == task_id).values(_stamped(change, now)).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
+            self._record_outcome(db, before, task)
             return task
 
         task = await self._run(work, task_id, events=True)
@@ -295,6 +365,7 @@ class Store:
             after = update(tasks).where(tasks.c.id == it.task_id).values({**_stamped(change, now), **counters}).returning(tasks)
             task = _task_record(db.execute(after).one())
             _append_events(db, task, extra, now, status_changed=task.status is not before.status)
+            self._record_outcome(db, before, task)
             return task
 
         task = await self._run(work, it.task_id, events=True)
@@ -439,6 +510,91 @@ class Store:
             yield
         finally:
             _FENCE.reset(token)
+
+    # --- learning ----------------------------------------------------------------------------------
+
+    def _record_outcome(self, db: Connection, before: TaskRecord, task: TaskRecord) -> None:
+        """The task's outcome, in the transaction that ends it: a crash loses both or neither."""
+        if before.status.terminal or not task.status.terminal:
+            return
+        columns = [column for column in iterations.c if column.name not in ("id", "output")]
+        rows = db.execute(select(*columns).where(iterations.c.task_id == task.id).order_by(iterations.c.number))
+        history = [IterationRecord(**{**row._mapping, "files_modified": tuple(row.files_modified or ())}) for row in rows]
+        db.execute(insert(outcomes), _fields(learning.outcome_of(task, history, self.model)))
+
+    async def outcomes(self) -> list[OutcomeRecord]:
+        """Every finished task's outcome, oldest first: a scan, in a worker thread."""
+
+        def scan() -> list[OutcomeRecord]:
+            with self.engine.connect() as db:
+                return [OutcomeRecord(**row._mapping) for row in db.execute(select(outcomes).order_by(outcomes.c.finished_at))]
+
+        return await asyncio.to_thread(scan)
+
+    async def save_proposals(self, found: Sequence[learning.Proposal]) -> list[ProposalRecord]:
+        """Keep what the learner found: a proposal still open with the same kind, subject and
+        changes takes the new evidence; one that differs is superseded by the new one; one that a
+        person already accepted with the same changes is not made again. The proposals kept."""
+        now = utcnow()
+
+        def work(db: Connection) -> list[ProposalRecord]:
+            kept = []
+            for proposal in found:
+                same = (proposals.c.kind == proposal.kind, proposals.c.subject == proposal.subject)
+                standing = select(proposals).where(*same, proposals.c.status.in_(["open", "accepted"]))
+                rows = [_proposal_record(r) for r in db.execute(standing)]
+                if any(r.status == "accepted" and r.changes == proposal.changes and r.task == proposal.task for r in rows):
+                    continue
+                fields = {"summary": proposal.summary, "changes": proposal.changes, "task": proposal.task,
+                          "evidence": proposal.evidence, "updated_at": now}  # fmt: skip
+                if (open_ := next((r for r in rows if r.status == "open"), None)) is not None:
+                    if open_.changes == proposal.changes and open_.task == proposal.task:
+                        row = db.execute(update(proposals).where(proposals.c.id == open_.id).values(fields).returning(proposals)).one()
+                        kept.append(_proposal_record(row))
+                        continue
+                    db.execute(update(proposals).where(proposals.c.id == open_.id).values(status="superseded", updated_at=now))
+                new = {**fields, "kind": proposal.kind, "subject": proposal.subject, "status": "open", "created_at": now}
+                kept.append(_proposal_record(db.execute(insert(proposals).values(new).returning(proposals)).one()))
+            return kept
+
+        return await self._run(work)
+
+    async def proposals(self, status: str | None = None) -> list[ProposalRecord]:
+        query = select(proposals).order_by(proposals.c.id.desc())
+        if status is not None:
+            query = query.where(proposals.c.status == status)
+        return await self._run(lambda db: [_proposal_record(row) for row in db.execute(query)])
+
+    async def proposal(self, proposal_id: int) -> ProposalRecord | None:
+        query = select(proposals).where(proposals.c.id == proposal_id)
+        return await self._run(lambda db: next((_proposal_record(row) for row in db.execute(query)), None))
+
+    async def decide(
+        self, proposal_id: int, decision: str, who: str, allowed_from: Iterable[str], status: str,
+        previous: dict[str, str | None] | None = None, detail: str | None = None,
+    ) -> ProposalRecord | None:  # fmt: skip
+        """Record a person's decision and the proposal's new status, only while its status is in
+        `allowed_from` (compare-and-set). None when it did not apply."""
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if previous is not None:
+            values["previous"] = previous
+        change = update(proposals).where(proposals.c.id == proposal_id, proposals.c.status.in_(list(allowed_from)))
+
+        def work(db: Connection) -> ProposalRecord | None:
+            row = db.execute(change.values(values).returning(proposals)).first()
+            if row is None:
+                return None
+            db.execute(insert(decisions), {"proposal_id": proposal_id, "decision": decision, "who": who, "detail": detail,
+                                           "created_at": now})  # fmt: skip
+            return _proposal_record(row)
+
+        return await self._run(work)
+
+    async def decisions(self, proposal_id: int) -> list[DecisionRecord]:
+        columns = (decisions.c.proposal_id, decisions.c.decision, decisions.c.who, decisions.c.created_at, decisions.c.detail)
+        query = select(*columns).where(decisions.c.proposal_id == proposal_id).order_by(decisions.c.id)
+        return await self._run(lambda db: [DecisionRecord(**row._mapping) for row in db.execute(query)])
 
     # --- statistics --------------------------------------------------------------------------------
 
@@ -592,6 +748,10 @@ def _task_record(row) -> TaskRecord:
     values["status"] = TaskStatus(values["status"])
     values["context"] = values["context"] or {}
     return TaskRecord(**values)
+
+
+def _proposal_record(row) -> ProposalRecord:
+    return ProposalRecord(**row._mapping)
 
 
 def _iteration_record(row) -> IterationRecord:

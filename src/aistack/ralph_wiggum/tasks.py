@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -82,6 +82,7 @@ class TaskService:
         self.backends = backends
         self.sandbox = sandbox  # where agents and checks run
         self.driver: Driver = _Idle()  # the scheduler, once it exists
+        self.past: Sequence[rules.PastTask] = ()  # the finished tasks the learned limits read (the learner keeps it)
 
     async def get(self, task_id: str) -> TaskRecord:
         task = await self.store.get(task_id)
@@ -104,7 +105,9 @@ class TaskService:
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         strategy = body.strategy.over(self.settings.strategy())
         workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
-        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, self.settings.backend_max_iterations(body.backend))
+        files = len(body.context.get("files") or []) + len(body.context.get("read_only_files") or [])
+        backend_limit, learn_after = self.settings.backend_max_iterations(body.backend), self.settings.ralph_learned_limits_after
+        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, backend_limit, self.past, learn_after, files)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
             prompt=body.prompt,
