@@ -141,6 +141,7 @@ class Settings(BaseSettings):
         default="carried", pattern=r"^(carried|fresh)$", description="carried: a prompt quotes a reply that got nowhere; fresh: not."
     )
     ralph_strategy_candidates: int = Field(default=1, ge=1, le=2, description="Attempts per iteration, in worktrees of their own.")
+    ralph_strategy_restart: bool = Field(default=False, description="A retry after a failed check starts from the task's base files.")
     ralph_learn_interval_seconds: int = Field(
         default=0, ge=0, le=604800, description="How often ralph-wiggum turns the tasks' outcomes into proposals; 0 = only on demand."
     )

@@ -139,6 +139,9 @@ class Strategy(BaseModel):
         default="carried", description="carried: the next prompt quotes a reply that got nowhere; fresh: the prompt and the check only."
     )
     candidates: Literal[1, 2] = Field(default=1, description="Attempts per iteration, each in a worktree of its own; the best is kept.")
+    restart: bool = Field(
+        default=False, description="A retry after a failed check starts again from the task's base files: a new attempt, not a repair."
+    )
 
 
 class Sampling(BaseModel):
@@ -160,6 +163,7 @@ class StrategyChoice(BaseModel):
     diversity: bool | None = None
     context: Literal["carried", "fresh"] | None = None
     candidates: Literal[1, 2] | None = None
+    restart: bool | None = None
 
     def over(self, defaults: Strategy) -> Strategy:
         return defaults.model_copy(update=self.model_dump(exclude_none=True))

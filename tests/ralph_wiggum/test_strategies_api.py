@@ -72,7 +72,8 @@ def test_a_no_op_iteration_is_no_progress_and_the_next_request_differs(ralph, st
     assert "Attempt 1 changed no file." in prompts[1] and "I fixed the spacing." in prompts[1]  # carried: its reply, quoted
     assert "Attempt 2 changed no file." in prompts[2]
     assert {(log / f"sampling-{n}.txt").read_text().strip() for n in (1, 2, 3)} == {"temperature= seed="}  # no diversity asked
-    assert task["strategy"] == {"keep_best": False, "feedback": "tail", "diversity": False, "context": "carried", "candidates": 1}
+    todays = {"keep_best": False, "feedback": "tail", "diversity": False, "context": "carried", "candidates": 1, "restart": False}
+    assert task["strategy"] == todays
 
 
 def test_diversity_gives_each_retry_a_hotter_temperature_and_its_own_seed_and_fresh_context_no_old_reply(ralph, stack_env, tmp_path):
@@ -148,13 +149,44 @@ def test_a_worse_last_attempt_leaves_the_branch_at_the_best_checkpoint(ralph, st
     assert git(repo, "show", f"aistack/{task['id']}:calc.py") == CALC.strip()
 
 
+def test_restart_gives_each_retry_the_base_files_and_ends_at_the_best_attempt(ralph, stack_env, tmp_path):
+    log = tmp_path / "requests"
+    log.mkdir()
+    # every attempt says what calc.py holds when it starts; 1 leaves 1 test failing (notes only),
+    # 2 breaks sub too (2 failing), 3 breaks add in another way (still failing): the best is 1
+    agent = f"""#!/bin/sh
+cat > {log}/prompt-$AISTACK_ITERATION.txt
+echo "calc.py holds:"; cat calc.py
+case "$AISTACK_ITERATION" in
+  1) echo "notes" > notes.txt;;
+  2) sed -i 's/return a - b/return 0/g' calc.py;;
+  3) sed -i '0,/return a - b/s//return b - a/' calc.py;;
+esac
+"""
+    client = ralph(agent, RALPH_SANDBOX="off")
+    repo = make_git_repo(stack_env.workspace_root / "repo", {"calc.py": CALC, "test_calc.py": TESTS})
+    check = f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {shlex.quote(sys.executable)} -B -m pytest -q -p no:cacheprovider"
+    body = {"prompt": "Fix add", "check_command": check, "max_iterations": 3, "strategy": {"restart": True}}
+    task, iterations, events = finish(client, body)
+
+    assert task["status"] == "exhausted" and task["strategy"]["restart"] is True, (task, iterations)
+    assert [it["check_exit_code"] for it in iterations] == [1, 1, 1]
+    assert [it["files_modified"] for it in iterations] == [["notes.txt"], ["calc.py"], ["calc.py"]]  # each against the base
+    assert all("calc.py holds:\n" + CALC in it["output_excerpt"] for it in iterations[1:])  # 2 and 3 began from the base files
+    restored = [(e["data"]["commit"], e["data"]["reason"]) for e in events if e["type"] == "checkpoint_restored"]
+    c1 = iterations[0]["checkpoint_commit"]
+    assert restored == [(task["base_commit"], "restart"), (task["base_commit"], "restart"), (c1, "the task ended: its best attempt")]
+    assert git(repo, "rev-parse", f"aistack/{task['id']}") == c1 and git(repo, "show", f"aistack/{task['id']}:notes.txt") == "notes"
+    assert "The files are back as they were before attempt 2" in (log / "prompt-3.txt").read_text()
+
+
 def test_strategy_defaults_come_from_the_env_and_bad_values_are_a_422_naming_the_field(ralph, stack_env):
     client = ralph("#!/bin/sh\necho ok\n", RALPH_LOOP_ENABLED=False, RALPH_STRATEGY_FEEDBACK="shaped", RALPH_STRATEGY_KEEP_BEST=True)
     make_git_repo(stack_env.workspace_root / "repo")
     resp = client.post("/tasks", json={"prompt": "p", "backend": "command", "workspace": "repo", "strategy": {"keep_best": False}})
     assert resp.status_code == 202, resp.text
     shown = client.get(f"/tasks/{resp.json()['task_id']}").json()["strategy"]
-    assert shown == {"keep_best": False, "feedback": "shaped", "diversity": False, "context": "carried", "candidates": 1}
+    assert shown == {"keep_best": False, "feedback": "shaped", "diversity": False, "context": "carried", "candidates": 1, "restart": False}
     for strategy, field, words in [
         ({"feedback": "all"}, "strategy.feedback", "'tail' or 'shaped'"),
         ({"context": "none"}, "strategy.context", "'carried' or 'fresh'"),

@@ -157,6 +157,36 @@ def test_outcome_records_the_best_checkpoint_and_what_to_restore():
     assert todays.restore is None and "best_iteration" not in dict(todays.events)["iteration_finished"]
 
 
+def test_restart_puts_the_tree_back_at_the_base_after_each_failed_check():
+    history = recorded([it(1, "a", files=("a",), failing=1), it(2, "b", files=("a",), failing=2), it(3, "c", files=("a",), failing=0)])
+    positions = [rules.position(history[:n], "base", keep_best=False, restart=True) for n in (1, 2, 3)]
+    assert [p.commit for p in positions] == ["base", "base", "c3"]  # a pass stays where it is
+    assert [p.best.number for p in positions if p.best] == [1, 1, 3] and positions[1].best_commit == "c1"
+    assert rules.position(history[:2], "base", keep_best=True, restart=True).undone is None  # a restart, not an undo
+    prompt = rules.compose_prompt("P", "pytest", history[:2], Strategy(restart=True))
+    assert "The files are back as they were before attempt 2" in prompt and FAILING[2] in prompt  # the last attempt's failure
+    assert "made the check worse" not in prompt and "Its reply was" not in prompt
+    unchecked = recorded([it(1, files=("a.py",), failing=None)], None)
+    assert rules.position(unchecked, "base", keep_best=False, restart=True).commit == "c1"  # no check: no restart
+
+
+def test_a_restarting_task_goes_back_to_the_base_and_ends_at_its_best_attempt():
+    now = datetime.now(UTC)
+    task = TaskRecord(id="t1", prompt="p", backend="command", workspace="/w", status=TaskStatus.running, max_iterations=3,
+                      limit_source="request", created_at=now, updated_at=now, check_command="pytest", base_commit="base",
+                      strategy=Strategy(restart=True).model_dump())  # fmt: skip
+    history = recorded([it(1, "a", files=("a",), failing=1)])
+    second = rules.with_progress(it(2, "b", files=("a",), failing=2), history[-1], "pytest")
+    going_on = rules.outcome(second, task, history, stuck_threshold=3)
+    assert going_on.restore == "base" and going_on.decision.status is TaskStatus.running
+    assert dict(going_on.events)["checkpoint_restored"] == {"iteration": 2, "to_iteration": None, "commit": "base", "reason": "restart"}
+    last = rules.outcome(second, replace(task, max_iterations=2), history, stuck_threshold=3)  # exhausted here
+    assert last.decision.status is TaskStatus.exhausted and last.restore == "c1"  # the branch keeps attempt 1, the better one
+    assert dict(last.events)["checkpoint_restored"]["reason"] == "the task ended: its best attempt"
+    passed = rules.outcome(rules.with_progress(it(2, "b", files=("a",), failing=0), history[-1], "pytest"), task, history, 3)
+    assert passed.restore is None and passed.decision.status is TaskStatus.completed
+
+
 # --- sampling ------------------------------------------------------------------------------------------
 
 

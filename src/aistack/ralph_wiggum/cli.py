@@ -80,10 +80,14 @@ def submit(
     diversity: Annotated[bool | None, typer.Option("--diversity/--no-diversity", help="Retries sample hotter, each with a seed.")] = None,
     context: Annotated[str | None, typer.Option(help="carried (quote a reply that got nowhere) or fresh.")] = None,
     candidates: Annotated[int | None, typer.Option(help="2: two attempts per iteration at once; the better is kept.")] = None,
+    restart: Annotated[
+        bool | None, typer.Option("--restart/--no-restart", help="A retry after a failed check starts from the base files.")
+    ] = None,
 ) -> None:
     """Submit a task. Strategy options left out take the .env's RALPH_STRATEGY_* defaults."""
     try:
-        chosen = {"keep_best": keep_best, "feedback": feedback, "diversity": diversity, "context": context, "candidates": candidates}
+        chosen = {"keep_best": keep_best, "feedback": feedback, "diversity": diversity, "context": context, "candidates": candidates,
+                  "restart": restart}  # fmt: skip
         body = TaskCreate(
             prompt=prompt,
             backend=backend,

@@ -375,11 +375,17 @@ def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[IterationRe
         "tokens": {"prompt": it.prompt_tokens, "completion": it.completion_tokens},
     }))  # fmt: skip
     restore = None
-    if task.loop_strategy.keep_best:
-        at = position([*history, it], task.base_commit, keep_best=True)
+    strategy = task.loop_strategy
+    if strategy.keep_best or strategy.restart:
+        at = position([*history, it], task.base_commit, strategy.keep_best, strategy.restart)
         best = at.best.number if at.best else None
         events[-1][1].update(best_iteration=best, best_checkpoint=at.best_commit)
-        if at.undone is not None:  # also when the task ends here: its branch keeps the best checkpoint
+        if strategy.restart and failed_check(it):
+            # the next attempt starts from the base; a task that ends here keeps its best attempt
+            restore, reason = (at.best_commit, "the task ended: its best attempt") if final else (at.commit, "restart")
+            to = best if final else None
+            events.append(("checkpoint_restored", {"iteration": it.number, "to_iteration": to, "commit": restore, "reason": reason}))
+        elif at.undone is not None:  # also when the task ends here: its branch keeps the best checkpoint
             restore = at.commit
             why = f"{check_score(it).describe()}, worse than after iteration {best}"
             events.append(("checkpoint_restored", {"iteration": it.number, "to_iteration": best, "commit": at.commit, "reason": why}))
@@ -446,14 +452,16 @@ def compose_prompt(prompt: str, check_command: str | None, history: Sequence[Ite
     before. The prompt comes first and never changes, so the LLM server's prefix cache can reuse it."""
     if not history:
         return prompt
-    last, at = history[-1], position(history, None, strategy.keep_best)
+    last, at = history[-1], position(history, None, strategy.keep_best, strategy.restart)
     parts = [prompt]
     if at.undone is not None and at.best is not None:
         parts.append(_undone_note(at.undone, at.best))
     current = at.best if at.undone is not None and at.best is not None else last
-    if check_command and current.check_exit_code not in (None, 0):
+    if check_command and failed_check(current):
         parts.append(_check_note(check_command, current, strategy.feedback))
-    if at.undone is None and (last.status == NO_PROGRESS or (last.status == "error" and not last.files_modified)):
+    if strategy.restart and failed_check(last):
+        parts.append(_restart_note(last))
+    elif at.undone is None and (last.status == NO_PROGRESS or (last.status == "error" and not last.files_modified)):
         parts.append(_retry_note(last, strategy.context))
     return "\n\n".join(parts)
 
@@ -481,6 +489,11 @@ def _retry_note(last: IterationRecord, context: str) -> str:
     return note + " Make the change itself: write out every file you change, in full."
 
 
+def _restart_note(last: IterationRecord) -> str:
+    return (f"The files are back as they were before attempt {last.number}, which failed the check as shown. "
+            "Write the change anew, in full, and not the way that attempt did.")  # fmt: skip
+
+
 def _undone_note(worse: IterationRecord, best: IterationRecord) -> str:
     changed = ", ".join(worse.files_modified) or "no file"
     return (f"Attempt {worse.number} changed {changed} and made the check worse ({check_score(worse).describe()}, "
@@ -501,10 +514,11 @@ class Position:
     undone: IterationRecord | None  # the last iteration, when keep_best undid it
 
 
-def position(history: Sequence[IterationRecord], base: str | None, keep_best: bool) -> Position:
+def position(history: Sequence[IterationRecord], base: str | None, keep_best: bool, restart: bool = False) -> Position:
     """Replay the iterations: each checkpoint moves the tree on; with `keep_best`, an iteration
     whose check got less far than the best one so far moves it back to the commit that one's
-    check ran on. Pure, so a resume after a crash puts the tree where the loop had it."""
+    check ran on; with `restart`, a failed check moves it back to the base. Pure, so a resume
+    after a crash puts the tree where the loop had it."""
     at, best, best_commit, undone = base, None, base, None
     for it in history:
         at = it.checkpoint_commit or at
@@ -513,7 +527,13 @@ def position(history: Sequence[IterationRecord], base: str | None, keep_best: bo
             best, best_commit = it, at
         elif keep_best and testreport.is_worse(check_score(it), check_score(best)):
             at, undone = best_commit, it
+        if restart and failed_check(it):
+            at, undone = base, None
     return Position(at, best, best_commit, undone)
+
+
+def failed_check(it: IterationRecord) -> bool:
+    return it.check_exit_code not in (None, 0)
 
 
 RETRY_TEMPERATURES = (0.4, 0.7, 1.0)  # iteration 2, 3, 4 and later; the first runs at the backend's own (0 for aider)

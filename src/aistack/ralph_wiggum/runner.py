@@ -95,7 +95,7 @@ class TaskRunner:
         """The task's tree, made or put back at its last checkpoint, and the task marked running.
         None if the task changed meanwhile (stopped before it started)."""
         # where the loop had the tree: the last checkpoint, or the best one that keep_best went back to
-        at = rules.position(history, None, task.loop_strategy.keep_best).commit
+        at = rules.position(history, None, task.loop_strategy.keep_best, task.loop_strategy.restart).commit
         tree = await self._prepare(task, at)
         step = rules.transition(Action.start)
         change = TaskUpdate(status=step.target, worktree=str(tree.path))  # a worker that took the task over has it elsewhere
