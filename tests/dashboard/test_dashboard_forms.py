@@ -34,6 +34,7 @@ def test_task_form_maps_every_field() -> None:
             "strategy_feedback": "shaped",
             "strategy_diversity": "",  # .env default
             "strategy_candidates": "2",
+            "strategy_restart": "true",
         }
     )
     assert task.model_dump() == {
@@ -47,7 +48,7 @@ def test_task_form_maps_every_field() -> None:
         "check_command": "pytest -q",
         "completion_promise": "DONE",
         "context": {"files": ["app.py"]},
-        "strategy": {"keep_best": True, "feedback": "shaped", "diversity": None, "context": None, "candidates": 2},
+        "strategy": {"keep_best": True, "feedback": "shaped", "diversity": None, "context": None, "candidates": 2, "restart": True},
     }
     with pytest.raises(FormError, match="strategy.feedback: Input should be 'tail' or 'shaped'") as refused:
         task_from_form({"prompt": "p", "strategy_feedback": "all"})

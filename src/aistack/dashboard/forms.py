@@ -25,6 +25,7 @@ STRATEGY_CHOICES = (
     ("diversity", "Diversity on retry", (("true", "yes"), ("false", "no"))),
     ("context", "Context", (("carried", "carried"), ("fresh", "fresh"))),
     ("candidates", "Attempts per iteration", (("1", "1"), ("2", "2 at once"))),
+    ("restart", "After a failed check", (("false", "repair the attempt"), ("true", "start again from the base"))),
 )
 
 
