@@ -187,7 +187,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         )
         if _uses_baseline(results)
         else 0,
-        "iteration_errors": sum(it["error"] is not None for r in results for it in r["per_iteration"]),  # a timeout, aider failing
+        "iteration_errors": sum(it["status"] == "error" for r in results for it in r["per_iteration"]),  # a timeout, aider failing
     }
 
 

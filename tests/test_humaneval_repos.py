@@ -78,7 +78,8 @@ def _bench_solve():
 def _task(solved: bool, *iterations: tuple[bool, bool], tests_touched: bool = False) -> dict:
     """A record as bench_solve keeps it: (passed, changed) per iteration, 100+10 tokens and 5 s each."""
     its = [
-        {"number": n, "passed": passed, "changed": changed, "error": None, "seconds": 5.0, "tokens": {"prompt": 100, "completion": 10},
+        {"number": n, "passed": passed, "changed": changed, "error": None if changed else "no progress: changed no file",
+         "status": "success" if changed else "no_progress", "seconds": 5.0, "tokens": {"prompt": 100, "completion": 10},
          "files_modified": ([he.SOLUTION] if changed else []) + ([he.TESTS] if tests_touched else [])}
         for n, (passed, changed) in enumerate(iterations, 1)
     ]  # fmt: skip
@@ -98,6 +99,7 @@ def test_the_bench_counts_rescues_unchanged_follow_ups_and_tokens_per_solved_tas
     assert (s["solved"], s["pass_rate"], s["mean_iterations"]) == (2, 0.5, 2.0)
     assert (s["rescued"], s["first_iteration_passed"]) == (1, 2)
     assert (s["follow_up_iterations"], s["follow_ups_unchanged"]) == (4, 3)
+    assert s["iteration_errors"] == 0  # an iteration that changed nothing is no progress, not an error
     assert s["prompt_tokens_per_solved"] == 800 / 2 and s["completion_tokens_per_solved"] == 80 / 2  # all spent, over the solved
     one = bench.summary(bench.first_iteration(results))  # the same tasks, had each stopped after one aider run
     assert (one["solved"], one["mean_iterations"], one["prompt_tokens_per_solved"], one["follow_up_iterations"]) == (1, 1.0, 400, 0)
