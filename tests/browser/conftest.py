@@ -45,13 +45,27 @@ def browser():
         browser.close()
 
 
+def unexpected(errors: list[str]) -> list[str]:
+    """The console errors no test expects: all but a resource answered with an error status (a
+    form's 422, a wrong key's 401, a stream cut by a redeploy), which the tests check themselves.
+    What the dashboard's Content-Security-Policy refused is among them ("… violates the following
+    Content Security Policy directive …")."""
+    return [e for e in errors if not e.startswith("Failed to load resource")]
+
+
 @pytest.fixture
 def page(browser):
+    """A fresh page whose console errors and uncaught script errors are kept in `page.errors`;
+    the test fails on any `unexpected` one, a violation of the Content-Security-Policy first."""
     context = browser.new_context(viewport={"width": 1366, "height": 900})
     context.set_default_timeout(15_000)
     page = context.new_page()
+    page.errors = []
+    page.on("console", lambda message: page.errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: page.errors.append(f"uncaught: {error}"))
     yield page
     context.close()
+    assert unexpected(page.errors) == [], f"the browser's console reported errors: {page.errors}"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The dashboard's plots in headless Chromium against a real orchestrator: drawn (pixels on the
 canvas, in the colours that carry meaning), from exactly the numbers the orchestrator stored, with
-those numbers in a table beside them, under a strict Content-Security-Policy, and with no data a
-plain "no data yet" rather than an empty axis or a script error."""
+those numbers in a table beside them, under the dashboard's Content-Security-Policy (no inline
+script or style), and with no data a plain "no data yet" rather than an empty axis or a script error."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from support import wait_until
 
 pytestmark = pytest.mark.browser
 
-# What a page served with it may load: only the dashboard's own files, no inline script or style.
-CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:"
 PASSED, FAILED = (27, 122, 58), (192, 57, 43)  # the bars' colours in dashboard.js: check passed / failed
 
 # Per plot: its Chart.js data, how many pixels are painted, and how many in each colour asked for.
@@ -33,24 +31,6 @@ DRAWN = """([selector, colours]) => {
 }"""
 
 
-@pytest.fixture
-def strict_page(page):
-    """The page, with every document served under `CSP` and every console error and page error kept."""
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-
-    def with_csp(route):
-        if route.request.resource_type != "document":
-            return route.continue_()  # the event stream among them: fetched whole, it would never end
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
-
-    page.route("**/*", with_csp)
-    page.errors = errors
-    return page
-
-
 def submit(stack, prompt: str, check: str, max_iterations: int | None, **fields) -> str:
     body = {"prompt": prompt, "backend": "command", "workspace": "repo", "check_command": check, **fields}
     if max_iterations is not None:
@@ -65,8 +45,8 @@ def finished(stack, task_id: str) -> dict:
     return api(stack, f"/tasks/{task_id}").json()
 
 
-def test_with_no_data_the_pages_say_so_without_an_empty_plot_or_an_error(strict_page, stack, screenshot) -> None:
-    page, stack = strict_page, stack()
+def test_with_no_data_the_pages_say_so_without_an_empty_plot_or_an_error(page, stack, screenshot) -> None:
+    stack = stack()
     page.goto(stack.url + "/stats")
     expect(page.locator("#stats-empty")).to_have_text("No data yet: the plots appear once a task has finished.")
     expect(page.locator("canvas")).to_have_count(0)
@@ -81,8 +61,8 @@ def test_with_no_data_the_pages_say_so_without_an_empty_plot_or_an_error(strict_
     assert page.errors == []
 
 
-def test_a_tasks_iterations_are_plotted_from_what_the_orchestrator_stored(strict_page, stack, screenshot) -> None:
-    page, stack = strict_page, stack()
+def test_a_tasks_iterations_are_plotted_from_what_the_orchestrator_stored(page, stack, screenshot) -> None:
+    stack = stack()
     # The check passes once the agent has written two lines: iteration 1 fails it, iteration 2 passes.
     task_id = submit(stack, "Write two lines of notes", "test $(wc -l < notes.txt) -ge 2", 5)
     page.goto(f"{stack.url}/tasks/{task_id}")  # opened while it runs: the plot follows the task live
@@ -108,8 +88,8 @@ def test_a_tasks_iterations_are_plotted_from_what_the_orchestrator_stored(strict
     page.locator("#iterations-plot").screenshot(path=str(shot.with_name("plot-iterations.png")))
 
 
-def test_stats_plot_success_and_tokens_per_day_per_backend_and_class(strict_page, stack, screenshot) -> None:
-    page, stack = strict_page, stack()
+def test_stats_plot_success_and_tokens_per_day_per_backend_and_class(page, stack, screenshot) -> None:
+    stack = stack()
     done = finished(stack, submit(stack, "Write two lines of notes", "test $(wc -l < notes.txt) -ge 2", 5))
     # No limit given: the prompt's class sets it (and the task has a class; the first has none).
     exhausted = finished(stack, submit(stack, "fix the typo", "false", None))

@@ -13,10 +13,12 @@ from fastapi.testclient import TestClient
 
 from aistack.config import load_settings
 from aistack.dashboard.app import create_app
-from aistack.dashboard.security import LoginThrottle
+from aistack.dashboard.security import CONTENT_SECURITY_POLICY, LoginThrottle
+from aistack.dashboard.site import HERE
 from support import free_port
 
-PAGES = ["/", "/tasks", "/tasks?status=failed&page=3", "/tasks/new", "/stats", "/controls", "/config", "/deploy", "/fragments/overview"]
+PAGES = ["/", "/tasks", "/tasks?status=failed&page=3", "/tasks/new", "/stats", "/controls", "/config", "/deploy", "/learning",
+         "/fragments/overview"]  # fmt: skip
 
 
 @pytest.fixture
@@ -46,6 +48,32 @@ def test_every_page_renders_without_an_orchestrator(client_for, path: str) -> No
     assert "<html" in response.text or path.startswith("/fragments")
     if path in ("/", "/tasks", "/stats", "/controls"):
         assert "is unreachable" in response.text
+
+
+OTHER_ANSWERS = ["/login", "/health", "/static/dashboard.js", "/static/vendor/chart.umd.min.js", "/no/such/page", "/tasks/bad..id"]
+
+
+def test_every_response_carries_the_content_security_policy(client_for) -> None:
+    open_, _ = client_for()
+    keyed, _ = client_for(f"RALPH_WIGGUM_API_KEY={KEY}\n")
+    answers = [client.get(path, follow_redirects=False) for client in (open_, keyed) for path in PAGES + OTHER_ANSWERS]
+    refused = open_.post("/config", data={"LOG_LEVEL": "debug"})  # no CSRF token: 403
+    answers += [refused, keyed.get("/tasks/abc/events", headers={"accept": "text/event-stream"})]  # not logged in: 401
+    assert {a.status_code for a in answers} >= {200, 303, 401, 403, 404}
+    for answer in answers:
+        assert answer.headers.get("content-security-policy") == CONTENT_SECURITY_POLICY, answer.request.url
+    directives = dict(d.split(" ", 1) for d in CONTENT_SECURITY_POLICY.split("; "))
+    assert directives["script-src"] == directives["style-src"] == directives["connect-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'" and "unsafe" not in CONTENT_SECURITY_POLICY
+
+
+# What the policy refuses: an inline <script> or <style>, a style attribute, an on* handler, a javascript: URL.
+INLINE = re.compile(r"<script(?![^>]*\ssrc=)|<style|\sstyle=|\son[a-z]+=|javascript:", re.IGNORECASE)
+
+
+def test_no_template_has_what_the_policy_would_refuse() -> None:
+    found = {t.name: INLINE.findall(t.read_text()) for t in (HERE / "templates").glob("*.html")}
+    assert len(found) > 10 and {name: hits for name, hits in found.items() if hits} == {}
 
 
 def test_unknown_task_is_an_error_page(client_for) -> None:

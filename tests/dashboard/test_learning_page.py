@@ -1,15 +1,19 @@
 """The Learning page without an orchestrator: it says so; its posts need the session's CSRF token
-before anything else, and a bad proposal id or action is an error page, never a 500."""
+before anything else, and a bad proposal id or action is an error page, never a 500. Which
+proposals its savings plot shows."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from aistack.config import load_settings
+from aistack.contracts import ProposalView
 from aistack.dashboard.app import create_app
+from aistack.dashboard.pages.learning import savings
 from support import free_port
 
 
@@ -34,3 +38,17 @@ def test_the_learning_page_without_an_orchestrator_and_its_posts(tmp_path, monke
     assert refused.status_code == 200 and "accept refused" in refused.text and "unreachable" in refused.text
     learned = web.post("/learning/run", data=token, follow_redirects=True)
     assert "learning failed" in learned.text
+
+
+def proposal(number: int, kind: str, status: str, **evidence: int) -> ProposalView:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return ProposalView(id=number, kind=kind, subject="simple", summary="s", changes={}, previous=None, task=None, evidence=evidence,
+                        status=status, created_at=at, updated_at=at)  # fmt: skip
+
+
+def test_the_savings_plot_shows_the_proposals_that_say_what_they_save_oldest_first() -> None:
+    limits = [proposal(n, "iteration_limit", status, iterations_saved=n, tokens_saved=10 * n)
+              for n, status in ((4, "open"), (1, "rolled_back"), (3, "superseded"), (2, "accepted"))]  # fmt: skip
+    timeout = proposal(5, "iteration_timeout", "open", failed_with_longer=2)
+    # A superseded one is counted again in the proposal that replaced it; a timeout says nothing it saves.
+    assert [p.id for p in savings([timeout, *limits])] == [1, 2, 4]

@@ -20,7 +20,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from aistack import preflight
 from aistack.config import Settings
 from aistack.dashboard.pages import auth, config, controls, deploy, learning, overview, stats, tasks
-from aistack.dashboard.security import CsrfFailed, LoginRequired, session_secret
+from aistack.dashboard.security import ContentSecurityPolicy, CsrfFailed, LoginRequired, session_secret
 from aistack.dashboard.site import HERE, Site
 from aistack.web import check_bind, error_body, serve
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         https_only=False,  # served on plain HTTP on loopback; the cookie is still HttpOnly and signed
         max_age=settings.dashboard_session_max_hours * 3600,  # no session outlives this (see security.Sessions)
     )
+    app.add_middleware(ContentSecurityPolicy)  # added last, so outermost: on every answer the app makes
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_error_pages(app, site)
     for page in (auth, overview, tasks, stats, controls, config, deploy, learning):

@@ -1,4 +1,5 @@
-"""Login (when an API key is configured), its sessions and their throttle, and CSRF tokens.
+"""Login (when an API key is configured), its sessions and their throttle, CSRF tokens, and the
+Content-Security-Policy every response carries.
 
 The signed session cookie carries a CSRF token and, once logged in, a random session id. The
 session itself lives in this process (`Sessions`): logging out forgets it, so a cookie copied
@@ -16,11 +17,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aistack.config import Settings
 
 CSRF_FIELD = "csrf_token"
 SESSION_ID = "sid"
+# Only the dashboard's own files, and no inline script, event handler or style attribute: markup
+# that got into a page (a task's prompt, an agent's output) cannot run or restyle anything.
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'",  # no CDN either: the plots' library is vendored, the browser may be offline
+    "script-src 'self'",
+    "style-src 'self'",  # Chart.js sizes its canvas through the CSSOM, which this allows
+    "img-src 'self' data:",
+    "connect-src 'self'",  # the fragments' and diffs' fetches, a task's event stream (its relay is same-origin)
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "object-src 'none'",
+))  # fmt: skip
 
 
 class LoginRequired(Exception):
@@ -181,3 +197,23 @@ async def checked_form(request: Request):
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise CsrfFailed()
     return form
+
+
+class ContentSecurityPolicy:
+    """Sets `CONTENT_SECURITY_POLICY` on every response, error pages and static files included.
+    Plain ASGI, so a task's event stream passes straight through (an `http` middleware relays
+    every body through a stream of its own)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            await send(message)
+
+        await self.app(scope, receive, with_policy)

@@ -24,7 +24,15 @@ WHO = "dashboard"  # the dashboard has one login (the API key): its decisions ar
 async def learning(request: Request, site: SiteDep):
     found, error = await attempt(site.ralph.call("GET", "/learn/proposals"))
     proposals = [ProposalView.model_validate(p) for p in found or []]
-    return site.render(request, "learning.html", page="learning", proposals=proposals, error=error)
+    return site.render(request, "learning.html", page="learning", proposals=proposals, savings=savings(proposals), error=error)
+
+
+def savings(proposals: list[ProposalView]) -> list[ProposalView]:
+    """The proposals whose evidence says what they would save (iterations and tokens spent on tasks
+    that failed anyway), oldest first. A superseded one is left out: the proposal that replaced
+    it carries the same class's savings, counted again on newer outcomes."""
+    keyed = [p for p in proposals if p.status != "superseded" and {"iterations_saved", "tokens_saved"} <= p.evidence.keys()]
+    return sorted(keyed, key=lambda p: p.id)
 
 
 @router.post("/learning/run")

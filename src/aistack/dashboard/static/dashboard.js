@@ -35,7 +35,7 @@ const number = (text) => (text === "" || text === undefined ? null : Number(text
 function drawPlots(root) {
   const figures = root.querySelectorAll("figure[data-plot]");
   if (!window.Chart) { figures.forEach((f) => { f.querySelectorAll("details").forEach((d) => { d.open = true; }); }); return; }
-  figures.forEach((figure) => (figure.dataset.plot === "iterations" ? plotIterations : plotDaily)(figure));
+  figures.forEach((figure) => PLOTS[figure.dataset.plot](figure));
 }
 
 function destroyPlots(root) {
@@ -90,6 +90,19 @@ function plotDaily(figure) {
     chart(canvas, "line", { labels: days, datasets }, { scales: { x: { offset: true }, y }, plugins: { title: { display: true, text: canvas.dataset.title } } });
   });
 }
+
+// What the learner's proposals would save: per proposal, iterations (left axis) and tokens (right).
+function plotSavings(figure) {
+  const rows = [...figure.querySelectorAll("tbody tr[data-proposal]")].map((r) => r.dataset);
+  const bars = (label, key, color, yAxisID) => ({ label, backgroundColor: color, yAxisID, maxBarThickness: 80,
+                                                  data: rows.map((r) => number(r[key])) });
+  chart(figure.querySelector("canvas"), "bar", {
+    labels: rows.map((r) => r.label),
+    datasets: [bars("iterations saved", "iterations", SERIES[0], "y"), bars("tokens saved", "tokens", SERIES[1], "tokens")],
+  }, { scales: { y: axis("iterations"), tokens: axis("tokens", { position: "right", grid: { drawOnChartArea: false } }) } });
+}
+
+const PLOTS = { iterations: plotIterations, daily: plotDaily, savings: plotSavings };
 
 // Diffs load when their <details> is first opened.
 function wireDiffs(root) {
