@@ -31,8 +31,9 @@ RESUME_SECONDS = 1.0  # before an event stream that broke off is resumed
 
 class RalphError(Exception):
     """The orchestrator refused a request (4xx/5xx), could not be reached or broke off (status 0),
-    or answered what this client cannot read (the answer's status). Every failure of a call is
-    one: its `detail` is one line a person can act on."""
+    answered what this client cannot read (502, as a gateway says of a bad upstream answer), or
+    the request could not be put into a URL (414). Every failure of a call is one: its `detail`
+    is one line a person can act on."""
 
     def __init__(self, status: int, detail: str, field: str | None = None):
         super().__init__(detail)
@@ -56,6 +57,8 @@ class RalphClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._failure(exc) from None
+        except httpx.InvalidURL as exc:  # an argument too long for a URL (httpx's limit: 64 KiB)
+            raise RalphError(414, f"the request cannot be sent: {exc}") from None
         if response.status_code >= 400:
             raise RalphError(response.status_code, *_refusal(response))
         try:
@@ -180,7 +183,7 @@ def _unreadable(base_url: str, response: httpx.Response, exc: ValueError) -> Ral
     else:
         what = f"{response.headers.get('content-type', 'no content type').partition(';')[0]}, not JSON"
     where = f"{response.request.method} {response.request.url.path}"
-    return RalphError(response.status_code, f"orchestrator at {base_url} answered {where} with {what}: is it ralph-wiggum?")
+    return RalphError(502, f"orchestrator at {base_url} answered {where} with {what}: is it ralph-wiggum?")
 
 
 def _refusal(response: httpx.Response) -> tuple[str, str | None]:
@@ -197,4 +200,11 @@ def _refusal(response: httpx.Response) -> tuple[str, str | None]:
 
 def _task_path(task_id: str, suffix: str = "") -> str:
     """The task's URL path; the id is quoted so no input can point the request elsewhere."""
-    return f"/tasks/{quote(task_id, safe='')}{suffix}"
+    return f"/tasks/{path_segment(task_id)}{suffix}"
+
+
+def path_segment(value: str) -> str:
+    """`value` as one segment of a URL path. Quoted, and a dot segment too: `.` or `..` left as
+    it is would be resolved away (`/tasks/..` is `/`), asking another route."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted

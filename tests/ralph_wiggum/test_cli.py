@@ -79,6 +79,8 @@ def test_submit_wait_list_show_logs(stack_env, services):
     assert bad.returncode == 1 and "unknown backend 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     missing = aistack(stack_env, "task", "show", "nosuchtask")
     assert missing.returncode == 1 and "no task with id" in missing.stderr
+    dotted = aistack(stack_env, "task", "show", ".")  # an id, not the dot segment that `/tasks/.` would be
+    assert dotted.returncode == 1 and "no task with id '.'" in dotted.stderr, dotted.stderr
 
 
 def test_cli_reports_unreachable_orchestrator(stack_env):
