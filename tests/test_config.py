@@ -51,6 +51,10 @@ def test_env_file_variable_and_explicit_file(tmp_path, monkeypatch):
         ("RALPH_BACKEND_MAX_ITERATIONS=opencode=0", "backend=N,… with N from 1 to 10000"),
         ("RALPH_BACKEND_MAX_ITERATIONS=opencode", "backend=N,… with N from 1 to 10000"),
         ("RALPH_BACKEND_TIMEOUT_SECONDS=aider=86401", "backend=seconds,… from 1 to 86400"),
+        ("RALPH_WIGGUM_HOST=localhost:8098", "Host name or IP address"),
+        ("LLAMA_CPP_HOST=http://127.0.0.1", "Host name or IP address"),
+        ("DASHBOARD_HOST=[127.0.0.1]", "Host name or IP address"),
+        ("AIDER_WRAPPER_HOST=a b", "Host name or IP address"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable_value_and_range(tmp_path, line, words):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import SSEError, aconnect_sse
+from pydantic import TypeAdapter, ValidationError
 
 from aistack.contracts import (
     DailyStats,
@@ -21,6 +23,7 @@ from aistack.contracts import (
     TaskCreate,
     TaskPage,
     TaskView,
+    first_error,
 )
 from aistack.web import API_KEY_HEADER
 
@@ -28,7 +31,10 @@ RESUME_SECONDS = 1.0  # before an event stream that broke off is resumed
 
 
 class RalphError(Exception):
-    """The orchestrator refused a request (4xx/5xx) or could not be reached (status 0)."""
+    """The orchestrator refused a request (4xx/5xx), could not be reached or broke off (status 0),
+    answered what this client cannot read (502, as a gateway says of a bad upstream answer), or
+    the request could not be put into a URL (414). Every failure of a call is one: its `detail`
+    is one line a person can act on."""
 
     def __init__(self, status: int, detail: str, field: str | None = None):
         super().__init__(detail)
@@ -46,19 +52,33 @@ class RalphClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request(self, method: str, path: str, into: Any = None, **kwargs: Any) -> Any:
+        """The route's JSON answer, read `into` that type when given."""
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise RalphError(0, f"orchestrator at {self.base_url} is unreachable ({type(exc).__name__})") from None
+            raise self._failure(exc) from None
+        except httpx.InvalidURL as exc:  # an argument too long for a URL (httpx's limit: 64 KiB)
+            raise RalphError(414, f"the request cannot be sent: {exc}") from None
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                detail, field = str(body.get("detail", response.text)), body.get("field")
-            except ValueError:
-                detail, field = response.text[:500] or response.reason_phrase, None
-            raise RalphError(response.status_code, detail, field)
-        return response.json()
+            raise RalphError(response.status_code, *_refusal(response))
+        try:
+            body = response.json()
+            return body if into is None else _adapter(into).validate_python(body)
+        except ValueError as exc:  # not JSON, or not the contract's shape (ValidationError is one)
+            raise _unreadable(self.base_url, response, exc) from None
+
+    def _failure(self, exc: httpx.HTTPError) -> RalphError:
+        """A request that got no answer, in words: unreachable, too slow, or cut off."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
+            what = "is unreachable"
+        elif isinstance(exc, httpx.TimeoutException):
+            what = f"did not answer within {self._http.timeout.read} s"
+        elif isinstance(exc, SSEError):
+            what = f"answered without an event stream ({exc})"
+        else:
+            what = "broke off the connection"
+        return RalphError(0, f"orchestrator at {self.base_url} {what} ({type(exc).__name__})")
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Any route, as given: its JSON answer, or a RalphError with the API's own message."""
@@ -66,10 +86,10 @@ class RalphClient:
 
     # --- reading ---------------------------------------------------------------------------------
     async def health(self) -> RalphHealth:
-        return RalphHealth.model_validate(await self._request("GET", "/health"))
+        return await self._request("GET", "/health", RalphHealth)
 
     async def stats(self) -> Stats:
-        return Stats.model_validate(await self._request("GET", "/stats"))
+        return await self._request("GET", "/stats", Stats)
 
     async def daily_stats(self) -> DailyStats:
         return DailyStats.model_validate(await self._request("GET", "/stats/daily"))
@@ -78,34 +98,34 @@ class RalphClient:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
-        return TaskPage.model_validate(await self._request("GET", "/tasks", params=params))
+        return await self._request("GET", "/tasks", TaskPage, params=params)
 
     async def task(self, task_id: str) -> TaskView:
-        return TaskView.model_validate(await self._request("GET", _task_path(task_id)))
+        return await self._request("GET", _task_path(task_id), TaskView)
 
     async def iterations(self, task_id: str) -> list[IterationView]:
-        return [IterationView.model_validate(i) for i in await self._request("GET", _task_path(task_id, "/iterations"))]
+        return await self._request("GET", _task_path(task_id, "/iterations"), list[IterationView])
 
     async def diff(self, task_id: str, iteration: int | None = None) -> str:
         params = {"iteration": iteration} if iteration is not None else {}
-        return str((await self._request("GET", _task_path(task_id, "/diff"), params=params)).get("diff", ""))
+        return str((await self._request("GET", _task_path(task_id, "/diff"), dict[str, Any], params=params)).get("diff", ""))
 
     async def limits(self) -> IterationLimits:
-        return IterationLimits.model_validate(await self._request("GET", "/config/limits"))
+        return await self._request("GET", "/config/limits", IterationLimits)
 
     # --- acting ----------------------------------------------------------------------------------
     async def submit(self, task: TaskCreate) -> TaskAccepted:
         body = task.model_dump(mode="json", exclude_none=True)
-        return TaskAccepted.model_validate(await self._request("POST", "/tasks", json=body))
+        return await self._request("POST", "/tasks", TaskAccepted, json=body)
 
     async def stop(self, task_id: str) -> dict[str, Any]:
-        return await self._request("POST", _task_path(task_id, "/stop"))
+        return await self._request("POST", _task_path(task_id, "/stop"), dict[str, Any])
 
     async def decide(self, task_id: str, approved: bool) -> dict[str, Any]:
-        return await self._request("POST", _task_path(task_id, "/approve"), json={"approved": approved})
+        return await self._request("POST", _task_path(task_id, "/approve"), dict[str, Any], json={"approved": approved})
 
     async def reload_config(self) -> IterationLimits:
-        return IterationLimits.model_validate(await self._request("POST", "/config/reload"))
+        return await self._request("POST", "/config/reload", IterationLimits)
 
     # --- live events -----------------------------------------------------------------------------
     async def events(self, task_id: str, last_event_id: str | None = None) -> AsyncIterator[bytes]:
@@ -117,7 +137,7 @@ class RalphClient:
         async with self._http.stream("GET", _task_path(task_id, "/events"), headers=headers, timeout=timeout) as response:
             if response.status_code >= 400:
                 await response.aread()
-                raise RalphError(response.status_code, response.text[:500])
+                raise RalphError(response.status_code, *_refusal(response))
             async for chunk in response.aiter_raw():
                 yield chunk
 
@@ -126,35 +146,69 @@ class RalphClient:
         off is resumed where it stopped (as an EventSource does), one that cannot start is a RalphError."""
         timeout = httpx.Timeout(10.0, read=None)  # an idle stream is normal
         while True:
+            started = False  # a stream that broke off before its first byte is a failure, not a pause
             try:
                 path = _task_path(task_id, "/events")
                 async with aconnect_sse(self._http, "GET", path, params={"after": after}, timeout=timeout) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
-                        raise RalphError(source.response.status_code, _detail(source.response))
+                        raise RalphError(source.response.status_code, *_refusal(source.response))
                     async for sse in source.aiter_sse():
+                        started = True
                         if sse.event == "end":
                             return
                         # a keep-alive comment comes out as a message without data (the decoder keeps
                         # the last id): only a stored event has both
                         if sse.id and sse.data:
-                            event = EventView.model_validate_json(sse.data)
+                            try:
+                                event = EventView.model_validate_json(sse.data)
+                            except ValidationError as exc:
+                                raise _unreadable(self.base_url, source.response, exc) from None
                             after = event.id
                             yield event
-            except (httpx.RemoteProtocolError, httpx.ReadError):
-                pass  # broke off mid-stream
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not started:
+                    raise self._failure(exc) from None
             except httpx.HTTPError as exc:
-                raise RalphError(0, f"orchestrator at {self.base_url} is unreachable ({type(exc).__name__})") from None
+                raise self._failure(exc) from None
             await asyncio.sleep(RESUME_SECONDS)  # then resume after the last event seen
 
 
-def _detail(response: httpx.Response) -> str:
+@cache
+def _adapter(into: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(into)
+
+
+def _unreadable(base_url: str, response: httpx.Response, exc: ValueError) -> RalphError:
+    """An answer that is not the API's: another server on the port, a proxy's page, another version."""
+    if isinstance(exc, ValidationError):
+        field, msg = first_error(exc.errors())
+        what = f"an unexpected body ({field}: {msg})"
+    else:
+        what = f"{response.headers.get('content-type', 'no content type').partition(';')[0]}, not JSON"
+    where = f"{response.request.method} {response.request.url.path}"
+    return RalphError(502, f"orchestrator at {base_url} answered {where} with {what}: is it ralph-wiggum?")
+
+
+def _refusal(response: httpx.Response) -> tuple[str, str | None]:
+    """The API's own words for a refusal (`detail`, `field`), or the start of whatever answered."""
     try:
-        return str(response.json().get("detail", response.text))
+        body = response.json()
     except ValueError:
-        return response.text[:500] or response.reason_phrase
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        field = body.get("field")
+        return str(body["detail"]), field if isinstance(field, str) else None
+    return f"HTTP {response.status_code} {response.reason_phrase}: {' '.join(response.text[:500].split())}".rstrip(": "), None
 
 
 def _task_path(task_id: str, suffix: str = "") -> str:
     """The task's URL path; the id is quoted so no input can point the request elsewhere."""
-    return f"/tasks/{quote(task_id, safe='')}{suffix}"
+    return f"/tasks/{path_segment(task_id)}{suffix}"
+
+
+def path_segment(value: str) -> str:
+    """`value` as one segment of a URL path. Quoted, and a dot segment too: `.` or `..` left as
+    it is would be resolved away (`/tasks/..` is `/`), asking another route."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted

@@ -7,6 +7,7 @@ a missing file just means "defaults".
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
     )
 
     # --- llama-cpp ----------------------------------------------------------------------------
-    llama_cpp_host: str = Field(default="llama-cpp", min_length=1, description="Host clients use to reach llama-cpp.")
+    llama_cpp_host: str = Field(default="llama-cpp", min_length=1, description="Host name or IP address clients use to reach llama-cpp.")
     llama_cpp_port: int = Field(default=8080, ge=1, le=65535, description="Port of llama-cpp.")
     llama_cpp_model: Model = Field(default=Model.qwen_1_5b, description="Bundled model to serve.")
     llama_cpp_model_file: Path | None = Field(default=None, description="A GGUF file to serve instead of the bundled model.")
@@ -107,7 +108,9 @@ class Settings(BaseSettings):
     )
 
     # --- aider-wrapper ------------------------------------------------------------------------
-    aider_wrapper_host: str = Field(default="aider-wrapper", min_length=1, description="Host clients use to reach aider-wrapper.")
+    aider_wrapper_host: str = Field(
+        default="aider-wrapper", min_length=1, description="Host name or IP address clients use to reach aider-wrapper."
+    )
     aider_wrapper_port: int = Field(default=8099, ge=1, le=65535, description="Port of aider-wrapper.")
     aider_bin: Path | None = Field(default=None, description="aider executable (else the stack's own, else PATH).")
     aider_edit_format: str = Field(
@@ -117,7 +120,9 @@ class Settings(BaseSettings):
     aider_max_parallel: int = Field(default=2, ge=1, le=64, description="Workspaces aider may run in at once.")
 
     # --- ralph-wiggum -------------------------------------------------------------------------
-    ralph_wiggum_host: str = Field(default="ralph-wiggum", min_length=1, description="Host clients use to reach ralph-wiggum.")
+    ralph_wiggum_host: str = Field(
+        default="ralph-wiggum", min_length=1, description="Host name or IP address clients use to reach ralph-wiggum."
+    )
     ralph_wiggum_port: int = Field(default=8098, ge=1, le=65535, description="Port of ralph-wiggum.")
     ralph_wiggum_api_key: SecretStr | None = Field(
         default=None, description="Required by every endpoint but /health when set; printable ASCII (it is sent in a header)."
@@ -212,7 +217,9 @@ class Settings(BaseSettings):
     ralph_agent_file_size_mb: int = Field(default=1024, ge=0, le=2**30, description="Largest file an agent may write, MiB; 0 = no limit.")
 
     # --- dashboard ----------------------------------------------------------------------------
-    dashboard_host: str = Field(default="dashboard", min_length=1, description="Host clients use to reach the dashboard.")
+    dashboard_host: str = Field(
+        default="dashboard", min_length=1, description="Host name or IP address clients use to reach the dashboard."
+    )
     dashboard_port: int = Field(default=8090, ge=1, le=65535, description="Port of the dashboard.")
     dashboard_session_idle_minutes: int = Field(default=30, ge=1, le=10080, description="A login ends after this long without use.")
     dashboard_session_max_hours: int = Field(default=12, ge=1, le=720, description="A login ends this long after it began, used or not.")
@@ -228,6 +235,15 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value else None
+
+    @field_validator("llama_cpp_host", "aider_wrapper_host", "ralph_wiggum_host", "dashboard_host", mode="after")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # refused here, not as a traceback of the first client that builds a URL from it
+        bracketed = value.startswith("[") and value.endswith("]")  # only an IPv6 address is written so
+        if not (_ip_version(value[1:-1]) == 6 if bracketed else _HOST_NAME.fullmatch(value) or _ip_version(value)):
+            raise ValueError("not a host name or IP address")
+        return value
 
     @field_validator("llama_cpp_cmake_args", mode="after")
     @classmethod
@@ -375,6 +391,7 @@ class Settings(BaseSettings):
 
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
 _BACKEND_NUMBER = re.compile(r"([a-z][a-z0-9_-]*)=([0-9]+)")
 
 
@@ -431,6 +448,14 @@ def database_url(url: str) -> str:
     if driver == "sqlite" and not parsed.database:
         raise ValueError("a SQLite URL names a file: sqlite:///PATH")
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _ip_version(text: str) -> int:
+    """4 or 6 for an IP address, 0 for anything else."""
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
 
 
 def _bracket(host: str) -> str:

@@ -3,28 +3,24 @@ in a sample repository, follow it live, and show the verified result."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.syntax import Syntax
 
-from aistack.client import RalphClient
 from aistack.config import Settings
 from aistack.contracts import TaskCreate
 from aistack.gitcli import IDENTITY, git_environ
 from aistack.lifecycle.cli import up
-from aistack.ralph_wiggum.cli import follow
+from aistack.ralph_wiggum.cli import call_orchestrator, follow
 from aistack.terminal import console, settings_or_exit
 
 commands = typer.Typer()
 
 DEMO_PROMPT = "Create hello.py with a function hello() that returns 'hello'"
 DEMO_CHECK = "python3 -c \"import hello; assert hello.hello() == 'hello'\""
-T = TypeVar("T")
 
 
 def sample_repository(root: Path, name: str = "aistack-demo") -> Path:
@@ -38,19 +34,6 @@ def sample_repository(root: Path, name: str = "aistack-demo") -> Path:
     for args in (["init", "-q", "-b", "main"], ["add", "README.md"], [*IDENTITY, "commit", "-q", "-m", "Sample workspace"]):
         subprocess.run(["git", *args], cwd=repo, env=git_environ(), check=True, capture_output=True)
     return repo
-
-
-def ask_orchestrator(settings: Settings, call: Callable[[RalphClient], Awaitable[T]]) -> T:
-    """One call of the orchestrator's API, from this synchronous command."""
-
-    async def once() -> T:
-        client = RalphClient(settings.url("ralph-wiggum"), settings.api_key)
-        try:
-            return await call(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(once())
 
 
 @commands.command()
@@ -69,12 +52,12 @@ def demo(
     console.rule("2. the task")
     console.print(f"workspace: {repo}\nprompt:    {prompt}\ncheck:     {check}", highlight=False)
     body = TaskCreate(prompt=prompt, backend=backend, workspace=str(repo), check_command=check, max_iterations=max_iterations)
-    accepted = ask_orchestrator(settings, lambda client: client.submit(body))
+    accepted = call_orchestrator(lambda client: client.submit(body))
     console.print(f"task {accepted.task_id}: {accepted.message}")
     code = follow(accepted.task_id)
     console.rule("3. the result")
     branch = f"aistack/{accepted.task_id}"
-    diff = ask_orchestrator(settings, lambda client: client.diff(accepted.task_id))  # the task's whole diff, as git has it
+    diff = call_orchestrator(lambda client: client.diff(accepted.task_id))  # the task's whole diff, as git has it
     console.print(Syntax(diff or "(no changes)", "diff", theme="ansi_dark", word_wrap=True))
     console.print(
         f"The work is on branch [bold]{branch}[/bold] of {repo}: `git -C {repo} merge {branch}` to take it.\n"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
+import threading
+
+import pytest
 
 from support import AISTACK, child_env, make_git_repo
 
@@ -74,11 +79,100 @@ def test_submit_wait_list_show_logs(stack_env, services):
     assert bad.returncode == 1 and "unknown backend 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     missing = aistack(stack_env, "task", "show", "nosuchtask")
     assert missing.returncode == 1 and "no task with id" in missing.stderr
+    dotted = aistack(stack_env, "task", "show", ".")  # an id, not the dot segment that `/tasks/.` would be
+    assert dotted.returncode == 1 and "no task with id '.'" in dotted.stderr, dotted.stderr
 
 
 def test_cli_reports_unreachable_orchestrator(stack_env):
     out = aistack(stack_env, "task", "list")
     assert out.returncode == 1 and "unreachable" in out.stderr and "Traceback" not in out.stderr
+
+
+class Impostor:
+    """Whatever listens on the orchestrator's port when it is not ralph-wiggum (another program, a
+    proxy, a hung process): each connection's request is read and `behave(connection)` answers it."""
+
+    def __init__(self, behave):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port, self.behave = self.sock.getsockname()[1], behave
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.recv(65536)
+            self.behave(conn)
+
+
+def answer(status: str, content_type: str, body: bytes):
+    def behave(conn: socket.socket) -> None:
+        head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        conn.sendall(head.encode() + body)
+        conn.close()
+
+    return behave
+
+
+def reset(conn: socket.socket) -> None:
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+    conn.close()
+
+
+HELD: list[socket.socket] = []  # a hung server: the connection stays open, unanswered
+
+
+@pytest.mark.parametrize(
+    ("behave", "args", "message"),
+    [
+        (
+            answer("200 OK", "text/html", b"<html>sign in</html>"),
+            ["task", "list"],
+            "answered GET /tasks with text/html, not JSON: is it ralph-wiggum?",
+        ),
+        (
+            answer("200 OK", "application/json", b'{"tasks": []}'),
+            ["task", "list"],
+            "answered GET /tasks with an unexpected body (items: Field required)",
+        ),
+        (
+            answer("502 Bad Gateway", "application/json", b'["upstream", "down"]'),
+            ["task", "show", "t1"],
+            'HTTP 502 Bad Gateway: ["upstream", "down"]',
+        ),
+        (reset, ["task", "stop", "t1"], "broke off the connection (ReadError)"),
+        (HELD.append, ["task", "list"], "did not answer within 10.0 s (ReadTimeout)"),
+        (answer("200 OK", "text/html", b"<html></html>"), ["task", "logs", "t1", "--follow"], "answered without an event stream"),
+        # a stream that breaks off before it began is not resumed for ever
+        (lambda conn: conn.close(), ["task", "logs", "t1", "--follow"], "broke off the connection (RemoteProtocolError)"),
+        (
+            answer("200 OK", "text/event-stream", b'id: 1\ndata: {"id": "one"}\n\n'),
+            ["task", "logs", "t1", "--follow"],
+            "answered GET /tasks/t1/events with an unexpected body (id: Input should be a valid integer",
+        ),
+    ],
+    ids=["html", "other-json", "error-not-the-apis", "reset", "silent", "no-event-stream", "closed-stream", "bad-event"],
+)
+def test_a_server_that_is_not_the_orchestrator_is_one_line(stack_env, behave, args, message):
+    impostor = Impostor(behave)
+    stack_env.set(RALPH_WIGGUM_PORT=impostor.port)
+    try:
+        out = aistack(stack_env, *args)
+    finally:
+        impostor.sock.close()
+        for conn in HELD:
+            conn.close()
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and message in " ".join(out.stderr.split()), out.stderr
+
+
+@pytest.mark.parametrize("host", ["localhost:8098", "[::1", "http://127.0.0.1"])
+def test_a_host_that_is_no_host_stops_the_cli_in_one_line(stack_env, host):
+    out = aistack(stack_env.set(RALPH_WIGGUM_HOST=host), "task", "list")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"invalid setting RALPH_WIGGUM_HOST={host!r}: allowed: Host name or IP address" in " ".join(out.stderr.split())
 
 
 def test_cli_refuses_a_prompt_over_the_limit_in_one_line(stack_env):

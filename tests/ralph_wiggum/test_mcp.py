@@ -19,6 +19,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from aistack.client import RalphClient
+from aistack.ralph_wiggum.mcp_server import build_server
 from support import AISTACK, StackEnv, child_env, make_git_repo
 
 KEY = "mcp-test-key-0123456789"
@@ -129,6 +131,10 @@ BAD_INPUT = [
     ("approve_task", {"task_id": "nope"}, ("POST", "/tasks/nope/approve", {"json": {}})),
     ("approve_task", {"task_id": "nope", "approved": "perhaps"}, ("POST", "/tasks/nope/approve", {"json": {"approved": "perhaps"}})),
     ("stop_task", {"task_id": "nope"}, ("POST", "/tasks/nope/stop", {})),
+    # a dot segment is an id like any other, not a way to another route (`/tasks/.` is `/tasks`)
+    ("get_task", {"task_id": "."}, ("GET", "/tasks/%2E", {})),
+    ("task_diff", {"task_id": "."}, ("GET", "/tasks/%2E/diff", {})),
+    ("stop_task", {"task_id": ".."}, ("POST", "/tasks/%2E%2E/stop", {})),
 ]
 
 
@@ -154,6 +160,48 @@ def test_bad_input_is_a_tool_error_with_the_apis_message(ralph, stack_env, trans
             with pytest.raises(MCPError, match="no task with id 'nope'"):
                 await client.read_resource("aistack://tasks/nope")
             assert {t.name for t in (await client.list_tools()).tools} == TOOLS  # the server still serves
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_an_argument_too_long_for_a_url_is_a_tool_error(ralph, stack_env, transport):
+    """httpx refuses to build a URL over 64 KiB with an error that is no transport error: it escaped
+    the tool as the SDK's bare "Internal server error"."""
+
+    async def scenario():
+        async with connect(transport, stack_env) as client:
+            long = "x" * 70_000
+            for tool, arguments, why in (
+                ("list_tasks", {"status": long}, "URL component 'query' too long"),
+                ("get_task", {"task_id": long}, "URL too long"),
+            ):
+                result = await client.call_tool(tool, arguments)
+                assert result.is_error and result.structured_content["status"] == 414, (tool, text(result)[:200])
+                assert text(result) == f"the request cannot be sent: {why}"
+
+    asyncio.run(scenario())
+
+
+def test_any_failure_of_a_tool_is_a_tool_error_with_a_500():
+    """Whatever the client raises besides the API's refusals (here: the in-process transport raises
+    what the app raised, as `ASGITransport` does by default) is a tool error, and a resource's
+    error, in the API's words for a 500, not the SDK's bare "Internal server error"."""
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("the app fell over")
+
+    async def scenario():
+        ralph = RalphClient("http://ralph-wiggum", transport=httpx.ASGITransport(app=crash))
+        try:
+            async with Client(build_server(ralph)) as client:
+                result = await client.call_tool("list_tasks", {})
+                assert result.is_error and text(result) == "internal error: RuntimeError"
+                assert result.structured_content == {"status": 500, "detail": "internal error: RuntimeError", "field": None}
+                with pytest.raises(MCPError, match="^internal error: RuntimeError$"):
+                    await client.read_resource("aistack://tasks/t1")
+        finally:
+            await ralph.aclose()
 
     asyncio.run(scenario())
 

@@ -155,6 +155,29 @@ def test_postgresql_going_away_fails_no_task_and_spends_no_iteration(cluster, po
     api.close()
 
 
+def test_a_worker_started_while_postgresql_is_down_waits_for_it(cluster, postgres_server):
+    """It waits with backoff, saying so once, and takes tasks once the database answers; it used
+    to exit at once ("cannot open the database"), leaving the loop to whatever restarts it."""
+    env = cluster.env
+    agent(env, 0.1)
+    postgres_server.stop()
+    try:
+        worker = cluster("worker", "w", wait=False)
+        assert wait_until(lambda: "does not answer" in worker.log() or worker.proc.poll() is not None, 60, interval=0.2)
+        assert worker.proc.poll() is None, worker.log()  # waiting, not gone
+    finally:
+        postgres_server.resume()
+    worker.wait_healthy(60)
+    api = httpx.Client(base_url=cluster("api").url, timeout=10)
+    task_id = submit(api, make_git_repo(env.workspace_root / "repo").name, check_command="test -s notes.txt")
+    (task,) = terminal(api, [task_id])
+    assert task["status"] == "completed" and task["iteration"] == 1
+    log = worker.log()
+    assert log.count("does not answer") == 1 and "Connection refused" in log and "answered after" in log, log  # one line, not one per try
+    assert postgres_server.password not in log
+    api.close()
+
+
 def test_chaos_workers_killed_at_random_lose_nothing(cluster):
     """3 workers, 30 tasks; every few seconds one worker, picked at random, is killed with kill -9
     and a new one (a new RALPH_WORKER_ID, as a restarted process gets) starts, for a bounded time.

@@ -16,7 +16,7 @@ from aistack import __version__
 from aistack.config import ConfigError, Settings, resolve_env_file
 from aistack.gitremote import Remotes
 from aistack.preflight import before_serve
-from aistack.ralph_wiggum import migrations
+from aistack.ralph_wiggum import migrations, rules
 from aistack.ralph_wiggum.api import router, storage_error, task_error
 from aistack.ralph_wiggum.backends import configured_backends
 from aistack.ralph_wiggum.events import Notifier
@@ -99,14 +99,36 @@ def create_app(settings: Settings, role: str = "all") -> FastAPI:
 
 def open_store(settings: Settings, on_event=None) -> Store:
     """The configured store, its schema upgraded; one that cannot be opened stops the service with
-    one line (the URL's password masked, as everywhere)."""
+    one line (the URL's password masked, as everywhere). A PostgreSQL server that does not answer
+    (not up yet, restarting, its name not yet in DNS) is waited for, with backoff, as a running
+    replica answers 503 and its loop retries meanwhile: a worker started before its database
+    comes up when it does. One that answers with a refusal (a wrong password, no such database)
+    stops the service."""
     if settings.aistack_database_url is None:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return Store(settings.database_url, on_event, model=served_model(settings))
-    except DBAPIError as exc:
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
+    attempt, waiting_since, said = 0, time.monotonic(), ""
+    while True:
+        try:
+            store = Store(settings.database_url, on_event, model=served_model(settings))
+        except DBAPIError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            if settings.aistack_database_url is None or not _not_answering(reason):
+                raise ConfigError(f"cannot open the database {settings.database_shown}: {reason}") from None
+            attempt += 1
+            if reason != said:  # one line, not one per try
+                log.warning("database %s does not answer (%s): trying again, with backoff", settings.database_shown, reason)
+                said = reason
+            time.sleep(rules.retry_delay(attempt, 0.0, float("inf")) or 0.0)
+            continue
+        if attempt:
+            log.info("database %s answered after %.0f s", settings.database_shown, time.monotonic() - waiting_since)
+        return store
+
+
+def _not_answering(reason: str) -> bool:
+    """Whether libpq's reason says the server did not answer (refused, no route, unknown host) or
+    answered that it cannot take connections yet; a FATAL of any other kind is its refusal."""
+    return "FATAL:" not in reason or "the database system is" in reason  # … starting up, shutting down, in recovery
 
 
 def served_model(settings: Settings) -> str:

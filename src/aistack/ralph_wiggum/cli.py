@@ -33,8 +33,8 @@ STATUS_STYLE = {
 }
 
 
-def _call(coro_fn):
-    """Run one client call; an API error becomes a one-line message and exit 1."""
+def call_orchestrator(coro_fn):
+    """Run one client call; any failure of it becomes a one-line message and exit 1."""
     settings = settings_or_exit()
     key = settings.api_key
 
@@ -49,6 +49,8 @@ def _call(coro_fn):
         return asyncio.run(go())
     except RalphError as exc:
         fail(exc.detail + (f" ({exc.field})" if exc.field else ""))
+    except Exception as exc:  # a defect here, still one line: the client words every failure it knows of
+        fail(f"{type(exc).__name__} talking to the orchestrator at {settings.url('ralph-wiggum')}: {exc}")
 
 
 def _status(status: str) -> Text:
@@ -104,7 +106,7 @@ def submit(
     except ValidationError as exc:  # as the orchestrator would refuse it, without asking it
         field, msg = first_error(exc.errors())
         fail(f"{'strategy.' if exc.title == StrategyChoice.__name__ else ''}{field}: {msg}")
-    accepted = _call(lambda c: c.submit(body))
+    accepted = call_orchestrator(lambda c: c.submit(body))
     console.print(f"✓ task [bold]{accepted.task_id}[/bold] {accepted.message}")
     if wait:
         raise typer.Exit(follow(accepted.task_id))
@@ -113,7 +115,7 @@ def submit(
 def follow(task_id: str, iteration: int | None = None) -> int:
     """Print the task's iterations and its agent's output as they happen (from its start), until
     it ends; returns 0 only for `completed`."""
-    task = _call(lambda client: _follow(client, task_id, iteration))
+    task = call_orchestrator(lambda client: _follow(client, task_id, iteration))
     _print_outcome(task)
     return 0 if task.status.value == "completed" else 1
 
@@ -192,7 +194,7 @@ def list_tasks(
     offset: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """List tasks, newest first."""
-    page = _call(lambda c: c.tasks(status, limit, offset))
+    page = call_orchestrator(lambda c: c.tasks(status, limit, offset))
     table = Table(title=f"tasks {offset + 1}–{offset + len(page.items)} of {page.total}")
     for col in ("id", "status", "iteration", "backend", "created", "prompt"):
         table.add_column(col)
@@ -211,7 +213,7 @@ def list_tasks(
 @task_app.command("show")
 def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False) -> None:
     """A task with its iterations."""
-    task, iterations = _call(lambda c: asyncio.gather(c.task(task_id), c.iterations(task_id)))
+    task, iterations = call_orchestrator(lambda c: asyncio.gather(c.task(task_id), c.iterations(task_id)))
     if as_json:
         shown = {"task": task.model_dump(mode="json"), "iterations": [i.model_dump(mode="json") for i in iterations]}
         console.print_json(json.dumps(shown))
@@ -243,21 +245,21 @@ def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Pri
 @task_app.command("stop")
 def stop(task_id: str) -> None:
     """Stop a task (ends a running iteration at once)."""
-    _call(lambda c: c.stop(task_id))
+    call_orchestrator(lambda c: c.stop(task_id))
     console.print(f"✓ stop requested for {task_id}")
 
 
 @task_app.command("approve")
 def approve(task_id: str) -> None:
     """Let a waiting task run its next iteration."""
-    _call(lambda c: c.decide(task_id, True))
+    call_orchestrator(lambda c: c.decide(task_id, True))
     console.print(f"✓ approved the next iteration of {task_id}")
 
 
 @task_app.command("reject")
 def reject(task_id: str) -> None:
     """End a waiting task as rejected."""
-    _call(lambda c: c.decide(task_id, False))
+    call_orchestrator(lambda c: c.decide(task_id, False))
     console.print(f"✓ rejected {task_id}")
 
 
@@ -271,7 +273,7 @@ def logs(
     if follow_:
         follow(task_id, iteration)
         return
-    iterations = _call(lambda c: c.iterations(task_id))
+    iterations = call_orchestrator(lambda c: c.iterations(task_id))
     for it in iterations:
         if iteration is not None and it.number != iteration:
             continue

@@ -18,12 +18,12 @@ model (the contracts), so it cannot drift from what the API accepts.
 from __future__ import annotations
 
 import json
+import logging
 import types as pytypes
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Union, get_args, get_origin
-from urllib.parse import quote
 
 import httpx
 import mcp_types as mt
@@ -38,9 +38,11 @@ from pydantic import BaseModel, ConfigDict, create_model
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aistack import __version__
-from aistack.client import RalphClient, RalphError
+from aistack.client import RalphClient, RalphError, path_segment
 from aistack.ralph_wiggum.api import router
 from aistack.web import is_loopback
+
+log = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "aistack runs a coding task in a git worktree, re-running a local agent until the task's check passes. "
@@ -118,7 +120,7 @@ class RouteTool:
             value = arguments.get(name)
             if not isinstance(value, str):
                 raise RalphError(422, f"{name}: Field required" if value is None else f"{name}: Input should be a valid string", name)
-            values[name] = quote(value, safe="")
+            values[name] = path_segment(value)
         query = {n: _query_value(arguments[n]) for n in self.query_names if arguments.get(n) is not None}
         rest = {k: v for k, v in arguments.items() if k not in self.path_names and k not in self.query_names}
         if rest and not self.takes_body:  # the API would ignore an unknown query parameter; an agent should learn of its typo
@@ -146,11 +148,11 @@ Reader = Callable[[RalphClient, dict[str, Any]], Awaitable[str]]  # the values t
 
 
 async def _read_task(client: RalphClient, at: dict[str, Any]) -> str:
-    return json.dumps(await client.call("GET", f"/tasks/{quote(at['task_id'], safe='')}"), indent=1)
+    return json.dumps(await client.call("GET", f"/tasks/{path_segment(at['task_id'])}"), indent=1)
 
 
 async def _read_output(client: RalphClient, at: dict[str, Any]) -> str:
-    iterations = await client.call("GET", f"/tasks/{quote(at['task_id'], safe='')}/iterations")
+    iterations = await client.call("GET", f"/tasks/{path_segment(at['task_id'])}/iterations")
     found = next((it for it in iterations if str(it["number"]) == at["number"]), None)
     if found is None:
         raise RalphError(404, f"task {at['task_id']} has no iteration {at['number']}", "iteration")
@@ -158,7 +160,7 @@ async def _read_output(client: RalphClient, at: dict[str, Any]) -> str:
 
 
 async def _read_diff(client: RalphClient, at: dict[str, Any]) -> str:
-    answer = await client.call("GET", f"/tasks/{quote(at['task_id'], safe='')}/diff", params={"iteration": at["number"]})
+    answer = await client.call("GET", f"/tasks/{path_segment(at['task_id'])}/diff", params={"iteration": at["number"]})
     return answer["diff"]
 
 
@@ -210,9 +212,10 @@ def build_server(client: RalphClient) -> Server:
             raise MCPError(mt.INVALID_PARAMS, f"unknown tool {params.name!r}; tools: {', '.join(tools)}")
         try:
             answer = await tool.call(client, params.arguments or {})
-        except RalphError as exc:
-            error = {"status": exc.status, "detail": exc.detail, "field": exc.field}
-            return mt.CallToolResult(content=[mt.TextContent(type="text", text=exc.detail)], structured_content=error, is_error=True)
+        except Exception as exc:  # any failure is the tool's error, never the SDK's bare "Internal server error"
+            refusal = _refusal(exc, params.name)
+            error = {"status": refusal.status, "detail": refusal.detail, "field": refusal.field}
+            return mt.CallToolResult(content=[mt.TextContent(type="text", text=refusal.detail)], structured_content=error, is_error=True)
         structured = answer if isinstance(answer, dict) else {"items": answer}
         return mt.CallToolResult(content=[mt.TextContent(type="text", text=json.dumps(answer, indent=1))], structured_content=structured)
 
@@ -257,9 +260,19 @@ async def _resource_answer(answer: Awaitable[Any]) -> Any:
     """A resource has no error result: the API's refusal becomes the request's error, same message."""
     try:
         return await answer
-    except RalphError as exc:
-        code = mt.INVALID_PARAMS if 400 <= exc.status < 500 else mt.INTERNAL_ERROR
-        raise MCPError(code, exc.detail, {"status": exc.status, "field": exc.field}) from None
+    except Exception as exc:
+        refusal = _refusal(exc, "resource")
+        code = mt.INVALID_PARAMS if 400 <= refusal.status < 500 else mt.INTERNAL_ERROR
+        raise MCPError(code, refusal.detail, {"status": refusal.status, "field": refusal.field}) from None
+
+
+def _refusal(exc: Exception, what: str) -> RalphError:
+    """The API's refusal as it is; anything else (a defect, or a failure of the in-process
+    transport) a 500 in the API's own words for one, its traceback in the log."""
+    if isinstance(exc, RalphError):
+        return exc
+    log.error("%s failed", what, exc_info=exc)
+    return RalphError(500, f"internal error: {type(exc).__name__}")
 
 
 # --- transports --------------------------------------------------------------------------------------
