@@ -152,8 +152,25 @@ HELD: list[socket.socket] = []  # a hung server: the connection stays open, unan
             ["task", "logs", "t1", "--follow"],
             "answered GET /tasks/t1/events with an unexpected body (id: Input should be a valid integer",
         ),
+        (
+            answer("200 OK", "application/json", b'[{"id": 1}]'),
+            ["learn", "proposals"],
+            "the orchestrator's answer is not a proposal: kind: Field required",
+        ),
+        (answer("200 OK", "text/html", b"<html></html>"), ["learn", "accept", "1"], "answered POST /learn/proposals/1/accept with"),
     ],
-    ids=["html", "other-json", "error-not-the-apis", "reset", "silent", "no-event-stream", "closed-stream", "bad-event"],
+    ids=[
+        "html",
+        "other-json",
+        "error-not-the-apis",
+        "reset",
+        "silent",
+        "no-event-stream",
+        "closed-stream",
+        "bad-event",
+        "learn-not-a-proposal",
+        "learn-html",
+    ],  # fmt: skip
 )
 def test_a_server_that_is_not_the_orchestrator_is_one_line(stack_env, behave, args, message):
     impostor = Impostor(behave)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import getpass
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from aistack.contracts import ProposalView
-from aistack.ralph_wiggum.cli import _call
-from aistack.terminal import console
+from aistack.ralph_wiggum.cli import call_orchestrator
+from aistack.terminal import console, fail
 
 commands = typer.Typer()
 learn_app = typer.Typer(
@@ -24,8 +25,21 @@ Who = Annotated[str, typer.Option("--who", help="Who decides (kept with the deci
 Why = Annotated[str | None, typer.Option("--why", help="Why, kept with the decision.")]
 
 
-def _proposals(answer: list) -> list[ProposalView]:
-    return [ProposalView.model_validate(p) for p in answer]
+def _ask(method: str, path: str, **kwargs: Any) -> Any:
+    """One call to the orchestrator; any failure of it ends in one line."""
+    return call_orchestrator(lambda client: client.call(method, path, **kwargs))
+
+
+def _proposals(answer: Any) -> list[ProposalView]:
+    return [_proposal(p) for p in (answer if isinstance(answer, list) else [answer])]
+
+
+def _proposal(answer: Any) -> ProposalView:
+    try:
+        return ProposalView.model_validate(answer)
+    except ValidationError as exc:  # an orchestrator of another version, or not one at all: one line
+        first = exc.errors()[0]
+        fail(f"the orchestrator's answer is not a proposal: {'.'.join(map(str, first['loc']))}: {first['msg']}")
 
 
 def _table(proposals: list[ProposalView], title: str) -> None:
@@ -43,7 +57,7 @@ def learn(ctx: typer.Context) -> None:
     """Learn from every finished task now and print the proposals made or refreshed."""
     if ctx.invoked_subcommand is not None:
         return
-    made = _proposals(_call(lambda c: c.call("POST", "/learn")))
+    made = _proposals(_ask("POST", "/learn"))
     if not made:
         console.print("no proposal: too few finished tasks, or nothing to change (RALPH_LEARN_MIN_OUTCOMES)")
         return
@@ -56,7 +70,7 @@ def proposals(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON, evidence included.")] = False,
 ) -> None:
     """List the proposals, newest first."""
-    found = _call(lambda c: c.call("GET", "/learn/proposals", params={"status": status} if status else {}))
+    found = _ask("GET", "/learn/proposals", params={"status": status} if status else {})
     if as_json:
         console.print_json(json.dumps(found))
         return
@@ -65,7 +79,7 @@ def proposals(
 
 def _decide(proposal_id: int, action: str, who: str | None, why: str | None) -> None:
     body = {"who": who or getpass.getuser(), **({"detail": why} if why else {})}
-    done = ProposalView.model_validate(_call(lambda c: c.call("POST", f"/learn/proposals/{proposal_id}/{action}", json=body)))
+    done = _proposal(_ask("POST", f"/learn/proposals/{proposal_id}/{action}", json=body))
     last = done.decisions[-1]
     console.print(f"✓ proposal {done.id} {done.status.replace('_', ' ')} by {last.who}: {done.summary}", highlight=False)
     if last.detail:
