@@ -322,7 +322,7 @@ def main() -> None:
         parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
     selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all"
     selection = f"the first {args.limit} of the {selection}" if args.limit else selection
-    selection = f"{selection}, from the {args.skip + 1}th on" if args.skip else selection
+    selection = f"{selection}, from its problem {args.skip + 1} on" if args.skip else selection
     report: dict[str, Any] = {
         "selection": selection,
         "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s)) through aider",
