@@ -17,6 +17,7 @@ from aistack.contracts import (
     EventView,
     IterationLimits,
     IterationView,
+    ProposalView,
     RalphHealth,
     Stats,
     TaskAccepted,
@@ -92,7 +93,10 @@ class RalphClient:
         return await self._request("GET", "/stats", Stats)
 
     async def daily_stats(self) -> DailyStats:
-        return DailyStats.model_validate(await self._request("GET", "/stats/daily"))
+        return await self._request("GET", "/stats/daily", DailyStats)
+
+    async def proposals(self, status: str | None = None) -> list[ProposalView]:
+        return await self._request("GET", "/learn/proposals", list[ProposalView], params={"status": status} if status else {})
 
     async def tasks(self, status: str | None = None, limit: int = 20, offset: int = 0) -> TaskPage:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
@@ -123,6 +127,13 @@ class RalphClient:
 
     async def decide(self, task_id: str, approved: bool) -> dict[str, Any]:
         return await self._request("POST", _task_path(task_id, "/approve"), dict[str, Any], json={"approved": approved})
+
+    async def learn(self) -> list[ProposalView]:
+        return await self._request("POST", "/learn", list[ProposalView])
+
+    async def decide_proposal(self, proposal_id: int | str, action: str, who: str, detail: str | None = None) -> ProposalView:
+        body = {"who": who, **({"detail": detail} if detail else {})}
+        return await self._request("POST", f"/learn/proposals/{path_segment(str(proposal_id))}/{action}", ProposalView, json=body)
 
     async def reload_config(self) -> IterationLimits:
         return await self._request("POST", "/config/reload", IterationLimits)

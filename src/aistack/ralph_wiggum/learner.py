@@ -103,9 +103,11 @@ class Learner:
     # --- on a schedule ---------------------------------------------------------------------------
 
     async def start(self, schedule: bool) -> None:
-        """Read the outcomes the learned limits start from; with `schedule`, learn every
+        """Read the outcomes the learned limits start from (not when they are off: a scan of every
+        finished task at each start for nothing); with `schedule`, learn every
         RALPH_LEARN_INTERVAL_SECONDS (0: never)."""
-        self.tasks.past = learning.past_tasks(await self.store.outcomes())
+        if self.settings.ralph_learned_limits_after > 0:
+            self.tasks.past = learning.past_tasks(await self.store.outcomes())
         if schedule and self.settings.ralph_learn_interval_seconds > 0:
             self._job = asyncio.create_task(self._every(self.settings.ralph_learn_interval_seconds), name="learner")
 

@@ -517,9 +517,9 @@ class Store:
         """The task's outcome, in the transaction that ends it: a crash loses both or neither."""
         if before.status.terminal or not task.status.terminal:
             return
-        columns = [column for column in iterations.c if column.name not in ("id", "output")]
+        columns = [column for column in iterations.c if column.name != "output"]
         rows = db.execute(select(*columns).where(iterations.c.task_id == task.id).order_by(iterations.c.number))
-        history = [IterationRecord(**{**row._mapping, "files_modified": tuple(row.files_modified or ())}) for row in rows]
+        history = [_iteration_record(row) for row in rows]  # without the outputs: an outcome needs none
         db.execute(insert(outcomes), _fields(learning.outcome_of(task, history, self.model)))
 
     async def outcomes(self) -> list[OutcomeRecord]:
@@ -756,9 +756,9 @@ def _proposal_record(row) -> ProposalRecord:
 
 def _iteration_record(row) -> IterationRecord:
     values = dict(row._mapping)
-    del values["id"]
+    values.pop("id", None)
     values["files_modified"] = tuple(values["files_modified"] or ())
-    values["output"] = values["output"] or ""
+    values["output"] = values.get("output") or ""
     return IterationRecord(**values)
 
 

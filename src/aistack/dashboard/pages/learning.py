@@ -22,8 +22,8 @@ WHO = "dashboard"  # the dashboard has one login (the API key): its decisions ar
 
 @router.get("/learning", response_class=HTMLResponse)
 async def learning(request: Request, site: SiteDep):
-    found, error = await attempt(site.ralph.call("GET", "/learn/proposals"))
-    proposals = [ProposalView.model_validate(p) for p in found or []]
+    found, error = await attempt(site.ralph.proposals())
+    proposals = found or []
     return site.render(request, "learning.html", page="learning", proposals=proposals, savings=savings(proposals), error=error)
 
 
@@ -39,7 +39,7 @@ def savings(proposals: list[ProposalView]) -> list[ProposalView]:
 async def learn_now(request: Request, site: SiteDep):
     await checked_form(request)
     try:
-        made = await site.ralph.call("POST", "/learn")
+        made = await site.ralph.learn()
     except RalphError as exc:
         return site.redirect("/learning", f"learning failed: {exc.detail}", "error", request=request)
     nothing = "Nothing to propose yet (too few finished tasks, or nothing to change)."
@@ -54,9 +54,8 @@ async def decide(request: Request, site: SiteDep, proposal_id: str, action: str)
         message = f"no proposal {proposal_id!r}, or unknown action {action!r} (allowed: {', '.join(ACTIONS)})"
         return site.render(request, "error.html", 404, title="Learning", message=message)
     why = str(posted.get("detail", "")).strip()[:2000] or None
-    body = {"who": WHO, **({"detail": why} if why else {})}
     try:
-        done = ProposalView.model_validate(await site.ralph.call("POST", f"/learn/proposals/{proposal_id}/{action}", json=body))
+        done = await site.ralph.decide_proposal(proposal_id, action, WHO, why)
     except RalphError as exc:
         return site.redirect("/learning", f"{action} refused: {exc.detail}", "error", request=request)
     detail = done.decisions[-1].detail if done.decisions else None
