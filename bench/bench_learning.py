@@ -10,8 +10,8 @@ the learner (`learning.learn`, its default sample size unless --min-sample) lear
 and the second is replayed under what it learned, two ways:
 
 - `class limit`: the class's iteration limit from an accepted `iteration_limit` proposal;
-- `learned`: each task's own limit from its most similar first-half tasks (`rules.learned_limit`,
-  what a submission gets once RALPH_LEARNED_LIMITS_AFTER tasks have finished).
+- `learned`: each task's own limit from the first-half tasks of its class, backend and strategy
+  (`rules.learned_limit`, what a submission gets once RALPH_LEARNED_LIMITS_AFTER tasks have finished).
 
 A replayed task under limit L is what its first L recorded iterations were: solved if it was
 solved within L, its tokens and seconds those of those iterations. Reported per way: tasks,
@@ -32,6 +32,7 @@ from typing import Any
 import benchlib  # noqa: F401  first: puts tests/ on the path
 import humaneval_repos as he
 from aistack.config import Settings
+from aistack.contracts import Strategy, StrategyChoice
 from aistack.ralph_wiggum import learning, rules
 from aistack.ralph_wiggum.records import IterationRecord, OutcomeRecord
 
@@ -45,6 +46,7 @@ def outcomes(report: dict[str, Any], prompts: dict[str, str]) -> list[tuple[Outc
         if not mode.startswith("loop"):
             continue
         limit, backend = report["modes"][mode]["max_iterations"], report["modes"][mode].get("backend", "aider")
+        strategy = StrategyChoice.model_validate(report["modes"][mode].get("strategy") or {}).over(Strategy())
         for n, r in enumerate(results):
             its = r["per_iteration"]
             prompt = prompts.get(r["problem"], r["problem"])
@@ -52,7 +54,7 @@ def outcomes(report: dict[str, Any], prompts: dict[str, str]) -> list[tuple[Outc
             idle = learning.idle_run([replace(_BLANK, files_modified=("x",) if it["changed"] else ()) for it in its])
             o = OutcomeRecord(
                 task_id=f"{mode}:{r['task']}", status=r["status"], reason=None, complexity=complexity, words=words, items=items,
-                context_files=files, workspace=r["problem"], backend=backend, model=report.get("model"), strategy=None,
+                context_files=files, workspace=r["problem"], backend=backend, model=report.get("model"), strategy=strategy.model_dump(),
                 iterations=r["iterations"], max_iterations=limit, limit_source="request", evidence_rule=None,
                 check_command=report.get("check_command"), check_passed=r["solved"], check_failure=None, promise=None,
                 diff=any(it["changed"] for it in its), prompt_tokens=r["tokens"]["prompt"], completion_tokens=r["tokens"]["completion"],
@@ -87,12 +89,13 @@ def one_split(tasks: Recorded, prompts: dict[str, str], seed: int, min_sample: i
     current = replace(current, limits=dict.fromkeys(current.limits, recorded_limit))  # as the recorded tasks ran
     proposals = learning.learn([o for o, _ in learn_on], current, min_sample)
     class_limits = {**current.limits, **{p.subject: int(v) for p in proposals if p.kind == "iteration_limit" for v in p.changes.values()}}
-    past = learning.past_tasks(o for o, _ in learn_on)
+    history = rules.History(learning.past_tasks(o for o, _ in learn_on), after=1, min_evidence=min_sample)
     rows: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
     for o, its in replayed:
-        prompt_limit = rules.learned_limit(prompts.get(o.workspace, o.workspace), o.context_files, past, recorded_limit)
+        strategy = Strategy.model_validate(o.strategy or {})
+        prompt_limit = rules.learned_limit(prompts.get(o.workspace, o.workspace), o.backend, strategy, history)
         limits = {"recorded": o.iterations, "class limit": class_limits[o.complexity],
-                  "learned": prompt_limit.max_iterations if prompt_limit else class_limits[o.complexity]}  # fmt: skip
+                  "learned": min(prompt_limit.max_iterations, recorded_limit) if prompt_limit else class_limits[o.complexity]}  # fmt: skip
         for way in WAYS:
             rows[way].append(replay(o, its, limits[way]))
     return {"seed": seed, "learned_on": len(learn_on), "replayed": len(replayed), "class_limits": class_limits,

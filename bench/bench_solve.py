@@ -20,10 +20,10 @@ does not know `strategy` refuses it (422): those modes are skipped, with the rea
 `one-<agent>` is one attempt of another agent backend (langchain, mini-swe-agent, the CLI agents).
 
 Strategies matter only where the single shot fails. With `--baseline single.json` (a run of
-`single` on the same problems), the loop modes whose first iteration is the single-shot request
-take the problems it solved from it and run only its failures; a run that passes at iteration 1
-where the baseline failed is counted (`first_iteration_disagrees`), since then the saving assumed
-something the model did not do.
+`single` on the same problems, or of a loop mode: its first iteration is the single shot), the
+loop modes whose first iteration is the single-shot request take the problems it solved from it
+and run only its failures; a run that passes at iteration 1 where the baseline failed is counted
+(`first_iteration_disagrees`), since then the saving assumed something the model did not do.
 
 Reports per mode: pass rate, mean iterations, prompt and completion tokens per solved task (all
 tokens spent, over the problems solved), seconds per task, solved per minute; and, per iteration
@@ -242,14 +242,19 @@ def start_stack(root: Path, model: str, threads: int) -> tuple[StackEnv, list[Se
     return env, started
 
 
-def baseline_solved(path: Path | None, chosen: list[he.Problem]) -> dict[str, dict[str, Any]]:
-    """The problems a baseline report's `single` mode solved, by id: its record of each."""
-    if path is None:
-        return {}
-    results = json.loads(path.read_text()).get("results", {}).get("single", [])
+def baseline_solved(paths: list[Path], chosen: list[he.Problem]) -> dict[str, dict[str, Any]]:
+    """The problems the baseline reports solved with the single-shot request, by id: a `single`
+    mode's records, or else the first iteration of a mode whose first iteration is that request (a
+    loop run cut after it, `first_iteration`)."""
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        modes = json.loads(path.read_text()).get("results", {})
+        firsts = [mode for mode in modes if mode in FIRST_IS_SINGLE]
+        results += modes["single"] if "single" in modes else first_iteration(modes[firsts[0]]) if firsts else []
     ids = {p.task_id for p in chosen}
     if missing := ids - {r["problem"] for r in results}:
-        raise SystemExit(f"--baseline {path}: its `single` mode lacks {len(missing)} of the chosen problems, e.g. {min(missing)}")
+        names = ", ".join(str(p) for p in paths)
+        raise SystemExit(f"--baseline {names}: no single shot of {len(missing)} of the chosen problems, e.g. {min(missing)}")
     return {r["problem"]: {**r, "from_baseline": True} for r in results if r["solved"] and r["problem"] in ids}
 
 
@@ -311,8 +316,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="llama-server's threads (0: all cores); 1 fares better on a busy machine")
     parser.add_argument("--ralph", help="a running orchestrator's URL instead of a stack started here (key: $RALPH_WIGGUM_API_KEY)")
     parser.add_argument(
-        "--baseline", type=Path, help="a report of this run's `single` mode: the loop modes take the problems it solved from it"
-    )
+        "--baseline", type=Path, action="append", default=[],
+        help="a report with the single shot of these problems (its `single` mode, or a loop mode's first iteration; "
+        "repeat for several): the loop modes take the problems it solved from it",
+    )  # fmt: skip
     parser.add_argument("--workspace-root", type=Path, help="with --ralph: its WORKSPACE_ROOT, where the repositories are made")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -330,7 +337,7 @@ def main() -> None:
         "commit": benchlib.commit_line(),
         "check_command": he.check_command(),
         "modes": {m: MODES[m] for m in args.modes},
-        "baseline": str(args.baseline) if args.baseline else None,
+        "baseline": [str(p) for p in args.baseline] or None,
     }
     started: list[ServiceProcess] = []
     with tempfile.TemporaryDirectory(prefix="bench-solve-") as tmp:

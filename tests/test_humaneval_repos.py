@@ -122,11 +122,27 @@ def test_a_baseline_gives_the_loop_modes_what_its_single_shot_solved(every, tmp_
     records = [{**_task(solved, (solved, True)), "problem": p.task_id} for p, solved in zip(chosen, (True, False, True), strict=True)]
     path = tmp_path / "single.json"
     path.write_text(json.dumps({"results": {"single": records}}))
-    reused = bench.baseline_solved(path, chosen)
+    reused = bench.baseline_solved([path], chosen)
     assert set(reused) == {chosen[0].task_id, chosen[2].task_id}  # only the solved ones; the failure runs again
     assert all(r["from_baseline"] for r in reused.values())
     ran = {**_task(True, (True, True)), "problem": chosen[1].task_id}  # passed at iteration 1 where the baseline failed
     s = bench.summary([reused[chosen[0].task_id], ran, reused[chosen[2].task_id]])
     assert (s["solved"], s["from_baseline"], s["first_iteration_disagrees"]) == (3, 2, 1)
-    with pytest.raises(SystemExit, match="lacks 1 of the chosen problems"):
-        bench.baseline_solved(path, every[:4])  # a baseline of another selection
+    with pytest.raises(SystemExit, match="no single shot of 1 of the chosen problems"):
+        bench.baseline_solved([path], every[:4])  # a baseline of another selection
+
+
+def test_a_loop_runs_first_iterations_are_a_baseline_too(every, tmp_path) -> None:
+    """A loop mode's iteration 1 is the single-shot request: a loop run, split in two reports, serves."""
+    bench = _bench_solve()
+    chosen = every[:3]
+    runs = [(True, [(True, True)]), (True, [(False, True), (True, True)]), (False, [(False, True)] * 3)]  # the second: rescued
+    records = [{**_task(solved, *its), "problem": p.task_id} for p, (solved, its) in zip(chosen, runs, strict=True)]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"results": {"loop-restart": records[:2]}}))
+    second.write_text(json.dumps({"results": {"loop-restart": records[2:]}}))
+    reused = bench.baseline_solved([first, second], chosen)
+    assert list(reused) == [chosen[0].task_id]  # the rescue was no single shot: it runs again
+    assert reused[chosen[0].task_id]["iterations"] == 1 and reused[chosen[0].task_id]["from_baseline"]
+    with pytest.raises(SystemExit, match="no single shot of 1 of the chosen problems"):
+        bench.baseline_solved([first], chosen)

@@ -150,7 +150,12 @@ class Settings(BaseSettings):
     ralph_learn_interval_seconds: int = Field(
         default=0, ge=0, le=604800, description="How often ralph-wiggum turns the tasks' outcomes into proposals; 0 = only on demand."
     )
-    ralph_learn_min_outcomes: int = Field(default=10, ge=4, le=100000, description="Finished tasks a learned proposal needs at the least.")
+    ralph_learn_min_outcomes: int = Field(
+        default=10,
+        ge=4,
+        le=100000,
+        description="Finished tasks a learned proposal needs, and failed ones that ran on past a lowered limit, at the least.",
+    )
     ralph_learned_limits_after: int = Field(
         default=50, ge=0, le=1_000_000, description="Finished tasks after which a limit comes from similar past ones; 0 = classes only."
     )

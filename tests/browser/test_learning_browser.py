@@ -41,7 +41,7 @@ def test_a_proposal_is_learned_accepted_and_rolled_back_from_the_page(page, stac
     expect(page.locator("#savings-empty")).to_contain_text("No data yet")
     expect(page.locator("canvas")).to_have_count(0)
     assert finish_tasks(stack.ralph.url, ["true", "true", "true"], 3) == [("completed", 1)] * 3
-    assert finish_tasks(stack.ralph.url, ["false", "false", "false"], 3) == [("exhausted", 3)] * 3
+    assert finish_tasks(stack.ralph.url, ["false"] * 4, 3) == [("exhausted", 3)] * 4  # enough ran on past 1 to show it
 
     page.get_by_role("button", name="Learn now").click()
     expect(page.locator("#flash")).to_contain_text("proposal(s) made or refreshed")
@@ -77,8 +77,8 @@ def assert_savings_plotted(page, ralph_url: str) -> None:
     evidence in the orchestrator's API says, and it is drawn (pixels in the iterations' colour)."""
     proposals = httpx.get(ralph_url + "/learn/proposals", timeout=10).json()
     saving = sorted((p for p in proposals if "iterations_saved" in p["evidence"]), key=lambda p: p["id"])
-    [limit] = saving  # three tasks that failed anyway ran 2 iterations each past the limit of 1
-    assert limit["evidence"]["iterations_saved"] == 6 and limit["evidence"]["failed_past_limit"] == 3
+    [limit] = saving  # four tasks that failed anyway ran 2 iterations each past the limit of 1
+    assert limit["evidence"]["iterations_saved"] == 8 and limit["evidence"]["failed_past_limit"] == 4
     drawn = page.evaluate(DRAWN, ["#savings-plot canvas", [ITERATIONS_BAR]])
     assert drawn["labels"] == [f"#{p['id']} {p['subject']}" for p in saving]
     assert {d["label"]: d["data"] for d in drawn["datasets"]} == {

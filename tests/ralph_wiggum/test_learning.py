@@ -38,24 +38,39 @@ def kinds(proposals) -> dict[str, learning.Proposal]:
 
 
 def test_a_class_limit_drops_to_the_most_any_success_needed_and_says_what_it_saves():
-    found = kinds(learn(solved_in(1, 2, 2, 3, 1, 2) + failed(6), NOW))
+    found = kinds(learn(solved_in(1, 2, 2, 3, 1, 2) + failed(10), NOW))
     limit = found["iteration_limit"]
     assert limit.subject == "simple" and limit.changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "3"}
     ev = limit.evidence
-    assert (ev["tasks_total"], ev["solved"], ev["failed_past_limit"], ev["iterations_saved"]) == (12, 6, 6, 42)
-    assert ev["tokens_saved"] == 6 * 7 * 1100 and ev["iterations_to_success"] == {"n": 6, "p50": 2, "p90": 3, "max": 3}
-    assert ev["tasks"][0] == "t105" and len(ev["tasks"]) == 12  # newest first
+    assert (ev["tasks_total"], ev["solved"], ev["failed_past_limit"], ev["iterations_saved"]) == (16, 6, 10, 70)
+    assert ev["tokens_saved"] == 10 * 7 * 1100 and ev["iterations_to_success"] == {"n": 6, "p50": 2, "p90": 3, "max": 3}
+    assert ev["tasks"][0] == "t109" and len(ev["tasks"]) == 16  # newest first
 
 
 def test_no_proposal_from_a_small_sample_or_too_few_successes():
     assert learn(solved_in(1, 2) + failed(1), NOW) == []  # three tasks
     assert "iteration_limit" not in kinds(learn(solved_in(1, 2) + failed(20), NOW))  # two successes are no distribution
-    assert "iteration_limit" not in kinds(learn(solved_in(1, 2, 3) + failed(9), NOW, min_sample=13))
+    assert "iteration_limit" not in kinds(learn(solved_in(1, 2, 3) + failed(10), NOW, min_sample=11))
 
 
-def test_no_lower_limit_when_the_failures_stopped_before_it_or_it_is_not_lower():
-    assert "iteration_limit" not in kinds(learn(solved_in(1, 2, 3) + failed(9, iterations=3), NOW))
-    assert "iteration_limit" not in kinds(learn(solved_in(9, 10, 10) + failed(9), NOW))
+def test_no_lower_limit_until_enough_failures_ran_on_past_it_for_nothing():
+    assert "iteration_limit" not in kinds(learn(solved_in(1, 2, 3) + failed(9, iterations=3), NOW))  # stopped there
+    assert "iteration_limit" not in kinds(learn(solved_in(9, 10, 10) + failed(9), NOW))  # not lower
+    assert "iteration_limit" not in kinds(learn(solved_in(1, 2, 3) + failed(9), NOW))  # 9 ran on: too few to show it
+    assert "iteration_limit" in kinds(learn(solved_in(1, 2, 3) + failed(10), NOW))
+
+
+def test_a_strategy_that_rescues_late_keeps_its_room_until_its_own_tasks_show_otherwise():
+    """A restart rescued at iteration 3 must not lose it to a limit the plain loop's tasks support."""
+    restart = {"restart": True, "diversity": True}
+    loop = solved_in(1, 1, 1) + failed(10, iterations=5)
+    late = [replace(o, task_id=f"r{o.task_id}", strategy=restart) for o in solved_in(1, 1, 2, 3) + failed(4, iterations=5)]
+    now = replace(NOW, limits={**NOW.limits, "simple": 5})
+    assert kinds(learn(loop, now))["iteration_limit"].changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "1"}
+    assert "iteration_limit" not in kinds(learn(loop + late, now))  # 4 restarts ran on past 3: too few to show it
+    shown = late + [replace(o, task_id=f"s{o.task_id}", strategy=restart) for o in failed(6, iterations=5, start=300)]
+    limit = kinds(learn(loop + shown, now))["iteration_limit"]
+    assert limit.changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "3"} and limit.evidence["strategies"] == 2  # the restarts' 3, not the loop's 1
 
 
 def test_stopped_and_rejected_tasks_are_no_evidence():
@@ -117,35 +132,59 @@ def test_features_and_idle_runs_of_a_task():
 
 LIMITS = IterationLimits(ralph_max_iterations_simple=10, ralph_max_iterations_default=20, ralph_max_iterations_complex=50,
                          ralph_adaptive_iterations=True, ralph_max_iterations_cap=100)  # fmt: skip
+PLAIN_STRATEGY = Strategy()
+PLAIN = rules.strategy_key(PLAIN_STRATEGY)
+RESTART = Strategy(restart=True, diversity=True)
 
 
-def past(words: int, iterations: int, solved: bool, items: int = 0, files: int = 0) -> rules.PastTask:
-    return rules.PastTask("simple", words, items, files, iterations, solved)
+def past(
+    iterations: int, solved: bool, backend: str = "aider", strategy: Strategy = PLAIN_STRATEGY, complexity: str = "simple"
+) -> rules.PastTask:
+    return rules.PastTask(complexity, backend, rules.strategy_key(strategy), iterations, solved)
 
 
-def test_a_learned_limit_comes_from_the_most_similar_past_tasks_once_enough_have_finished():
-    short = [past(6, n, True) for n in (1, 2, 2)] + [past(6, 10, False)] * 12
-    longer = [past(30, n, True) for n in (6, 7, 8)]  # less like a 6-word prompt: not among its nearest 15
-    history = short + longer
-    choice = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=18)
-    assert (choice.max_iterations, choice.source, choice.complexity) == (3, "learned", Complexity.simple)
-    assert "3 solved, in at most 2 iterations" in choice.reason
-    below = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=19)
+def limit_for(
+    prompt: str, history: rules.History, backend: str = "aider", strategy: Strategy = PLAIN_STRATEGY, requested: int | None = None
+) -> rules.LimitChoice:
+    return rules.choose_limit(requested, prompt, LIMITS, None, rules.learned_limit(prompt, backend, strategy, history))
+
+
+def test_a_learned_limit_comes_from_past_tasks_of_the_same_class_backend_and_strategy_once_enough_have_finished():
+    plain = [past(n, True) for n in (1, 2, 2)] + [past(10, False)] * 10
+    late = [past(n, True, strategy=RESTART) for n in (1, 6, 7)] + [past(10, False, strategy=RESTART)] * 10
+    other = [past(n, True, backend="goose") for n in (8, 8, 9)] + [past(10, False, backend="goose")] * 10
+    history = rules.History(plain + late + other, after=39, min_evidence=10)
+    choice = limit_for("fix the typo in the greeting", history)
+    assert (choice.max_iterations, choice.source, choice.complexity) == (2, "learned", Complexity.simple)
+    assert "13 past simple tasks on aider with this strategy: 3 solved, in at most 2 iterations; 10 still failing" in choice.reason
+    assert limit_for("fix the typo in the greeting", history, strategy=RESTART).max_iterations == 7
+    assert limit_for("fix the typo in the greeting", history, backend="goose").max_iterations == 9
+    below = limit_for("fix the typo in the greeting", replace(history, after=40))
     assert (below.max_iterations, below.source) == (10, "adaptive")  # too few finished: the keyword classes
-    off = rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=history, learn_after=0)
-    assert off.source == "adaptive"
-    asked = rules.choose_limit(4, "fix the typo in the greeting", LIMITS, past=history, learn_after=1)
+    assert limit_for("fix the typo in the greeting", replace(history, after=0)).source == "adaptive"  # off
+    asked = limit_for("fix the typo in the greeting", history, requested=4)
     assert (asked.max_iterations, asked.source) == (4, "request")
 
 
-def test_too_few_similar_successes_or_another_class_fall_back_to_the_class_limit():
-    few = [past(6, 1, True)] * 2 + [past(6, 10, False)] * 20
-    assert rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=few, learn_after=5).source == "adaptive"
-    others = [rules.PastTask("complex", 6, 0, 0, 1, True)] * 20  # solved, but of another class
-    assert rules.choose_limit(None, "fix the typo in the greeting", LIMITS, past=others, learn_after=5).source == "adaptive"
-    assert rules.learned_limit("fix it", 0, [past(6, 200, True)] * 5, cap=100).max_iterations == 100  # never above the cap
+def test_without_enough_evidence_alike_the_class_limit_decides():
+    def source(tasks: list[rules.PastTask], strategy: Strategy = PLAIN_STRATEGY) -> str:
+        return limit_for("fix the typo in the greeting", rules.History(tasks, after=5, min_evidence=10), strategy=strategy).source
+
+    assert source([past(1, True)] * 2 + [past(10, False)] * 20) == "adaptive"  # two successes
+    assert source([past(1, True)] * 3 + [past(10, False)] * 9) == "adaptive"  # nine ran on past 1: too few to show it
+    assert source([past(1, True)] * 3 + [past(10, False)] * 10) == "learned"
+    assert source([past(1, True, complexity="complex")] * 3 + [past(10, False, complexity="complex")] * 10) == "adaptive"
+    assert source([past(1, True)] * 3 + [past(10, False)] * 10, strategy=RESTART) == "adaptive"  # ran otherwise
+    capped = limit_for("fix it", rules.History([past(200, True)] * 3 + [past(300, False)] * 10, after=1, min_evidence=10))
+    assert capped.max_iterations == 100  # never above the cap
 
 
 def test_past_tasks_are_the_outcomes_the_loop_ended():
-    ended = solved_in(2) + failed(1) + [replace(outcome(7, False, 3), status="stopped")]
-    assert learning.past_tasks(ended) == [rules.PastTask("simple", 8, 0, 0, 2, True), rules.PastTask("simple", 8, 0, 0, 10, False)]
+    ended = (
+        solved_in(2)
+        + failed(1)
+        + [replace(outcome(7, False, 3), status="stopped")]
+        + [replace(outcome(8, True, 1), strategy=RESTART.model_dump())]
+    )
+    assert learning.past_tasks(ended) == [past(2, True), past(10, False), past(1, True, strategy=RESTART)]
+    assert PLAIN != rules.strategy_key(RESTART) and rules.strategy_key(Strategy.model_validate({})) == PLAIN

@@ -60,13 +60,13 @@ def test_an_accepted_limit_is_written_and_applies_to_the_next_task_and_a_rollbac
     client = ralph
     assert client.post("/learn").json() == []  # nothing finished yet: nothing learned
     solved = run_tasks(client, ["solve the greeting", "solve the sum", "solve the title"])
-    failed = run_tasks(client, ["fix the greeting", "fix the sum", "fix the title"], max_iterations=4)
+    failed = run_tasks(client, [f"fix the {what}" for what in ("greeting", "sum", "title", "menu", "logo", "footer")], max_iterations=4)
     assert {t["status"] for t in solved} == {"completed"} and {(t["status"], t["iteration"]) for t in failed} == {("exhausted", 4)}
 
     made = client.post("/learn").json()
     [limit] = [p for p in made if p["kind"] == "iteration_limit"]
     assert limit["subject"] == "simple" and limit["changes"] == {"RALPH_MAX_ITERATIONS_SIMPLE": "1"} and limit["status"] == "open"
-    assert limit["evidence"]["iterations_saved"] == 9 and set(limit["evidence"]["tasks"]) == {t["id"] for t in solved + failed}
+    assert limit["evidence"]["iterations_saved"] == 18 and set(limit["evidence"]["tasks"]) == {t["id"] for t in solved + failed}
     assert [p["id"] for p in client.get("/learn/proposals", params={"status": "open"}).json()] == [p["id"] for p in made][::-1]
 
     listed = cli(stack_env, "proposals")
@@ -135,13 +135,17 @@ def test_once_enough_tasks_finished_a_new_task_takes_its_limit_from_similar_ones
     script = stack_env.root / "agent.sh"
     script.write_text(AGENT)
     script.chmod(0o755)
-    stack_env.set(RALPH_COMMAND_BACKEND=str(script), RALPH_SANDBOX="off", RALPH_LEARNED_LIMITS_AFTER=4, RALPH_MAX_CONCURRENT_TASKS=4)
+    stack_env.set(RALPH_COMMAND_BACKEND=str(script), RALPH_SANDBOX="off", RALPH_LEARNED_LIMITS_AFTER=7, RALPH_LEARN_MIN_OUTCOMES=4,
+                  RALPH_MAX_CONCURRENT_TASKS=4)  # fmt: skip
     make_git_repo(stack_env.workspace_root / "repo")
     with httpx.Client(base_url=services("ralph-wiggum", stack_env).url, timeout=10) as client:
-        run_tasks(client, ["solve the greeting", "solve the sum", "solve the title"])
+        run_tasks(client, ["solve the greeting", "solve the sum", "solve the title", "fix the greeting", "fix the sum", "fix the title"])
         [first] = run_tasks(client, ["fix the header"])
-        assert first["limit_source"] == "adaptive"  # 3 finished: below the threshold, and not yet learned from
+        assert first["limit_source"] == "adaptive"  # 6 finished: below the threshold, and not yet learned from
         client.post("/learn")  # what the learned limits read is refreshed with each learning
         [learned] = run_tasks(client, ["fix the footer"])
-        assert (learned["limit_source"], learned["max_iterations"], learned["complexity"]) == ("learned", 2, "simple")
-        assert "3 solved, in at most 1 iterations" in learned["complexity_reason"]
+        assert (learned["limit_source"], learned["max_iterations"], learned["complexity"]) == ("learned", 1, "simple")
+        assert (
+            "7 past simple tasks on command with this strategy: 3 solved, in at most 1 iterations; 4 still failing"
+            in learned["complexity_reason"]
+        )

@@ -5,7 +5,8 @@ person accepts or rejects each one.
 Every proposal carries its evidence (counts, percentiles, the tasks it rests on) and needs a
 sample of at least `min_sample` finished tasks: a limit learned from three tasks is a guess. The
 limits it proposes are the ones under which every recorded success would still have succeeded,
-so what it saves is spent on tasks that failed anyway.
+and only where enough failures ran on past them for nothing (`rules.enough_iterations`, per
+strategy), so what it saves is spent on tasks that failed anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from aistack.ralph_wiggum import rules, testreport
 from aistack.ralph_wiggum.records import IterationRecord, OutcomeRecord, TaskRecord
 
 MIN_SAMPLE = 10  # finished tasks a proposal needs at the least (RALPH_LEARN_MIN_OUTCOMES)
-MIN_SOLVED = 3  # solved tasks a limit needs: it is read from how long they took
+MIN_SOLVED = rules.MIN_SOLVED  # solved tasks a limit needs: it is read from how long they took
 LOOP_ENDINGS = frozenset({TaskStatus.completed.value, TaskStatus.exhausted.value, TaskStatus.failed.value})
 LIMIT_KEYS = {c.value: f"RALPH_MAX_ITERATIONS_{c.value.upper()}" for c in Complexity}
 TASK_IDS_SHOWN = 50  # the tasks a proposal's evidence names, at most
@@ -64,9 +65,12 @@ def outcome_of(task: TaskRecord, history: Sequence[IterationRecord], model: str 
 
 
 def past_tasks(outcomes: Iterable[OutcomeRecord]) -> list[rules.PastTask]:
-    """The outcomes the learned limits read: the tasks the loop ended, as plain features."""
-    return [rules.PastTask(o.complexity, o.words, o.items, o.context_files, o.iterations, o.solved)
-            for o in outcomes if o.status in LOOP_ENDINGS]  # fmt: skip
+    """The outcomes the learned limits read: the tasks the loop ended, as what they were and took."""
+    return [rules.PastTask(o.complexity, o.backend, _strategy_key(o), o.iterations, o.solved) for o in outcomes if o.status in LOOP_ENDINGS]
+
+
+def _strategy_key(o: OutcomeRecord) -> str:
+    return rules.strategy_key(Strategy.model_validate(o.strategy or {}))
 
 
 def idle_run(history: Sequence[IterationRecord]) -> int:
@@ -128,12 +132,20 @@ def learn(outcomes: Iterable[OutcomeRecord], current: Current, min_sample: int =
 
 
 def iteration_limit(complexity: str, group: Sequence[OutcomeRecord], limit: int | None, min_sample: int) -> Proposal | None:
-    """The class's limit lowered to the most iterations any of its solved tasks needed: the tasks
-    that ran on past it never finished, and each iteration past it was spent for nothing."""
-    solved = sorted(o.iterations for o in group if o.solved)
-    if limit is None or len(group) < min_sample or len(solved) < MIN_SOLVED:
+    """The class's limit lowered to the iterations its tasks show are enough (`rules.enough_iterations`:
+    the most any solved one needed, with `min_sample` failures that ran on past it for nothing), for
+    every strategy they ran with: the tasks that ran on past it never finished. A strategy whose tasks
+    cannot show it yet (one that rescues late, tried on few) keeps the limit where it is."""
+    if limit is None or len(group) < min_sample:
         return None
-    value = solved[-1]
+    by_strategy: dict[str, list[OutcomeRecord]] = defaultdict(list)
+    for o in group:
+        by_strategy[_strategy_key(o)].append(o)
+    shown = [rules.enough_iterations(past_tasks(tasks), min_sample) for tasks in by_strategy.values()]
+    if any(enough is None for enough in shown):
+        return None
+    value = max(enough.iterations for enough in shown if enough is not None)
+    solved = sorted(o.iterations for o in group if o.solved)
     wasted = [o for o in group if not o.solved and o.iterations > value]
     if value >= limit or not wasted:
         return None
@@ -143,7 +155,8 @@ def iteration_limit(complexity: str, group: Sequence[OutcomeRecord], limit: int 
     summary = (f"{complexity} tasks: limit {limit} -> {value} iterations. All {len(solved)} solved ones needed at most {value}; "
                f"{len(wasted)} that failed anyway ran {saved_iterations} iterations ({saved_tokens} tokens) past it.")  # fmt: skip
     evidence = {**_sample(group), "iterations_to_success": _spread(solved), "failed_past_limit": len(wasted),
-                "iterations_saved": saved_iterations, "tokens_saved": saved_tokens, "tasks": _ids(group)}  # fmt: skip
+                "strategies": len(by_strategy), "iterations_saved": saved_iterations, "tokens_saved": saved_tokens,
+                "tasks": _ids(group)}  # fmt: skip
     return Proposal("iteration_limit", complexity, summary, {key: str(value)}, evidence)
 
 
@@ -197,9 +210,9 @@ def strategy_for(complexity: str, group: Sequence[OutcomeRecord], current: Strat
     summary says for which class it was measured."""
     by_strategy: dict[str, list[OutcomeRecord]] = defaultdict(list)
     for o in group:
-        by_strategy[json.dumps(Strategy.model_validate(o.strategy or {}).model_dump(), sort_keys=True)].append(o)
+        by_strategy[_strategy_key(o)].append(o)
     rates = {key: _rate(tasks) for key, tasks in by_strategy.items() if len(tasks) >= min_sample}
-    today = json.dumps(current.model_dump(), sort_keys=True)
+    today = rules.strategy_key(current)
     if today not in rates or not rates:
         return None
     best = max(rates, key=lambda key: (rates[key], -(_tokens_per_solved(by_strategy[key]) or 0.0)))

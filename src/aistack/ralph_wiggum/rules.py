@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
-import math
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -131,12 +130,11 @@ def classify(prompt: str) -> tuple[Complexity, str]:
 
 
 def choose_limit(
-    requested: int | None, prompt: str, limits: IterationLimits, backend_limit: int | None = None,
-    past: Sequence[PastTask] = (), learn_after: int = 0, files: int = 0,
-) -> LimitChoice:  # fmt: skip
+    requested: int | None, prompt: str, limits: IterationLimits, backend_limit: int | None = None, learned: LimitChoice | None = None
+) -> LimitChoice:
     """The task's iteration limit: what the request asked for, else its backend's
-    (RALPH_BACKEND_MAX_ITERATIONS), else adaptive: learned from similar past tasks once
-    `learn_after` (RALPH_LEARNED_LIMITS_AFTER) have finished, else the prompt's class; else the default."""
+    (RALPH_BACKEND_MAX_ITERATIONS), else adaptive: `learned` from past tasks like it where there is
+    one (`learned_limit`), else the prompt's class; else the default."""
     cap = limits.ralph_max_iterations_cap
     if requested is not None:
         return LimitChoice(requested, "request", None, "given in the request")
@@ -144,8 +142,8 @@ def choose_limit(
         return LimitChoice(min(backend_limit, cap), "backend", None, "RALPH_BACKEND_MAX_ITERATIONS")
     if not limits.ralph_adaptive_iterations:
         return LimitChoice(min(limits.ralph_max_iterations_default, cap), "default", None, "adaptive limits are off")
-    if learn_after and len(past) >= learn_after and (learned := learned_limit(prompt, files, past, cap)) is not None:
-        return learned
+    if learned is not None:
+        return replace(learned, max_iterations=min(learned.max_iterations, cap))
     complexity, reason = classify(prompt)
     chosen = {
         Complexity.simple: limits.ralph_max_iterations_simple,
@@ -157,37 +155,70 @@ def choose_limit(
 
 @dataclass(frozen=True)
 class PastTask:
-    """A finished task as the learned limits see it: its prompt's plain features and what it took."""
+    """A finished task as the learned limits see it: its prompt's class, how it ran, and what it took."""
 
     complexity: str
-    words: int
-    items: int
-    files: int
+    backend: str
+    strategy: str  # `strategy_key` of the strategy it ran with
     iterations: int
     solved: bool
 
 
-NEIGHBOURS = 15  # similar past tasks a learned limit is read from
-NEIGHBOURS_SOLVED = 3  # of which solved, at the least; fewer: the prompt's class decides
+@dataclass(frozen=True)
+class History:
+    """The finished tasks the learned limits read, and how much of them a limit needs."""
+
+    past: Sequence[PastTask] = ()
+    after: int = 0  # RALPH_LEARNED_LIMITS_AFTER: finished tasks before any limit is learned; 0: never
+    min_evidence: int = 10  # RALPH_LEARN_MIN_OUTCOMES: tasks that ran on past a limit, none rescued
 
 
-def learned_limit(prompt: str, files: int, past: Sequence[PastTask], cap: int) -> LimitChoice | None:
-    """The limit the most similar past tasks of the prompt's class suggest (nearest by words, on a
-    log scale, listed items and files): one more than the most iterations any of them needed to
-    succeed, so a limit can still grow. None when too few of them succeeded."""
-    complexity, _ = classify(prompt)
-    words, items = len(prompt.split()), len(LIST_ITEM.findall(prompt))
+def strategy_key(strategy: Strategy) -> str:
+    """A strategy's settings as one comparable text: tasks are alike only if they ran alike."""
+    return json.dumps(strategy.model_dump(), sort_keys=True)
 
-    def distance(task: PastTask) -> float:
-        return abs(math.log1p(task.words) - math.log1p(words)) + abs(task.items - items) + abs(task.files - files)
 
-    nearest = heapq.nsmallest(NEIGHBOURS, (t for t in past if t.complexity == complexity.value), key=distance)  # stable: ties keep order
-    solved = [t.iterations for t in nearest if t.solved]
-    if len(solved) < NEIGHBOURS_SOLVED:
+MIN_SOLVED = 3  # solved tasks a limit is read from, at the least
+
+
+@dataclass(frozen=True)
+class Enough:
+    """The iterations a set of past tasks shows are enough, and what shows it."""
+
+    iterations: int  # the most any solved task needed
+    solved: int
+    ran_on: int  # tasks still failing there that ran on, none of them rescued
+
+
+def enough_iterations(tasks: Sequence[PastTask], min_evidence: int) -> Enough | None:
+    """The most iterations any solved task needed, where at least `min_evidence` others were still
+    failing there and ran on without one rescue. None while the tasks cannot show it: a limit read
+    from fewer cuts the late rescues a small sample had no room to show (a restart that succeeds at
+    iteration 3), and a limit is only worth lowering where many tasks ran on for nothing."""
+    solved = [t.iterations for t in tasks if t.solved]
+    if len(solved) < MIN_SOLVED:
         return None
-    value = min(max(solved) + 1, cap)
-    why = f"the {len(nearest)} most similar past {complexity.value} tasks: {len(solved)} solved, in at most {max(solved)} iterations"
-    return LimitChoice(value, "learned", complexity, why)
+    most = max(solved)
+    ran_on = sum(1 for t in tasks if not t.solved and t.iterations > most)
+    return Enough(most, len(solved), ran_on) if ran_on >= min_evidence else None
+
+
+def learned_limit(prompt: str, backend: str, strategy: Strategy, history: History) -> LimitChoice | None:
+    """The limit past tasks like this one show is enough (`enough_iterations`): those of the prompt's
+    class, run on the same backend with the same strategy, since each of these changes how many
+    iterations a success takes. None before `history.after` tasks have finished, or while they
+    cannot show it: the prompt's class decides."""
+    if not history.after or len(history.past) < history.after:
+        return None
+    complexity, _ = classify(prompt)
+    key = (complexity.value, backend, strategy_key(strategy))
+    alike = [t for t in history.past if (t.complexity, t.backend, t.strategy) == key]
+    enough = enough_iterations(alike, history.min_evidence)
+    if enough is None:
+        return None
+    why = (f"{len(alike)} past {complexity.value} tasks on {backend} with this strategy: {enough.solved} solved, in at most "
+           f"{enough.iterations} iterations; {enough.ran_on} still failing there ran on, none rescued")  # fmt: skip
+    return LimitChoice(enough.iterations, "learned", complexity, why)
 
 
 def limit_error(requested: int | None, cap: int) -> str | None:

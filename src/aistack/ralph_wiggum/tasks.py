@@ -105,9 +105,9 @@ class TaskService:
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         strategy = body.strategy.over(self.settings.strategy())
         workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
-        files = len(body.context.get("files") or []) + len(body.context.get("read_only_files") or [])
-        backend_limit, learn_after = self.settings.backend_max_iterations(body.backend), self.settings.ralph_learned_limits_after
-        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, backend_limit, self.past, learn_after, files)
+        history = rules.History(self.past, self.settings.ralph_learned_limits_after, self.settings.ralph_learn_min_outcomes)
+        learned = rules.learned_limit(body.prompt, body.backend, strategy, history) if body.max_iterations is None else None
+        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, self.settings.backend_max_iterations(body.backend), learned)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
             prompt=body.prompt,
