@@ -67,6 +67,20 @@ def test_every_response_carries_the_content_security_policy(client_for) -> None:
     assert directives["frame-ancestors"] == "'none'" and "unsafe" not in CONTENT_SECURITY_POLICY
 
 
+def test_a_crash_answers_500_with_the_policy_and_no_traceback(client_for) -> None:
+    client, _ = client_for()
+
+    def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    client.app.add_api_route("/boom", boom)
+    crashed = TestClient(client.app, raise_server_exceptions=False)
+    for accept in ("text/html", "application/json"):
+        answer = crashed.get("/boom", headers={"accept": accept})
+        assert answer.status_code == 500 and answer.headers.get("content-security-policy") == CONTENT_SECURITY_POLICY
+        assert "see the dashboard's log" in answer.text and "secret detail" not in answer.text and "Traceback" not in answer.text
+
+
 # What the policy refuses: an inline <script> or <style>, a style attribute, an on* handler, a javascript: URL.
 INLINE = re.compile(r"<script(?![^>]*\ssrc=)|<style|\sstyle=|\son[a-z]+=|javascript:", re.IGNORECASE)
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote as urlquote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
@@ -20,7 +20,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from aistack import preflight
 from aistack.config import Settings
 from aistack.dashboard.pages import auth, config, controls, deploy, learning, overview, stats, tasks
-from aistack.dashboard.security import ContentSecurityPolicy, CsrfFailed, LoginRequired, session_secret
+from aistack.dashboard.security import CONTENT_SECURITY_POLICY, ContentSecurityPolicy, CsrfFailed, LoginRequired, session_secret
 from aistack.dashboard.site import HERE, Site
 from aistack.web import check_bind, error_body, serve
 
@@ -69,6 +69,15 @@ def _install_error_pages(app: FastAPI, site: Site) -> None:
             return JSONResponse(error_body(str(exc.detail)), status_code=exc.status_code)
         message = "No such page." if exc.status_code == 404 else str(exc.detail)
         return site.render(request, "error.html", exc.status_code, title=f"Error {exc.status_code}", message=message)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, _: Exception) -> Response:
+        # Starlette answers a crash from its outermost layer, outside every middleware: the policy is
+        # set here, and nothing is rendered (the templates may be what failed). The log has the traceback.
+        headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
+        if "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse(error_body("internal error: see the dashboard's log"), status_code=500, headers=headers)
+        return PlainTextResponse("Internal error: see the dashboard's log.", status_code=500, headers=headers)
 
 
 def run(settings: Settings) -> int:
