@@ -332,7 +332,7 @@ def main() -> None:
     selection = f"{selection}, from its problem {args.skip + 1} on" if args.skip else selection
     report: dict[str, Any] = {
         "selection": selection,
-        "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s)) through aider",
+        "model": f"the model at {args.ralph}" if args.ralph else f"{args.model} (Q4_K_M, {args.threads or 'all'} thread(s))",
         "machine": machine(),
         "commit": benchlib.commit_line(),
         "check_command": he.check_command(),
