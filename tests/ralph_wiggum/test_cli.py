@@ -155,7 +155,7 @@ HELD: list[socket.socket] = []  # a hung server: the connection stays open, unan
         (
             answer("200 OK", "application/json", b'[{"id": 1}]'),
             ["learn", "proposals"],
-            "the orchestrator's answer is not a proposal: kind: Field required",
+            "answered GET /learn/proposals with an unexpected body (0.kind: Field required)",
         ),
         (answer("200 OK", "text/html", b"<html></html>"), ["learn", "accept", "1"], "answered POST /learn/proposals/1/accept with"),
     ],

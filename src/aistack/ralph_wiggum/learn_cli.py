@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import getpass
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from aistack.contracts import ProposalView
 from aistack.ralph_wiggum.cli import call_orchestrator
-from aistack.terminal import console, fail
+from aistack.terminal import console
 
 commands = typer.Typer()
 learn_app = typer.Typer(
@@ -23,23 +22,6 @@ commands.add_typer(learn_app, name="learn")
 
 Who = Annotated[str, typer.Option("--who", help="Who decides (kept with the decision); default: your login name.")]
 Why = Annotated[str | None, typer.Option("--why", help="Why, kept with the decision.")]
-
-
-def _ask(method: str, path: str, **kwargs: Any) -> Any:
-    """One call to the orchestrator; any failure of it ends in one line."""
-    return call_orchestrator(lambda client: client.call(method, path, **kwargs))
-
-
-def _proposals(answer: Any) -> list[ProposalView]:
-    return [_proposal(p) for p in (answer if isinstance(answer, list) else [answer])]
-
-
-def _proposal(answer: Any) -> ProposalView:
-    try:
-        return ProposalView.model_validate(answer)
-    except ValidationError as exc:  # an orchestrator of another version, or not one at all: one line
-        first = exc.errors()[0]
-        fail(f"the orchestrator's answer is not a proposal: {'.'.join(map(str, first['loc']))}: {first['msg']}")
 
 
 def _table(proposals: list[ProposalView], title: str) -> None:
@@ -57,7 +39,7 @@ def learn(ctx: typer.Context) -> None:
     """Learn from every finished task now and print the proposals made or refreshed."""
     if ctx.invoked_subcommand is not None:
         return
-    made = _proposals(_ask("POST", "/learn"))
+    made = call_orchestrator(lambda client: client.learn())
     if not made:
         console.print("no proposal: too few finished tasks, or nothing to change (RALPH_LEARN_MIN_OUTCOMES)")
         return
@@ -70,16 +52,15 @@ def proposals(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON, evidence included.")] = False,
 ) -> None:
     """List the proposals, newest first."""
-    found = _ask("GET", "/learn/proposals", params={"status": status} if status else {})
+    found = call_orchestrator(lambda client: client.proposals(status))
     if as_json:
-        console.print_json(json.dumps(found))
+        console.print_json(json.dumps([p.model_dump(mode="json") for p in found]))
         return
-    _table(_proposals(found), "proposals")
+    _table(found, "proposals")
 
 
 def _decide(proposal_id: int, action: str, who: str | None, why: str | None) -> None:
-    body = {"who": who or getpass.getuser(), **({"detail": why} if why else {})}
-    done = _proposal(_ask("POST", f"/learn/proposals/{proposal_id}/{action}", json=body))
+    done = call_orchestrator(lambda client: client.decide_proposal(proposal_id, action, who or getpass.getuser(), why))
     last = done.decisions[-1]
     console.print(f"✓ proposal {done.id} {done.status.replace('_', ' ')} by {last.who}: {done.summary}", highlight=False)
     if last.detail:
