@@ -63,6 +63,7 @@ MODES: dict[str, dict[str, Any]] = {
     "loop-parallel": {**LOOP, "strategy": {"candidates": 2}},
     "loop-all": {**LOOP, "strategy": {"keep_best": True, "feedback": "shaped", "diversity": True}},
     "loop-restart": {**LOOP, "strategy": {"restart": True, "diversity": True}},  # a new sample from the base files, hotter
+    "loop-restart-shaped": {**LOOP, "strategy": {"restart": True, "diversity": True, "feedback": "shaped"}},  # told less, for fewer tokens
     # The other agents, one attempt each (beside `single`): the same prompt, file and check.
     **{
         f"one-{name}": {"backend": name, "max_iterations": 1}
@@ -72,7 +73,7 @@ MODES: dict[str, dict[str, Any]] = {
 # Modes whose first iteration is the single-shot request (the same prompt and files, temperature 0):
 # with --baseline, a problem the baseline's `single` solved ends there, the same way, so it is taken
 # from the baseline and only the baseline's failures run. (Parallel candidates and other agents differ.)
-FIRST_IS_SINGLE = {"loop", "loop-best", "loop-shaped", "loop-diverse", "loop-fresh", "loop-all", "loop-restart"}
+FIRST_IS_SINGLE = {"loop", "loop-best", "loop-shaped", "loop-diverse", "loop-fresh", "loop-all", "loop-restart", "loop-restart-shaped"}
 DEFAULT_MODES = "single,autotest,loop"
 # Qwen2.5-Coder technical report: HumanEval pass@1 of the unquantised 1.5B instruct model (their harness)
 REPORTED = "Qwen2.5-Coder-1.5B-Instruct, unquantised, as its technical report gives it: HumanEval pass@1 ≈ 70 %"
