@@ -70,7 +70,11 @@ def test_a_strategy_that_rescues_late_keeps_its_room_until_its_own_tasks_show_ot
     assert "iteration_limit" not in kinds(learn(loop + late, now))  # 4 restarts ran on past 3: too few to show it
     shown = late + [replace(o, task_id=f"s{o.task_id}", strategy=restart) for o in failed(6, iterations=5, start=300)]
     limit = kinds(learn(loop + shown, now))["iteration_limit"]
-    assert limit.changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "3"} and limit.evidence["strategies"] == 2  # the restarts' 3, not the loop's 1
+    assert limit.changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "3"} and limit.evidence["ways_run"] == 2  # the restarts' 3, not the loop's 1
+    never = [replace(o, task_id=f"g{o.task_id}", backend="goose") for o in failed(3, iterations=5, start=400)]
+    assert kinds(learn(loop + never, now))["iteration_limit"].changes == {"RALPH_MAX_ITERATIONS_SIMPLE": "1"}  # no success: no say
+    few = [replace(o, task_id=f"g{o.task_id}", backend="goose") for o in solved_in(1, start=500) + failed(3, iterations=5, start=400)]
+    assert "iteration_limit" not in kinds(learn(loop + few, now))  # one success on goose: nothing shown for it
 
 
 def test_stopped_and_rejected_tasks_are_no_evidence():

@@ -134,15 +134,16 @@ def learn(outcomes: Iterable[OutcomeRecord], current: Current, min_sample: int =
 def iteration_limit(complexity: str, group: Sequence[OutcomeRecord], limit: int | None, min_sample: int) -> Proposal | None:
     """The class's limit lowered to the iterations its tasks show are enough (`rules.enough_iterations`:
     the most any solved one needed, with `min_sample` failures that ran on past it for nothing), for
-    every strategy they ran with: the tasks that ran on past it never finished. A strategy whose tasks
-    cannot show it yet (one that rescues late, tried on few) keeps the limit where it is."""
+    every backend and strategy that solved any of them: the tasks that ran on past it never finished.
+    One whose tasks cannot show it yet (a strategy that rescues late, tried on few) keeps the limit
+    where it is; one that never solved a task of the class has no success to cut, and no say."""
     if limit is None or len(group) < min_sample:
         return None
-    by_strategy: dict[str, list[OutcomeRecord]] = defaultdict(list)
+    by_way: dict[tuple[str, str], list[OutcomeRecord]] = defaultdict(list)
     for o in group:
-        by_strategy[_strategy_key(o)].append(o)
-    shown = [rules.enough_iterations(past_tasks(tasks), min_sample) for tasks in by_strategy.values()]
-    if any(enough is None for enough in shown):
+        by_way[(o.backend, _strategy_key(o))].append(o)
+    shown = [rules.enough_iterations(past_tasks(tasks), min_sample) for tasks in by_way.values() if any(o.solved for o in tasks)]
+    if not shown or any(enough is None for enough in shown):
         return None
     value = max(enough.iterations for enough in shown if enough is not None)
     solved = sorted(o.iterations for o in group if o.solved)
@@ -155,7 +156,7 @@ def iteration_limit(complexity: str, group: Sequence[OutcomeRecord], limit: int 
     summary = (f"{complexity} tasks: limit {limit} -> {value} iterations. All {len(solved)} solved ones needed at most {value}; "
                f"{len(wasted)} that failed anyway ran {saved_iterations} iterations ({saved_tokens} tokens) past it.")  # fmt: skip
     evidence = {**_sample(group), "iterations_to_success": _spread(solved), "failed_past_limit": len(wasted),
-                "strategies": len(by_strategy), "iterations_saved": saved_iterations, "tokens_saved": saved_tokens,
+                "ways_run": len(shown), "iterations_saved": saved_iterations, "tokens_saved": saved_tokens,
                 "tasks": _ids(group)}  # fmt: skip
     return Proposal("iteration_limit", complexity, summary, {key: str(value)}, evidence)
 
