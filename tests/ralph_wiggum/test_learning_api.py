@@ -144,7 +144,7 @@ def test_once_enough_tasks_finished_a_new_task_takes_its_limit_from_similar_ones
         assert first["limit_source"] == "adaptive"  # 6 finished: below the threshold, and not yet learned from
         client.post("/learn")  # what the learned limits read is refreshed with each learning
         [learned] = run_tasks(client, ["fix the footer"])
-        assert (learned["limit_source"], learned["max_iterations"], learned["complexity"]) == ("learned", 1, "simple")
+        assert (learned["limit_source"], learned["max_iterations"], learned["complexity"]) == ("learned", 2, "simple")
         assert (
             "7 past simple tasks on command with this strategy: 3 solved, in at most 1 iterations; 4 still failing"
             in learned["complexity_reason"]

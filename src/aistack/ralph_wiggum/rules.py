@@ -204,10 +204,11 @@ def enough_iterations(tasks: Sequence[PastTask], min_evidence: int) -> Enough | 
 
 
 def learned_limit(prompt: str, backend: str, strategy: Strategy, history: History) -> LimitChoice | None:
-    """The limit past tasks like this one show is enough (`enough_iterations`): those of the prompt's
-    class, run on the same backend with the same strategy, since each of these changes how many
-    iterations a success takes. None before `history.after` tasks have finished, or while they
-    cannot show it: the prompt's class decides."""
+    """One above the iterations past tasks like this one show are enough (`enough_iterations`): those
+    of the prompt's class, run on the same backend with the same strategy, since each of these
+    changes how many iterations a success takes. One above, because nobody approves this limit: a
+    success one iteration later can still show itself, so the limit can grow again. None before
+    `history.after` tasks have finished, or while they cannot show it: the prompt's class decides."""
     if not history.after or len(history.past) < history.after:
         return None
     complexity, _ = classify(prompt)
@@ -218,7 +219,7 @@ def learned_limit(prompt: str, backend: str, strategy: Strategy, history: Histor
         return None
     why = (f"{len(alike)} past {complexity.value} tasks on {backend} with this strategy: {enough.solved} solved, in at most "
            f"{enough.iterations} iterations; {enough.ran_on} still failing there ran on, none rescued")  # fmt: skip
-    return LimitChoice(enough.iterations, "learned", complexity, why)
+    return LimitChoice(enough.iterations + 1, "learned", complexity, why)
 
 
 def limit_error(requested: int | None, cap: int) -> str | None:
