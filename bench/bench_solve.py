@@ -113,11 +113,18 @@ async def solve(client: RalphClient, problem: he.Problem, mode: str) -> dict[str
     while (task := await client.call("GET", f"/tasks/{task_id}"))["status"] not in TERMINAL:
         await asyncio.sleep(POLL_SECONDS)
     iterations = await client.call("GET", f"/tasks/{task_id}/iterations")
-    return record(problem, task, iterations)
+    whole = await client.call("GET", f"/tasks/{task_id}/diff")
+    return record(problem, task, iterations, changed_files(whole["diff"]))
 
 
-def record(problem: he.Problem, task: dict[str, Any], iterations: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the report needs of one task: solved or not, cost, and each iteration's effect."""
+def changed_files(diff: str) -> set[str]:
+    """The paths a unified diff (git's) changes."""
+    return {line.split(" b/", 1)[1] for line in diff.splitlines() if line.startswith("diff --git a/") and " b/" in line}
+
+
+def record(problem: he.Problem, task: dict[str, Any], iterations: list[dict[str, Any]], left: set[str]) -> dict[str, Any]:
+    """What the report needs of one task: solved or not, cost, and each iteration's effect. `left`:
+    the files the task's work changes in the end (its whole diff against the base)."""
     its = [
         {
             "number": it["number"],
@@ -132,7 +139,9 @@ def record(problem: he.Problem, task: dict[str, Any], iterations: list[dict[str,
         }
         for it in iterations
     ]
-    touched_tests = any(he.TESTS in it["files_modified"] for it in its)  # a pass by editing the tests is no pass
+    # a pass by editing the tests is no pass; an attempt that edited them and was undone (restart,
+    # keep_best) left nothing of it, so what counts is the work as the task leaves it
+    touched_tests = he.TESTS in left
     started, finished = (datetime.fromisoformat(task[k]) for k in ("started_at", "finished_at"))
     return {
         "problem": problem.task_id,

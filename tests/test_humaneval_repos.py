@@ -146,3 +146,25 @@ def test_a_loop_runs_first_iterations_are_a_baseline_too(every, tmp_path) -> Non
     assert reused[chosen[0].task_id]["iterations"] == 1 and reused[chosen[0].task_id]["from_baseline"]
     with pytest.raises(SystemExit, match="no single shot of 1 of the chosen problems"):
         bench.baseline_solved([first], chosen)
+
+
+def test_a_pass_counts_unless_the_work_it_leaves_edits_the_tests() -> None:
+    """An attempt that edited the tests and was undone (a restart) leaves nothing of it: what counts
+    is the task's whole diff against its base, as git has it."""
+    bench = _bench_solve()
+    diff = "diff --git a/solution.py b/solution.py\n--- a/solution.py\n+++ b/solution.py\n@@ -1 +1 @@\n-a\n+b\n"
+    assert bench.changed_files(diff) == {he.SOLUTION}
+    assert bench.changed_files(diff + diff.replace(he.SOLUTION, he.TESTS)) == {he.SOLUTION, he.TESTS}
+    task = {"id": "t1", "status": "completed", "started_at": "2026-11-30T00:00:00+00:00", "finished_at": "2026-11-30T00:01:00+00:00",
+            "tokens": {"prompt": 300, "completion": 30}, "error": None}  # fmt: skip
+    its = [{"number": n, "status": "success", "files_modified": files, "check_exit_code": code, "tokens": {"prompt": 100, "completion": 10},
+            "duration_seconds": 20.0, "error": None}
+           for n, (files, code) in enumerate([([he.SOLUTION], 1), ([he.SOLUTION, he.TESTS], 5), ([he.SOLUTION], 0)], 1)]  # fmt: skip
+    undone = bench.record(every_problem(), task, its, {he.SOLUTION})
+    assert (undone["solved"], undone["touched_tests"], undone["iterations"], undone["seconds"]) == (True, False, 3, 60.0)
+    kept = bench.record(every_problem(), task, its, {he.SOLUTION, he.TESTS})
+    assert (kept["solved"], kept["touched_tests"]) == (False, True)
+
+
+def every_problem() -> he.Problem:
+    return he.problems()[0]
