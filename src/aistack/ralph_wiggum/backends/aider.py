@@ -14,6 +14,7 @@ from aistack.ralph_wiggum.backends.base import IterationRequest, IterationResult
 log = logging.getLogger("aistack.ralph")
 HEALTH_POLL_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 10.0  # the wrapper waits up to 5 s for the run's end before it answers
+ABANDON_SECONDS = 60.0  # how long an abandoned run is asked to end before the tree is put back anyway
 
 
 class AiderBackend:
@@ -132,15 +133,30 @@ class AiderBackend:
 
     async def abandon(self, task_id: str, iteration: int) -> None:
         """The wrapper cancels a run whose client went away, but only once it notices; this ends
-        the run (its whole process group) now, before the task's tree is put back."""
+        the run (its whole process group) now, before the task's tree is put back. A run the
+        wrapper has not seen end yet (it waits 5 s per answer; a loaded machine takes longer) is
+        asked again, up to ABANDON_SECONDS: the tree must not be put back under a live aider."""
         for candidate in (1, 2):  # a second attempt ran beside the first with strategy.candidates 2
-            await self._cancel(_run_id(task_id, iteration, candidate), timeout=CANCEL_WAIT_SECONDS)
+            run_id = _run_id(task_id, iteration, candidate)
+            deadline = asyncio.get_running_loop().time() + ABANDON_SECONDS
+            while not await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS) and asyncio.get_running_loop().time() < deadline:
+                pass
 
-    async def _cancel(self, run_id: str, timeout: float = 2.0) -> None:
+    async def _cancel(self, run_id: str, timeout: float = 2.0) -> bool:
+        """Whether the run is over: ended on this cancel, or not there (404: no such run, any more)."""
         try:
-            await self._client.post(f"/api/runs/{run_id}/cancel", timeout=timeout)  # 404: no such run (any more)
+            answer = await self._client.post(f"/api/runs/{run_id}/cancel", timeout=timeout)
         except httpx.HTTPError as exc:
             log.warning("could not cancel aider run %s: %s", run_id, exc)
+            return True  # a wrapper that does not answer is not asked again here; its runs die with it
+        try:
+            body = answer.json() if answer.status_code == 200 else None
+        except ValueError:  # not the wrapper's answer: nothing more to learn from asking again
+            body = None
+        if isinstance(body, dict) and body.get("ended") is False:
+            log.warning("aider run %s has not ended yet after its cancel", run_id)
+            return False
+        return True
 
     async def close(self) -> None:
         if self._poller:
