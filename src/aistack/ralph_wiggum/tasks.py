@@ -105,9 +105,11 @@ class TaskService:
                 raise TaskInvalid(f"context.{key} must be a list of file paths: {problem}", f"context.{key}") from None
         strategy = body.strategy.over(self.settings.strategy())
         workspace, base_commit = await self._where(body)  # last: a remote is asked over the network
-        history = rules.History(self.past, self.settings.ralph_learned_limits_after, self.settings.ralph_learn_min_outcomes)
-        learned = rules.learned_limit(body.prompt, body.backend, strategy, history) if body.max_iterations is None else None
-        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, self.settings.backend_max_iterations(body.backend), learned)
+        backend_limit, learned = self.settings.backend_max_iterations(body.backend), None
+        if body.max_iterations is None and backend_limit is None:  # only then can a learned limit apply: not read for nothing
+            history = rules.History(self.past, self.settings.ralph_learned_limits_after, self.settings.ralph_learn_min_outcomes)
+            learned = rules.learned_limit(body.prompt, body.backend, strategy, history)
+        choice = rules.choose_limit(body.max_iterations, body.prompt, limits, backend_limit, learned)
         task = await self.store.add_task(NewTask(
             id=uuid.uuid4().hex[:12],
             prompt=body.prompt,

@@ -137,10 +137,11 @@ class AiderBackend:
         wrapper has not seen end yet (it waits 5 s per answer; a loaded machine takes longer) is
         asked again, up to ABANDON_SECONDS: the tree must not be put back under a live aider."""
         for candidate in (1, 2):  # a second attempt ran beside the first with strategy.candidates 2
-            run_id = _run_id(task_id, iteration, candidate)
-            deadline = asyncio.get_running_loop().time() + ABANDON_SECONDS
-            while not await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS) and asyncio.get_running_loop().time() < deadline:
-                pass
+            run_id, clock = _run_id(task_id, iteration, candidate), asyncio.get_running_loop().time
+            deadline = clock() + ABANDON_SECONDS
+            ended = await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS)
+            while not ended and clock() < deadline:  # each ask waits up to 5 s at the wrapper: no busy loop
+                ended = await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS)
 
     async def _cancel(self, run_id: str, timeout: float = 2.0) -> bool:
         """Whether the run is over: ended on this cancel, or not there (404: no such run, any more)."""
