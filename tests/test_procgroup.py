@@ -64,7 +64,8 @@ def test_a_group_that_is_gone_has_no_identity_and_nothing_to_end():
 
 
 # Starts two groups that die with it; its warden is killed in between, so the second start needs a
-# new warden, which must be told of the first group too. Then it waits to be killed.
+# new warden, which must be told of the first group too. Then it says it is ready (a group is
+# watched once its start returns, which may be after its shell wrote its file) and waits to be killed.
 OWNER = """
 import asyncio, os, signal, sys
 from aistack.procgroup import WARDEN, start_in_group
@@ -74,6 +75,7 @@ async def main():
     os.kill(WARDEN.pid, signal.SIGKILL)
     os.waitpid(WARDEN.pid, 0)
     await start_in_group("/bin/sh", "-c", "sleep 300 & echo $! > {tmp}/second; wait", dies_with_parent=True)
+    open("{tmp}/ready", "w").close()
     await asyncio.sleep(300)
 
 asyncio.run(main())
@@ -84,7 +86,8 @@ def test_whole_groups_die_with_their_owner_even_after_its_warden_was_replaced(tm
     owner = subprocess.Popen([sys.executable, "-c", OWNER.format(tmp=tmp_path)])
     pidfiles = [tmp_path / "first", tmp_path / "second"]
     try:
-        assert wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pidfiles), 30)
+        ready = tmp_path / "ready"
+        assert wait_until(lambda: ready.exists() and all(p.exists() and p.read_text().strip() for p in pidfiles), 30)
         helpers = [int(p.read_text()) for p in pidfiles]
         assert all(alive(pid) for pid in helpers)
         owner.kill()  # SIGKILL: the owner ends nothing itself
