@@ -95,6 +95,19 @@ RefText = Annotated[str, Field(max_length=255), AfterValidator(_unicode), AfterV
 FileList = Annotated[list[PathText], Field(max_length=MAX_FILES)]  # relative to a workspace
 
 
+def _repository_pattern(value: str) -> str:
+    """A path or glob inside the repository, as git matches it (`tests/**`, `test_*.py`): given
+    to git as a `:(glob)` pathspec, so no magic of its own, and nothing outside the repository."""
+    parts = value.split("/")
+    if not value.strip() or value.startswith(("/", ":")) or ".." in parts or "\\" in value:
+        raise ValueError("must be a path or glob inside the repository (e.g. tests/** or test_app.py): not absolute, "
+                         "no '..', no backslash, not starting with ':'")  # fmt: skip
+    return value
+
+
+ProtectedPath = Annotated[PathText, AfterValidator(_repository_pattern)]
+
+
 def _json_context(value: dict[str, Any]) -> dict[str, Any]:
     """Backend extras: every string in them (keys too) is OS text, and they fit CONTEXT_MAX_BYTES
     as JSON (NaN and Infinity are no JSON: a client could not read the task back)."""
@@ -193,6 +206,11 @@ class TaskCreate(BaseModel):
     )
     context: Context = Field(default_factory=dict, description="Backend extras, e.g. files and read_only_files for aider.")
     strategy: StrategyChoice = Field(default_factory=StrategyChoice, description="How the loop retries; unset fields: the .env's.")
+    protected_paths: list[ProtectedPath] = Field(
+        default_factory=list, max_length=100,
+        description="Paths or globs the agent must not change, e.g. the check's tests: an iteration's changes to them are "
+                    "undone before the check runs, and the next prompt says so.",
+    )  # fmt: skip
 
 
 class TaskAccepted(BaseModel):
@@ -234,6 +252,7 @@ class TaskView(BaseModel):
     completion_promise: str | None
     context: dict[str, Any]
     strategy: Strategy
+    protected_paths: list[str] = Field(default_factory=list, description="What the agent may not change (undone each iteration).")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -269,6 +288,7 @@ class IterationView(BaseModel):
     check_output: str | None
     tokens: TokenCounts
     transient_retries: int = 0
+    protected_undone: list[str] = Field(default_factory=list, description="Protected files it changed; their changes were undone.")
 
 
 class EventView(BaseModel):

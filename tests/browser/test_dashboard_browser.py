@@ -23,7 +23,9 @@ def api(stack, path: str, **kwargs) -> httpx.Response:
     return httpx.request(kwargs.pop("method", "GET"), stack.ralph.url + path, headers=headers, timeout=10, **kwargs)
 
 
-def submit_task(page, stack, prompt: str, check: str | None = None, approval: bool = False, fixed: int | None = None) -> str:
+def submit_task(
+    page, stack, prompt: str, check: str | None = None, approval: bool = False, fixed: int | None = None, protect: str | None = None
+) -> str:
     page.goto(stack.url + "/tasks/new")
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_label("Backend", exact=True).select_option("command")
@@ -32,6 +34,8 @@ def submit_task(page, stack, prompt: str, check: str | None = None, approval: bo
         page.get_by_label("Check command").fill(check)
     if fixed is not None:
         page.get_by_label("Maximum iterations").fill(str(fixed))
+    if protect:
+        page.get_by_label("Protected paths").fill(protect)
     if approval:
         page.get_by_label("Require approval before every iteration").check()
     page.get_by_role("button", name="Submit task").click()
@@ -94,6 +98,21 @@ def test_submit_through_form_and_watch_it_complete_live(page, stack, screenshot)
     checked = page.locator("#services-h small").inner_text()
     expect(page.locator("#services-h small")).not_to_have_text(checked, timeout=12_000)
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_a_protected_path_from_the_form_is_undone_and_shown(page, stack, screenshot) -> None:
+    stack = stack()
+    task_id = submit_task(page, stack, "Write notes", check="test -f notes.txt", fixed=1, protect="notes.txt, tests/**")
+    expect(page.locator("#task-status")).to_have_text("exhausted", timeout=30_000)
+    expect(page.locator("main")).to_contain_text("Protected")
+    first = page.locator('#iterations li[data-number="1"]')
+    expect(first).to_contain_text("Protected files it changed (undone)")
+    expect(first.locator("ul.files")).to_have_text("notes.txt")
+    expect(first.locator("[data-check]")).to_have_text("exit 1")
+    screenshot(page, "task-protected")
+    task = api(stack, f"/tasks/{task_id}").json()
+    assert task["protected_paths"] == ["notes.txt", "tests/**"]
+    assert api(stack, f"/tasks/{task_id}/iterations").json()[0]["protected_undone"] == ["notes.txt"]
 
 
 def test_backends_show_availability_and_outcomes_and_the_form_offers_only_available_ones(page, stack, screenshot) -> None:

@@ -35,6 +35,7 @@ def test_task_form_maps_every_field() -> None:
             "strategy_diversity": "",  # .env default
             "strategy_candidates": "2",
             "strategy_restart": "true",
+            "protected_paths": " tests/**, ,conftest.py ",
         }
     )
     assert task.model_dump() == {
@@ -49,6 +50,7 @@ def test_task_form_maps_every_field() -> None:
         "completion_promise": "DONE",
         "context": {"files": ["app.py"]},
         "strategy": {"keep_best": True, "feedback": "shaped", "diversity": None, "context": None, "candidates": 2, "restart": True},
+        "protected_paths": ["tests/**", "conftest.py"],
     }
     with pytest.raises(FormError, match="strategy.feedback: Input should be 'tail' or 'shaped'") as refused:
         task_from_form({"prompt": "p", "strategy_feedback": "all"})
@@ -70,6 +72,7 @@ def test_task_form_auto_limit_ignores_the_number_and_blank_fields_are_unset() ->
         ({"prompt": "x", "context": "{nope"}, "context", "not valid JSON"),
         ({"prompt": "x", "context": "[1]"}, "context", "JSON object"),
         ({"prompt": "fix\x00it"}, "prompt", "prompt: must not contain a NUL"),  # our words, as the API says them
+        ({"prompt": "x", "protected_paths": "tests, ../up"}, "protected_paths", "protected_paths: must be a path or glob inside"),
     ],
 )
 def test_task_form_errors_name_the_field(values: dict, field: str, text: str) -> None:

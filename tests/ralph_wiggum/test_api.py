@@ -134,6 +134,37 @@ def test_failed_check_output_reaches_next_iteration(ralph, stack_env):
     assert git(workspace, "show", f"aistack/{task_id}:stdin.txt") == second  # stdin carries the same prompt
 
 
+CHEATING_AGENT = """#!/bin/sh
+# first makes the check pass by rewriting it, then does the work (and keeps the prompt it got)
+if [ "$AISTACK_ITERATION" = 1 ]; then
+    echo 'exit 0' > tests/check.sh; echo 'exit 0' > tests/extra.sh; rm tests/fixture.txt; echo "the check passes now"
+else
+    cp "$AISTACK_PROMPT_FILE" prompt.txt; touch done.txt; echo "wrote done.txt"
+fi
+"""
+
+
+def test_changes_to_protected_paths_are_undone_before_the_check_and_the_next_prompt_says_so(ralph, stack_env):
+    client, _ = ralph(CHEATING_AGENT)
+    checks = {"tests/check.sh": "test -f done.txt\n", "tests/fixture.txt": "data\n"}
+    workspace = repo(stack_env, files=checks)
+    task_id = submit(client, workspace="repo", prompt="Write done.txt", check_command="sh tests/check.sh", max_iterations=3,
+                     protected_paths=["tests/**"])  # fmt: skip
+    task = wait_for(client, task_id, {"completed", "exhausted", "failed"})
+
+    assert task["status"] == "completed" and task["iteration"] == 2 and task["protected_paths"] == ["tests/**"]
+    first, second = client.get(f"/tasks/{task_id}/iterations").json()
+    assert first["protected_undone"] == ["tests/check.sh", "tests/extra.sh", "tests/fixture.txt"]
+    assert first["check_exit_code"] == 1 and first["files_modified"] == [] and first["checkpoint_commit"] is None
+    assert first["status"] == "no_progress" and "protected" in first["error"]
+    assert second["protected_undone"] == [] and second["check_exit_code"] == 0
+    prompt = git(workspace, "show", f"aistack/{task_id}:prompt.txt")
+    assert "Attempt 1 changed tests/check.sh, tests/extra.sh, tests/fixture.txt, which this task does not let you change" in prompt
+    for name, text in checks.items():
+        assert git(workspace, "show", f"aistack/{task_id}:{name}") == text.strip()
+    assert sorted(git(workspace, "diff", "--name-only", task["base_commit"], f"aistack/{task_id}").split()) == ["done.txt", "prompt.txt"]
+
+
 def test_completion_promise_must_be_the_last_line(ralph, stack_env):
     agent = (
         '#!/bin/sh\necho "$AISTACK_ITERATION" >> n.txt\n'
@@ -449,6 +480,10 @@ def test_bad_submissions_get_4xx_naming_the_field(ralph, stack_env, tmp_path):
         ({"prompt": ""}, "prompt", "at least 1"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         ({"context": {"files": "a.py"}}, "context.files", "list"),
+        ({"protected_paths": ["tests/**", "../outside/x"]}, "protected_paths.1", "inside the repository"),
+        ({"protected_paths": ["/etc/passwd"]}, "protected_paths.0", "not absolute"),
+        ({"protected_paths": [":(top)x"]}, "protected_paths.0", "not starting with ':'"),
+        ({"protected_paths": "tests"}, "protected_paths", "valid list"),
     ]
     for extra, field, words in cases:
         body = {"prompt": "p", "backend": "command", "workspace": "repo", **extra}

@@ -59,12 +59,17 @@ def test_submit_wait_list_show_logs(stack_env, services):
         "--keep-best",
         "--feedback",
         "shaped",
+        "--protect",
+        "notes.txt",
         "--wait",
     )
     assert failed.returncode == 1 and "exhausted" in failed.stdout
+    followed = " ".join(failed.stdout.split())  # the console wraps long lines
+    assert "iteration 1: no_progress check exit 1 — no file changed; undone, protected: notes.txt" in followed
     failed_id = failed.stdout.split("task ")[1].split()[0]
     shown = " ".join(aistack(stack_env, "task", "show", failed_id).stdout.split())  # the console wraps long lines
     assert "strategy: keep_best=True, feedback=shaped, diversity=False, context=carried, candidates=1" in shown
+    assert "protected: notes.txt" in shown and "(undone: notes.txt)" in shown
 
     listed = aistack(stack_env, "task", "list", "--status", "completed")
     assert task_id in listed.stdout and "of 1" in listed.stdout
@@ -73,6 +78,8 @@ def test_submit_wait_list_show_logs(stack_env, services):
     logs = aistack(stack_env, "task", "logs", task_id, "--iteration", "2")
     assert "wrote line 2" in logs.stdout and "wrote line 1" not in logs.stdout
 
+    bad_path = aistack(stack_env, "task", "submit", "x", "--protect", "../x")
+    assert bad_path.returncode == 1 and "protected_paths.0: must be a path or glob inside the repository" in bad_path.stderr
     bad_strategy = aistack(stack_env, "task", "submit", "x", "--context", "none")
     assert bad_strategy.returncode == 1 and "strategy.context: Input should be 'carried' or 'fresh'" in bad_strategy.stderr
     bad = aistack(stack_env, "task", "submit", "x", "--backend", "nope")

@@ -68,7 +68,7 @@ def test_submit_follow_to_completion_and_read_the_diff(ralph, stack_env, transpo
             # the schema is the API's contract, field for field
             assert set(listed["submit_task"].input_schema["properties"]) == {
                 "prompt", "backend", "max_iterations", "require_approval", "workspace", "repository", "ref",
-                "check_command", "completion_promise", "context", "strategy",
+                "check_command", "completion_promise", "context", "strategy", "protected_paths",
             }  # fmt: skip
             assert listed["list_tasks"].input_schema["properties"]["limit"]["maximum"] == 200
 

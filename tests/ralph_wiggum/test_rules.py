@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -199,6 +200,18 @@ def test_compose_prompt_appends_failed_check_only():
     assert rules.compose_prompt("P", "pytest", [facts(check=0)]) == "P"
     composed = rules.compose_prompt("P", "pytest", [facts(check=2, check_out="E   assert 1 == 2")])
     assert composed.startswith("P\n\n") and "exit code 2" in composed and "assert 1 == 2" in composed
+
+
+def test_a_run_that_changed_only_protected_files_made_no_progress_and_the_next_prompt_names_them():
+    cheat = replace(facts(check=1, check_out="E   assert 1 == 2"), protected_undone=("tests/test_a.py",))
+    recorded = rules.with_progress(cheat, None, "pytest")
+    assert recorded.status == rules.NO_PROGRESS and recorded.error == "no progress: changed only protected files, and that was undone"
+    composed = rules.compose_prompt("P", "pytest", [recorded])
+    assert "Attempt 1 changed tests/test_a.py, which this task does not let you change" in composed
+    assert "assert 1 == 2" in composed  # the check, on the real tests, still says what is wrong
+    work = replace(cheat, files_modified=("app.py",))  # it also did work: that is progress, and kept
+    assert rules.with_progress(work, None, "pytest").status == "success"
+    assert "tests/test_a.py" in rules.compose_prompt("P", "pytest", [work])
 
 
 def test_excerpt_keeps_the_end():

@@ -180,8 +180,9 @@ def test_a_database_from_before_process_groups_gains_the_table(tmp_path):
     path = tmp_path / "aistack.db"
     old = create_engine(f"sqlite:///{path}")
     metadata.create_all(old, tables=[table for table in metadata.sorted_tables if table.name in ("tasks", "iterations", "events")])
-    with old.begin() as db:  # nor had its tasks a strategy then
-        db.exec_driver_sql("ALTER TABLE tasks DROP COLUMN strategy")
+    with old.begin() as db:  # nor had its tasks a strategy or protected paths then
+        for table, column in (("tasks", "strategy"), ("tasks", "protected_paths"), ("iterations", "protected_undone")):
+            db.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     assert "process_groups" not in inspect(old).get_table_names()
     old.dispose()
 

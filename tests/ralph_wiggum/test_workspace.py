@@ -46,6 +46,38 @@ def test_checkpoints_name_what_changed_and_commit_it(tmp_path):
     assert git(repo, "status", "--porcelain") == "" and (repo / "a.txt").read_text() == "one\n"  # the user's checkout
 
 
+def test_protected_files_come_back_as_the_base_has_them_whatever_the_agent_did(tmp_path):
+    base = {"app.py": "def f():\n    raise NotImplementedError\n", "tests/test_app.py": "assert f() == 1\n", "tests/data.txt": "d\n",
+            "conftest.py": "# base\n", "docs/a*b.md": "x\n"}  # fmt: skip
+    repo = make_git_repo(tmp_path / "repo", base)
+    trees = GitWorktrees(tmp_path / "worktrees", tmp_path)
+
+    async def scenario():
+        tree = await trees.prepare(task_in(repo), None)
+        nothing = await trees.protect(tree, ("tests/**", "conftest.py", "nothing/*"))
+        # an earlier iteration's checkpoint that changed a test (the agent committed it itself)
+        (tree.path / "tests" / "test_app.py").write_text("assert True\n")
+        git(tree.path, "commit", "-qam", "the agent's own commit")
+        (tree.path / "app.py").write_text("def f():\n    return 1\n")  # the work: kept
+        (tree.path / "tests" / "data.txt").unlink()  # deleted
+        (tree.path / "tests" / "conftest.py").write_text("collect_ignore = ['test_app.py']\n")  # new, untracked
+        (tree.path / "conftest.py").write_text("# changed\n")
+        (tree.path / "docs" / "a*b.md").write_text("a name that is a glob\n")  # not protected
+        undone = await trees.protect(tree, ("tests/**", "conftest.py", "nothing/*"))
+        saved = await trees.checkpoint(tree, "iteration")
+        return tree, nothing, undone, saved
+
+    tree, nothing, undone, saved = asyncio.run(scenario())
+    assert nothing == ()
+    assert undone == ("conftest.py", "tests/conftest.py", "tests/data.txt", "tests/test_app.py")
+    for name in ("tests/test_app.py", "tests/data.txt", "conftest.py"):
+        assert (tree.path / name).read_text() == base[name]
+    assert not (tree.path / "tests" / "conftest.py").exists()
+    assert (tree.path / "app.py").read_text() == "def f():\n    return 1\n"
+    assert git(tree.path, "diff", "--name-only", git(tree.path, "rev-parse", "HEAD~2"), "HEAD").split() == ["app.py", "docs/a*b.md"]
+    assert set(saved.files) == {"app.py", "docs/a*b.md", "tests/test_app.py"}  # the agent's commit of the test, undone
+
+
 def test_a_submodules_own_changes_are_no_checkpoint_and_no_error(tmp_path):
     inner = make_git_repo(tmp_path / "inner", {"x.txt": "x\n"})
     repo = make_git_repo(tmp_path / "repo")

@@ -48,6 +48,7 @@ def task_from_form(values: dict[str, str]) -> TaskCreate:
         "check_command": optional("check_command"),
         "completion_promise": optional("completion_promise"),
         "require_approval": values.get("require_approval") == "true",
+        "protected_paths": [path.strip() for path in values.get("protected_paths", "").split(",") if path.strip()],
     }
     if values.get("limit_mode") == "fixed":
         raw = values.get("max_iterations", "").strip()

@@ -74,6 +74,9 @@ def submit(
     ref: Annotated[str | None, typer.Option(help="Branch or tag of --repository to start from (default: its HEAD).")] = None,
     require_approval: Annotated[bool, typer.Option("--require-approval", help="Approve every iteration.")] = False,
     file: Annotated[list[str] | None, typer.Option("--file", help="File aider may edit (repeatable).")] = None,
+    protect: Annotated[
+        list[str] | None, typer.Option("--protect", help="Path or glob the agent may not change, e.g. 'tests/**' (repeatable).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task; exit 0 only if it completes.")] = False,
     keep_best: Annotated[
         bool | None, typer.Option("--keep-best/--no-keep-best", help="Undo an iteration that makes the check worse.")
@@ -102,6 +105,7 @@ def submit(
             completion_promise=promise,
             context={"files": file} if file else {},
             strategy=StrategyChoice.model_validate(chosen),
+            protected_paths=protect or [],
         )
     except ValidationError as exc:  # as the orchestrator would refuse it, without asking it
         field, msg = first_error(exc.errors())
@@ -149,6 +153,8 @@ async def _follow(client: RalphClient, task_id: str, only: int | None) -> TaskVi
                     console.out(*kept, highlight=False)
             check = f" check exit {checks[number]}" if number in checks else ""
             files = ", ".join(data.get("files_modified") or ()) or "no file changed"
+            if undone := data.get("protected_undone"):
+                files += f"; undone, protected: {', '.join(undone)}"
             seconds = data.get("duration_seconds") or 0
             console.print(f"  iteration {number}: {data.get('status')}{check} — {files} ({seconds:.1f} s)", highlight=False)
         console.file.flush()
@@ -225,6 +231,8 @@ def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Pri
     )
     console.print(f"prompt: {task.prompt}", highlight=False)
     console.print("strategy: " + ", ".join(f"{name}={value}" for name, value in task.strategy.model_dump().items()), highlight=False)
+    if task.protected_paths:
+        console.print("protected: " + ", ".join(task.protected_paths), highlight=False)
     table = Table()
     for col in ("#", "status", "check", "files", "seconds", "tokens", "commit"):
         table.add_column(col)
@@ -233,7 +241,7 @@ def show(task_id: str, as_json: Annotated[bool, typer.Option("--json", help="Pri
             str(it.number),
             it.status or "",
             "" if it.check_exit_code is None else str(it.check_exit_code),
-            ", ".join(it.files_modified),
+            ", ".join(it.files_modified) + (f" (undone: {', '.join(it.protected_undone)})" if it.protected_undone else ""),
             f"{it.duration_seconds or 0:.1f}",
             f"{it.tokens.prompt}+{it.tokens.completion}",
             (it.checkpoint_commit or "")[:10],

@@ -46,6 +46,7 @@ class NewTask:
     context: dict[str, Any] = field(default_factory=dict)
     base_commit: str | None = None  # known at submission for a task on a git remote
     strategy: dict[str, Any] | None = None  # a `Strategy`, its defaults resolved at submission
+    protected_paths: tuple[str, ...] = ()  # globs the agent may not change
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class TaskRecord:
     completion_promise: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     strategy: dict[str, Any] | None = None  # None: a task from before strategies, which ran with Strategy()'s defaults
+    protected_paths: tuple[str, ...] = ()
     started_at: datetime | None = None
     finished_at: datetime | None = None
     completion_reason: str | None = None
@@ -98,8 +100,8 @@ class TaskRecord:
             max_iterations=self.max_iterations, limit_source=self.limit_source, complexity=self.complexity,
             complexity_reason=self.complexity_reason, require_approval=self.require_approval,
             check_command=self.check_command, completion_promise=self.completion_promise, context=self.context,
-            strategy=self.loop_strategy, created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at,
-            updated_at=self.updated_at, completion_reason=self.completion_reason,
+            strategy=self.loop_strategy, protected_paths=list(self.protected_paths), created_at=self.created_at,
+            started_at=self.started_at, finished_at=self.finished_at, updated_at=self.updated_at, completion_reason=self.completion_reason,
             evidence=Evidence.model_validate(self.evidence) if self.evidence else None, error=self.error,
             tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
         )  # fmt: skip
@@ -125,6 +127,7 @@ class IterationRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     transient_retries: int = 0
+    protected_undone: tuple[str, ...] = ()  # protected files the agent changed, put back before the check
     finished_at: datetime | None = None
 
     @property
@@ -138,7 +141,7 @@ class IterationRecord:
             output_excerpt=self.output, error=self.error, files_modified=list(self.files_modified),
             diff_stat=self.diff_stat, checkpoint_commit=self.checkpoint_commit, check_exit_code=self.check_exit_code,
             check_output=self.check_output, tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens),
-            transient_retries=self.transient_retries,
+            transient_retries=self.transient_retries, protected_undone=list(self.protected_undone),
         )  # fmt: skip
 
 

@@ -313,7 +313,7 @@ def no_progress(it: IterationRecord, previous: IterationRecord | None, check_com
     if not it.succeeded or (check_command and it.check_exit_code == 0):
         return None
     if not it.files_modified:
-        return "changed no file"
+        return "changed only protected files, and that was undone" if it.protected_undone else "changed no file"
     if check_command and previous is not None and output_fingerprint(it.output) == output_fingerprint(previous.output):
         if not testreport.is_worse(check_score(previous), check_score(it)):
             return "repeated the previous reply, and the check got no further"
@@ -401,6 +401,7 @@ def outcome(it: IterationRecord, task: TaskRecord, history: Sequence[IterationRe
         "status": it.status,
         "error": it.error,
         "files_modified": list(it.files_modified),
+        **({"protected_undone": list(it.protected_undone)} if it.protected_undone else {}),
         "diff_stat": it.diff_stat,
         "checkpoint_commit": it.checkpoint_commit,
         "duration_seconds": round(it.duration_seconds or 0.0, 3),
@@ -491,6 +492,8 @@ def compose_prompt(prompt: str, check_command: str | None, history: Sequence[Ite
     current = at.best if at.undone is not None and at.best is not None else last
     if check_command and failed_check(current):
         parts.append(_check_note(check_command, current, strategy.feedback))
+    if last.protected_undone:
+        parts.append(_protected_note(last))
     if strategy.restart and failed_check(last):
         parts.append(_restart_note(last))
     elif at.undone is None and (last.status == NO_PROGRESS or (last.status == "error" and not last.files_modified)):
@@ -519,6 +522,11 @@ def _retry_note(last: IterationRecord, context: str) -> str:
         quoted = "\n".join(f"> {line}" for line in excerpt(last.output, 800).splitlines())  # its own fences stay inside
         note += f" Its reply was:\n{quoted}\nDo not answer the same way again."
     return note + " Make the change itself: write out every file you change, in full."
+
+
+def _protected_note(last: IterationRecord) -> str:
+    return (f"Attempt {last.number} changed {', '.join(last.protected_undone)}, which this task does not let you change; "
+            "those changes were undone. Make the check pass by changing the other files.")  # fmt: skip
 
 
 def _restart_note(last: IterationRecord) -> str:

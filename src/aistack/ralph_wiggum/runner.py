@@ -153,6 +153,7 @@ class TaskRunner:
             error=done.result.error, files_modified=done.saved.files, diff_stat=done.saved.diff_stat,
             checkpoint_commit=done.saved.commit, check_exit_code=done.check_exit, check_output=done.check_output,
             prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, transient_retries=done.retries,
+            protected_undone=done.protected_undone,
         )  # fmt: skip
         it = rules.with_progress(it, history[-1] if history else None, task.check_command)
         outcome = rules.outcome(it, task, history, self.settings.ralph_stuck_iterations)
@@ -169,15 +170,17 @@ class TaskRunner:
         return it, outcome, after
 
     async def _attempt(self, task: TaskRecord, backend: Backend, tree: Tree, request: IterationRequest, groups: _GroupRecorder) -> _Attempt:
-        """The agent's run in `tree`, its checkpoint, and the check after it."""
+        """The agent's run in `tree`, its checkpoint, and the check after it. What it changed of the
+        protected paths is put back first: neither the check nor the checkpoint sees it."""
         result, retries = await self._run_with_retries(task.id, backend, request)
+        undone = await self.workspace.protect(tree, task.protected_paths) if task.protected_paths else ()
         saved = await self.workspace.checkpoint(tree, f"aistack {task.id}: iteration {request.iteration}")
         if saved.push_error is not None:  # the commit stays on the local branch; the next checkpoint pushes again
             log.warning("task %s: pushing iteration %d's checkpoint failed: %s", task.id, request.iteration, saved.push_error)
             event = {"iteration": request.iteration, "commit": saved.commit, "error": saved.push_error}
             await self.store.add_event(task.id, "push_failed", event)
         check_exit, check_output = await self._check(task, tree, request.iteration, groups) if task.check_command else (None, None)
-        return _Attempt(result, retries, saved, check_exit, check_output, result.tokens.prompt, result.tokens.completion)
+        return _Attempt(result, retries, saved, check_exit, check_output, result.tokens.prompt, result.tokens.completion, undone)
 
     async def _best_of_two(
         self, task: TaskRecord, backend: Backend, tree: Tree, request: IterationRequest, groups: _GroupRecorder
@@ -243,6 +246,7 @@ class _Attempt:
     check_output: str | None
     prompt_tokens: int
     completion_tokens: int
+    protected_undone: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,7 @@ tasks = Table(
     Column("completion_promise", Text),
     Column("context", JSON, nullable=False, default=dict),
     Column("strategy", JSON),
+    Column("protected_paths", JSON),
     Column("created_at", UTCDateTime, nullable=False, index=True),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
@@ -158,6 +159,7 @@ iterations = Table(
     Column("prompt_tokens", Integer, nullable=False, default=0),
     Column("completion_tokens", Integer, nullable=False, default=0),
     Column("transient_retries", Integer, nullable=False, default=0),
+    Column("protected_undone", JSON),
     UniqueConstraint("task_id", "number"),
 )  # fmt: skip
 
@@ -306,7 +308,8 @@ class Store:
 
     async def add_task(self, new: NewTask) -> TaskRecord:
         now = utcnow()
-        task = TaskRecord(**_fields(new), status=TaskStatus.queued, created_at=now, updated_at=now)  # the columns' defaults
+        given = {name: getattr(new, name) for name in new.__dataclass_fields__}
+        task = TaskRecord(**given, status=TaskStatus.queued, created_at=now, updated_at=now)  # the columns' defaults
 
         def work(db: Connection) -> None:
             db.execute(insert(tasks), {**_fields(task), "status": task.status.value})
@@ -718,10 +721,9 @@ def _fenced_work(work: Callable[[Connection], T], lease: Lease) -> Callable[[Con
 
 
 def _fields(record: Any) -> dict[str, Any]:
+    """A record's columns; its tuples (lists of files) as JSON lists."""
     values = {name: getattr(record, name) for name in record.__dataclass_fields__}
-    if isinstance(values.get("files_modified"), tuple):
-        values["files_modified"] = list(values["files_modified"])
-    return values
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
 
 
 def _stamped(change: TaskUpdate, now: datetime) -> dict[str, Any]:
@@ -747,6 +749,7 @@ def _task_record(row) -> TaskRecord:
     values = dict(row._mapping)
     values["status"] = TaskStatus(values["status"])
     values["context"] = values["context"] or {}
+    values["protected_paths"] = tuple(values["protected_paths"] or ())  # NULL: a task from before protected paths
     return TaskRecord(**values)
 
 
@@ -758,6 +761,7 @@ def _iteration_record(row) -> IterationRecord:
     values = dict(row._mapping)
     values.pop("id", None)
     values["files_modified"] = tuple(values["files_modified"] or ())
+    values["protected_undone"] = tuple(values["protected_undone"] or ())
     values["output"] = values.get("output") or ""
     return IterationRecord(**values)
 

@@ -125,6 +125,7 @@ class TaskService:
             completion_promise=(body.completion_promise or "").strip() or None,
             context=body.context,
             strategy=strategy.model_dump(),
+            protected_paths=tuple(dict.fromkeys(body.protected_paths)),  # each once, in the order given
         ))  # fmt: skip
         self.driver.wake()
         return task

@@ -74,6 +74,11 @@ class Workspace(Protocol):
         push the branch (`push_error` says why that failed)."""
         ...
 
+    async def protect(self, tree: Tree, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """Put the files that match `patterns` (globs) back as they are at the base commit:
+        changed, deleted or added since. The files it put back."""
+        ...
+
     async def check(
         self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None, on_group: OnGroup | None = None
     ) -> ProcResult:
@@ -270,6 +275,20 @@ class GitWorktrees:
         commit = match.group(1) if match else (await git(tree.path, "rev-parse", "HEAD")).strip()
         return Checkpoint(tuple(sorted(path for _, path in entries)), _diff_stat(result.out), commit)
 
+    async def protect(self, tree: Tree, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        # What differs from the base (changed, deleted, or added and committed by the agent) comes
+        # back from it, which also removes what the base lacks; new untracked files are removed.
+        # Only the files found are named to `restore`/`clean`: a pattern that matches nothing is
+        # an error there (`diff` and `ls-files` take it quietly).
+        specs = [f":(glob){pattern}" for pattern in patterns]
+        tracked = _names(await git(tree.path, "diff", "--name-only", "--no-renames", "-z", tree.base_commit, "--", *specs))
+        new = _names(await git(tree.path, "ls-files", "--others", "--exclude-standard", "-z", "--", *specs))
+        if tracked:
+            await git(tree.path, "restore", f"--source={tree.base_commit}", "--staged", "--worktree", "--", *_literal(tracked))
+        if new:
+            await git(tree.path, "clean", "-q", "-f", "--", *_literal(new))
+        return tuple(sorted({*tracked, *new}))
+
     async def check(
         self, tree: Tree, command: str, env: dict[str, str], timeout: float, jail: Jail | None = None, on_group: OnGroup | None = None
     ) -> ProcResult:
@@ -336,6 +355,16 @@ class GitWorktrees:
     async def _reset_to(path: Path, commit: str) -> None:
         await git(path, "reset", "-q", "--hard", commit)
         await git(path, "clean", "-q", "-fd")
+
+
+def _names(listing: str) -> list[str]:
+    """The paths of a NUL-separated git listing (`-z`)."""
+    return [name for name in listing.split("\0") if name]
+
+
+def _literal(names: list[str]) -> list[str]:
+    """Pathspecs that match exactly these files (a name may hold `*` or `[`)."""
+    return [f":(literal){name}" for name in names]
 
 
 def _candidate_path(tree: Path) -> Path:
