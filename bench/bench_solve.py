@@ -331,10 +331,17 @@ def main() -> None:
         "repeat for several): the loop modes take the problems it solved from it",
     )  # fmt: skip
     parser.add_argument("--workspace-root", type=Path, help="with --ralph: its WORKSPACE_ROOT, where the repositories are made")
+    parser.add_argument("--iterations", type=int, help=f"the loop modes' iteration limit (default {LOOP['max_iterations']})")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in args.modes if m not in MODES]:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
+    if args.iterations is not None:
+        if args.iterations < 2:
+            parser.error("--iterations must be at least 2 (a loop of one iteration is the single shot)")
+        for mode in args.modes:  # the report's `modes` shows the limit each ran with
+            if MODES[mode].get("max_iterations", 1) > 1:
+                MODES[mode] = {**MODES[mode], "max_iterations": args.iterations}
     if args.ralph and not args.workspace_root:
         parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
     selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all"
