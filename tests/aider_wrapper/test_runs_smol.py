@@ -126,11 +126,13 @@ def test_the_orchestrator_abandons_an_interrupted_iterations_run(stack_env, wrap
         running = start(pool, wrapper.url, {"prompt": LONG, "workspace": "repo", "run_id": "task1-3"})
         assert wait_until(lambda: processes_in(repo), 60)
 
-        async def abandon() -> None:
-            await backend.abandon("task1", 3)
-            await backend.close()
+        async def abandon() -> bool:
+            try:
+                return await backend.abandon("task1", 3)
+            finally:
+                await backend.close()
 
-        asyncio.run(abandon())
+        assert asyncio.run(abandon()) is True
         assert processes_in(repo) == []
         assert check_result(running.result().json()).error == "cancelled"
 

@@ -48,6 +48,7 @@ class ScriptedAgent:
         self.requests: list[IterationRequest] = []
         self.cancelled = 0
         self.abandoned: list[tuple[str, int, int]] = []  # (task, iteration, trees prepared until then)
+        self.abandon_ends_the_run = True
 
     def start(self) -> None:
         return None
@@ -68,8 +69,9 @@ class ScriptedAgent:
         return IterationResult(step.status, step.reply, None if step.status == "success" else "boom",  # type: ignore[arg-type]
                                exit_code=0, tokens=TokenCounts(prompt=10, completion=2))  # fmt: skip
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
+    async def abandon(self, task_id: str, iteration: int) -> bool:
         self.abandoned.append((task_id, iteration, len(self.workspace.prepared)))
+        return self.abandon_ends_the_run
 
     def health(self) -> BackendHealth:
         return BackendHealth(name=self.name, available=True)

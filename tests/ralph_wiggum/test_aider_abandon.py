@@ -24,13 +24,13 @@ def test_a_run_not_ended_yet_is_asked_again_until_the_wrapper_says_it_ended(monk
 
     backend = aider.AiderBackend("http://wrapper")
     backend._client = httpx.AsyncClient(base_url="http://wrapper", transport=httpx.MockTransport(wrapper))
-    asyncio.run(backend.abandon("t1", 3))
+    assert asyncio.run(backend.abandon("t1", 3)) is True
     assert asked == ["t1-3", "t1-3", "t1-3", "t1-3-2"]
 
     answers["t1-3"] = [{"ended": False}] * 100  # one that never ends: asked until ABANDON_SECONDS, not for ever
     monkeypatch.setattr(aider, "ABANDON_SECONDS", 0.0)
     asked.clear()
-    asyncio.run(backend.abandon("t1", 3))
+    assert asyncio.run(backend.abandon("t1", 3)) is False  # the task fails rather than reset a tree under it
     assert asked == ["t1-3", "t1-3-2"]
 
 
@@ -43,5 +43,5 @@ def test_an_answer_that_is_not_the_wrappers_ends_the_asking() -> None:
 
     backend = aider.AiderBackend("http://wrapper")
     backend._client = httpx.AsyncClient(base_url="http://wrapper", transport=httpx.MockTransport(impostor))
-    asyncio.run(backend.abandon("t1", 3))
+    assert asyncio.run(backend.abandon("t1", 3)) is True  # nothing more to learn by asking it
     assert asked == ["/api/runs/t1-3/cancel", "/api/runs/t1-3-2/cancel"]

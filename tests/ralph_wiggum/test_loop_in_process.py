@@ -189,6 +189,23 @@ def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(
     run(scenario())
 
 
+def test_an_interrupted_run_that_did_not_end_when_abandoned_fails_the_task_and_its_tree_is_not_put_back(tmp_path, store):
+    loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1), Step(wait=30)])
+
+    async def scenario():
+        task_id = await submit(loop, check_command="pytest", max_iterations=5)
+        first_run = asyncio.create_task(loop.runner.run(task_id))
+        await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 2 under way
+        first_run.cancel()
+        await asyncio.gather(first_run, return_exceptions=True)
+        loop.agent.abandon_ends_the_run = False  # e.g. the wrapper still says `"ended": false` after a minute
+        with pytest.raises(TaskFailed, match="run by scripted did not end when cancelled; its changes cannot be kept apart"):
+            await loop.runner.run(task_id)
+        assert loop.agent.abandoned == [(task_id, 2, 1)] and len(loop.workspace.prepared) == 1  # the tree stays as it was
+
+    run(scenario())
+
+
 def test_an_unknown_backend_fails_the_task_with_the_available_ones(tmp_path, store):
     loop = make_loop(tmp_path, store, [Step()])
 

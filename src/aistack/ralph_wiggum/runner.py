@@ -87,8 +87,10 @@ class TaskRunner:
             raise TaskFailed("a process of the interrupted iteration survived SIGKILL; its changes cannot be kept apart")
         number = task.iteration + 1
         attempt = await self.store.starts(task.id, number) + 1
-        if attempt > 1:
-            await backend.abandon(task.id, number)
+        if attempt > 1 and not await backend.abandon(task.id, number):  # as a group that survives SIGKILL above
+            raise TaskFailed(
+                f"the interrupted iteration's run by {task.backend} did not end when cancelled; its changes cannot be kept apart"
+            )
         return attempt
 
     async def _take_up(self, task: TaskRecord, history: list[IterationRecord]) -> tuple[Tree, TaskRecord] | None:

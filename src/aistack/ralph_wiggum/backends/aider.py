@@ -131,17 +131,20 @@ class AiderBackend:
                     request.on_output(step.output, step.at)
         return None
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
+    async def abandon(self, task_id: str, iteration: int) -> bool:
         """The wrapper cancels a run whose client went away, but only once it notices; this ends
         the run (its whole process group) now, before the task's tree is put back. A run the
         wrapper has not seen end yet (it waits 5 s per answer; a loaded machine takes longer) is
         asked again, up to ABANDON_SECONDS: the tree must not be put back under a live aider."""
+        all_ended = True
         for candidate in (1, 2):  # a second attempt ran beside the first with strategy.candidates 2
             run_id, clock = _run_id(task_id, iteration, candidate), asyncio.get_running_loop().time
             deadline = clock() + ABANDON_SECONDS
             ended = await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS)
             while not ended and clock() < deadline:  # each ask waits up to 5 s at the wrapper: no busy loop
                 ended = await self._cancel(run_id, timeout=CANCEL_WAIT_SECONDS)
+            all_ended = all_ended and ended
+        return all_ended
 
     async def _cancel(self, run_id: str, timeout: float = 2.0) -> bool:
         """Whether the run is over: ended on this cancel, or not there (404: no such run, any more)."""

@@ -47,9 +47,10 @@ class Backend(Protocol):
 
     async def run(self, request: IterationRequest) -> IterationResult: ...
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
+    async def abandon(self, task_id: str, iteration: int) -> bool:
         """End what a run of this iteration by an earlier process of the orchestrator, which died
-        during it, may still be doing elsewhere; called before the iteration runs again."""
+        during it, may still be doing elsewhere; called before the iteration runs again. False if
+        it may still run: its changes could not be kept apart from the next run's."""
         ...
 
     def health(self) -> BackendHealth:

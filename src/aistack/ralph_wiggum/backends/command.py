@@ -75,8 +75,8 @@ class CommandBackend:
                                    tokens=tokens)  # fmt: skip
         return IterationResult("success", result.output, exit_code=0, tokens=tokens)
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
-        return None  # its process groups are in the store, and the runner ends them
+    async def abandon(self, task_id: str, iteration: int) -> bool:
+        return True  # its process groups are in the store, and the runner ends them
 
     def start(self) -> None:
         return None  # nothing runs beside the iterations

@@ -63,8 +63,8 @@ class LangchainBackend:
         timeout = float(self.settings.ralph_check_timeout_seconds)
         return await run_shell(command, request.worktree, env=env, timeout=timeout, jail=jail, on_group=request.on_group)
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
-        return None  # it ran in the process that died; its checks' groups are in the store, and the runner ends them
+    async def abandon(self, task_id: str, iteration: int) -> bool:
+        return True  # it ran in the process that died; its checks' groups are in the store, and the runner ends them
 
     async def close(self) -> None:
         await self.llm.close()

@@ -120,8 +120,8 @@ class MiniSweAgentBackend:
         )
         return env
 
-    async def abandon(self, task_id: str, iteration: int) -> None:
-        return None  # its process group is in the store, and the runner ends it
+    async def abandon(self, task_id: str, iteration: int) -> bool:
+        return True  # its process group is in the store, and the runner ends it
 
     async def close(self) -> None:
         await self.llm.close()
