@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -283,6 +285,17 @@ def is_warden(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [b"/bin/sh", b"-c", Warden.SCRIPT.encode()]
     except OSError:
         return False
+
+
+def recorded_groups(env: StackEnv) -> set[int]:
+    """The process groups an orchestrator on SQLite has recorded as running (`process_groups`).
+    A group is recorded only after `start_in_group` returned, so its warden had been told of it:
+    a test that kills the orchestrator waits for this, not merely for the group's processes."""
+    path = env.data_dir / "aistack.db"
+    if not path.exists():
+        return set()
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        return {pgid for (pgid,) in db.execute("SELECT pgid FROM process_groups")}
 
 
 def warden_of(pid: int) -> int:

@@ -95,10 +95,12 @@ def test_helpers_left_behind_by_a_finished_run_are_ended(tmp_path: Path) -> None
 
 
 def test_aider_dies_with_the_wrapper(tmp_path: Path) -> None:
-    pidfile = tmp_path / "aider.pid"
-    wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER.format(script=f"echo $$ > {pidfile}; exec sleep 300", cwd=str(tmp_path))])
+    pidfile, watched = tmp_path / "aider.pid", tmp_path / "watched"
+    script = WRAPPER.format(script=f"echo $$ > {pidfile}; exec sleep 300", cwd=str(tmp_path), watched=str(watched))
+    wrapper = subprocess.Popen([sys.executable, "-c", script])
     try:
-        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
+        # the group is watched once its start returned, which may be after aider wrote its pid
+        assert wait_until(lambda: watched.exists() and pidfile.exists() and pidfile.read_text().strip(), 30)
         aider = int(pidfile.read_text())
         wrapper.kill()  # SIGKILL: nothing of the wrapper's own runs any more
         wrapper.wait()
@@ -115,6 +117,13 @@ WRAPPER = """
 import asyncio, os
 from pathlib import Path
 from aistack.aider_wrapper.runner import run_process
+from aistack.procgroup import WARDEN
+
+def told(pgid, watch=WARDEN.watch):  # says when the warden has been told of the group
+    watch(pgid)
+    Path({watched!r}).touch()
+
+WARDEN.watch = told
 asyncio.run(run_process(["sh", "-c", {script!r}], Path({cwd!r}), dict(os.environ), 300, asyncio.Event()))
 """
 

@@ -15,7 +15,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import AISTACK, StackEnv, alive, child_env, git, group_alive, group_members, make_git_repo, wait_until, warden_of
+from support import (
+    AISTACK,
+    StackEnv,
+    alive,
+    child_env,
+    git,
+    group_alive,
+    group_members,
+    make_git_repo,
+    recorded_groups,
+    wait_until,
+    warden_of,
+)
 
 AGENT = """#!/bin/sh
 # appends one line per iteration and says so
@@ -380,6 +392,7 @@ def test_kill_9_mid_iteration_ends_what_the_agent_left_before_the_iteration_runs
     task_id = submit(client, workspace="repo", check_command=THREE_LINES, max_iterations=6)
     assert wait_until(lambda: (root / "first" / "writer").exists() and (root / "first" / "writer").read_text().strip())
     pgid = int((root / "first" / "pgid").read_text())
+    assert wait_until(lambda: pgid in recorded_groups(stack_env)), "the orchestrator never recorded the agent's group"
     try:
         # inside iteration 1, its writer asleep; the warden goes too, so only the take-over can end the group
         os.kill(warden_of(first.proc.pid), signal.SIGKILL)
@@ -420,6 +433,8 @@ def test_agent_and_check_die_with_the_orchestrator(stack_env, services):
     pidfiles = [root / "agent" / "pid", root / "check.pid"]
     assert wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pidfiles)), ralph.log()[-2000:]
     pids = [int(p.read_text()) for p in pidfiles]
+    groups = {os.getpgid(pid) for pid in pids}
+    assert wait_until(lambda: groups <= recorded_groups(stack_env)), "the orchestrator never recorded its groups"  # watched since
     try:
         ralph.kill9()
         assert wait_until(lambda: not any(alive(pid) for pid in pids), 10), "the agent or the check outlived the orchestrator"
