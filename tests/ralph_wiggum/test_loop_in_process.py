@@ -167,15 +167,21 @@ def test_a_resumed_task_continues_after_its_last_recorded_iteration(tmp_path, st
     run(scenario())
 
 
+async def interrupted_in_iteration_2(loop) -> str:
+    """A task whose process went away in the middle of its iteration 2 (it stays `running`)."""
+    task_id = await submit(loop, check_command="pytest", max_iterations=5)
+    first_run = asyncio.create_task(loop.runner.run(task_id))
+    await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 2 under way
+    first_run.cancel()  # the process goes away mid-iteration
+    await asyncio.gather(first_run, return_exceptions=True)
+    return task_id
+
+
 def test_an_iteration_interrupted_by_a_restart_runs_again_as_its_second_attempt(tmp_path, store):
     loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1), Step(wait=30)])
 
     async def scenario():
-        task_id = await submit(loop, check_command="pytest", max_iterations=5)
-        first_run = asyncio.create_task(loop.runner.run(task_id))
-        await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 2 under way
-        first_run.cancel()  # the process goes away mid-iteration
-        await asyncio.gather(first_run, return_exceptions=True)
+        task_id = await interrupted_in_iteration_2(loop)
         loop.agent.steps = [Step(writes=("b",), check_exit=0)]
         await loop.runner.run(task_id)  # the restart
         assert loop.agent.abandoned == [(task_id, 2, 1)]  # the backend's run ended before the tree is put back
@@ -193,11 +199,7 @@ def test_an_interrupted_run_that_did_not_end_when_abandoned_fails_the_task_and_i
     loop = make_loop(tmp_path, store, [Step(writes=("a",), check_exit=1), Step(wait=30)])
 
     async def scenario():
-        task_id = await submit(loop, check_command="pytest", max_iterations=5)
-        first_run = asyncio.create_task(loop.runner.run(task_id))
-        await wait_until(lambda: len(loop.agent.requests) == 2)  # iteration 2 under way
-        first_run.cancel()
-        await asyncio.gather(first_run, return_exceptions=True)
+        task_id = await interrupted_in_iteration_2(loop)
         loop.agent.abandon_ends_the_run = False  # e.g. the wrapper still says `"ended": false` after a minute
         with pytest.raises(TaskFailed, match="run by scripted did not end when cancelled; its changes cannot be kept apart"):
             await loop.runner.run(task_id)
