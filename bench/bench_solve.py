@@ -270,8 +270,15 @@ def baseline_solved(paths: list[Path], chosen: list[he.Problem]) -> dict[str, di
     return {r["problem"]: {**r, "from_baseline": True} for r in results if r["solved"] and r["problem"] in ids}
 
 
+def reported(paths: list[Path]) -> set[str]:
+    """The problems these reports have a result for, in any mode."""
+    reports = [json.loads(path.read_text()).get("results", {}) for path in paths]
+    return {r["problem"] for modes in reports for results in modes.values() for r in results}
+
+
 async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, report: dict[str, Any]) -> None:
-    chosen = he.choose(he.problems(), args.limit, args.sample, args.seed)[args.skip :]
+    chosen = [p for p in he.choose(he.problems(), None, args.sample, args.seed) if p.task_id not in reported(args.exclude)]
+    chosen = chosen[: args.limit][args.skip :]
     reused = baseline_solved(args.baseline, chosen)
     for problem in chosen:
         if not (workspace_root / problem.slug).exists():
@@ -332,6 +339,10 @@ def main() -> None:
         help="a report with the single shot of these problems (its `single` mode, or a loop mode's first iteration; "
         "repeat for several): the loop modes take the problems it solved from it",
     )  # fmt: skip
+    parser.add_argument(
+        "--exclude", type=Path, action="append", default=[],
+        help="leave out the problems this report has (repeat for several), before --limit and --skip: to cover the rest of a set",
+    )  # fmt: skip
     parser.add_argument("--workspace-root", type=Path, help="with --ralph: its WORKSPACE_ROOT, where the repositories are made")
     parser.add_argument("--iterations", type=int, help=f"the loop modes' iteration limit (default {LOOP['max_iterations']})")
     args = parser.parse_args()
@@ -346,8 +357,9 @@ def main() -> None:
                 MODES[mode] = {**MODES[mode], "max_iterations": args.iterations}
     if args.ralph and not args.workspace_root:
         parser.error("--ralph needs --workspace-root (the orchestrator's WORKSPACE_ROOT)")
-    selection = f"seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all"
-    selection = f"the first {args.limit} of the {selection}" if args.limit else selection
+    selection = f"the seeded sample (--sample {args.sample} --seed {args.seed})" if args.sample else "all problems"
+    selection = f"{selection} but those of {', '.join(p.name for p in args.exclude)}" if args.exclude else selection
+    selection = f"the first {args.limit} of {selection}" if args.limit else selection
     selection = f"{selection}, from its problem {args.skip + 1} on" if args.skip else selection
     report: dict[str, Any] = {
         "selection": selection,
