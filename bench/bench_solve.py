@@ -257,7 +257,9 @@ def start_stack(root: Path, model: str, threads: int) -> tuple[StackEnv, list[Se
 def baseline_solved(paths: list[Path], chosen: list[he.Problem]) -> dict[str, dict[str, Any]]:
     """The problems the baseline reports solved with the single-shot request, by id: a `single`
     mode's records, or else the first iteration of a mode whose first iteration is that request (a
-    loop run cut after it, `first_iteration`)."""
+    loop run cut after it, `first_iteration`). None without a baseline."""
+    if not paths:
+        return {}
     results: list[dict[str, Any]] = []
     for path in paths:
         modes = json.loads(path.read_text()).get("results", {})

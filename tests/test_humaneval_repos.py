@@ -131,6 +131,15 @@ def test_a_baseline_gives_the_loop_modes_what_its_single_shot_solved(every, tmp_
     assert (s["solved"], s["from_baseline"], s["first_iteration_disagrees"]) == (3, 2, 1)
     with pytest.raises(SystemExit, match="no single shot of 1 of the chosen problems"):
         bench.baseline_solved([path], every[:4])  # a baseline of another selection
+    assert bench.baseline_solved([], chosen) == {}  # no baseline: every problem runs
+
+
+def test_exclude_takes_the_problems_any_mode_of_a_report_has(every, tmp_path) -> None:
+    bench = _bench_solve()
+    path = tmp_path / "done.json"
+    path.write_text(json.dumps({"results": {"single": [{"problem": every[0].task_id}], "loop": [{"problem": every[2].task_id}]}}))
+    assert bench.reported([path]) == {every[0].task_id, every[2].task_id}
+    assert bench.reported([]) == set()
 
 
 def test_a_loop_runs_first_iterations_are_a_baseline_too(every, tmp_path) -> None:
