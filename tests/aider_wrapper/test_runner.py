@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
+from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics, tokens_of_exhausted, tokens_spent
+from aistack.contracts import TokenCounts
 from support import alive, wait_until
 
 # Prints, starts a grandchild in the same group, then waits for a long time.
@@ -144,3 +145,23 @@ def test_tokens_are_summed_over_every_request(tmp_path: Path) -> None:
     tokens = tokens_from_analytics(log)
     assert (tokens.prompt, tokens.completion) == (1311, 55)
     assert tokens_from_analytics(tmp_path / "missing").prompt == 0
+
+
+# What aider 0.86.2 prints when a reply runs into the output limit (show_exhausted_error)
+EXHAUSTED = """
+Model openai/local-coder has hit a token limit!
+Token counts below are approximate.
+
+Input tokens: ~1,905 of 6,144
+Output tokens: ~2,051 of 2,048 -- possibly exceeded output limit!
+Total tokens: ~3,956 of 6,144
+"""
+
+
+def test_a_request_that_hit_the_limit_counts_aiders_estimate(tmp_path: Path) -> None:
+    assert tokens_of_exhausted(EXHAUSTED) == TokenCounts(prompt=1905, completion=2051)
+    assert tokens_of_exhausted(EXHAUSTED * 2).completion == 4102  # one estimate per request that hit it
+    assert tokens_of_exhausted("print('Input tokens: ~5 of 9')\nOutput tokens: ~7 of 9\n") == TokenCounts()  # not after the limit line
+    log = tmp_path / "analytics.jsonl"
+    log.write_text('{"event": "message_send", "properties": {"prompt_tokens": 611, "completion_tokens": 15}}\n')
+    assert tokens_spent(log, "Applied edit to a.py\n" + EXHAUSTED) == TokenCounts(prompt=611 + 1905, completion=15 + 2051)

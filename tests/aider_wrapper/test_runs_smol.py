@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from wrapper_support import check_result, llm_busy, point_at
+from wrapper_support import SMOL, check_result, llm_busy, point_at
 
 from aistack.contracts import Sampling
 from aistack.ralph_wiggum.backends import IterationRequest, IterationResult
@@ -255,3 +255,15 @@ def test_a_runs_own_temperature_and_seed_reach_llama_server(stack_env, wrapper, 
 
     slots = asyncio.run(scenario())
     assert [(round(s["params"]["temperature"], 3), s["params"]["seed"]) for s in slots if s.get("is_processing")] == [(0.7, 3)]
+
+
+def test_a_reply_cut_at_the_output_limit_still_counts_its_tokens(stack_env, wrapper) -> None:
+    """aider logs no usage for a request that hit the limit, only its estimate: the run reports
+    that, not nothing (the longest runs would otherwise look the cheapest)."""
+    make_git_repo(stack_env.workspace_root / "repo")
+    body = {"prompt": LONG, "workspace": "repo"}
+    result = check_result(httpx.post(wrapper.url + "/api/execute", json=body, timeout=600).json())
+    assert result.status == "error" and "token limit" in result.error and result.transient is False, result.output[-2000:]
+    out_limit = int(SMOL["LLAMA_CPP_CONTEXT_SIZE"]) // 4  # the wrapper's output cap at this context
+    assert result.tokens.completion >= out_limit // 2, result.output[-2000:]  # aider's estimate, in its own tokenizer
+    assert result.tokens.prompt > 500  # aider's system prompt and the request

@@ -21,6 +21,8 @@ class FatalError:
     transient: bool  # the LLM was unreachable/busy: a retry later may succeed
 
 
+# aider's line when a reply ran into the model's output limit or the prompt filled the context
+TOKEN_LIMIT = re.compile(r"^Model \S+ has hit a token limit!")
 _LITELLM = r"^litellm\.(?P<kind>\w+):"
 
 # (pattern, transient, what it means). The first rule that matches a line wins.
@@ -29,7 +31,7 @@ _RULES: list[tuple[re.Pattern[str], bool, str]] = [
     (re.compile(_LITELLM + r".*(exceeds the available context|context window|context length|maximum context)", re.I), False,
      "the prompt does not fit the model's context window"),
     (re.compile(r"^litellm\.ContextWindowExceededError\b"), False, "the prompt does not fit the model's context window"),
-    (re.compile(r"^Model \S+ has hit a token limit!"), False, "the model hit its token limit (context window or output limit)"),
+    (TOKEN_LIMIT, False, "the model hit its token limit (context window or output limit)"),
     # Nothing listening: "litellm.InternalServerError: InternalServerError: OpenAIException - Connection error."
     (re.compile(_LITELLM + r".*(Connection error|Connection refused|ConnectError|Connection reset)", re.I), True,
      "the LLM is not reachable"),

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from aistack.aider_wrapper.errors import FatalError, classify_line
+from aistack.aider_wrapper.errors import TOKEN_LIMIT, FatalError, classify_line
 from aistack.contracts import TokenCounts
 from aistack.procgroup import end_group, kill_group, start_in_group
 from aistack.sandbox import Jail
@@ -162,6 +163,31 @@ def tokens_from_analytics(path: Path) -> TokenCounts:
             prompt += _int(props.get("prompt_tokens"))
             completion += _int(props.get("completion_tokens"))
     return TokenCounts(prompt=prompt, completion=completion)
+
+
+_APPROXIMATE = re.compile(r"^(Input|Output) tokens: ~([\d,]+) of")
+
+
+def tokens_of_exhausted(output: str) -> TokenCounts:
+    """Token usage of the requests that hit the model's token limit. aider logs no `message_send`
+    for those, only its own estimate under the "has hit a token limit!" line, and the longest
+    runs are the ones that end so: counted as nothing, they would be the cheapest."""
+    prompt = completion = 0
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if not TOKEN_LIMIT.match(line.strip()):
+            continue
+        for follow in lines[i + 1 : i + 6]:  # "Token counts below are approximate.", a blank, then the counts
+            if found := _APPROXIMATE.match(follow.strip()):
+                count = int(found[2].replace(",", ""))
+                prompt, completion = (prompt + count, completion) if found[1] == "Input" else (prompt, completion + count)
+    return TokenCounts(prompt=prompt, completion=completion)
+
+
+def tokens_spent(analytics: Path, output: str) -> TokenCounts:
+    """Every request's tokens: the logged ones and the estimates of those that hit the limit."""
+    logged, exhausted = tokens_from_analytics(analytics), tokens_of_exhausted(output)
+    return TokenCounts(prompt=logged.prompt + exhausted.prompt, completion=logged.completion + exhausted.completion)
 
 
 def _int(value: object) -> int:

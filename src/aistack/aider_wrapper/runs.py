@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aistack.aider_wrapper import gitstate, invocation
 from aistack.aider_wrapper.errors import find_fatal
-from aistack.aider_wrapper.runner import Ending, run_process, tokens_from_analytics
+from aistack.aider_wrapper.runner import Ending, run_process, tokens_spent
 from aistack.config import Settings
 from aistack.contracts import ExecuteResult, Sampling, TokenCounts
 from aistack.gitcli import GitError
@@ -222,7 +222,7 @@ async def _run_in_slot(
         files_modified=gitstate.changed_paths(before, after),
         exit_code=outcome.exit_code,
         completed=outcome.ending is Ending.exited,
-        tokens=tokens_from_analytics(run_files.analytics),
+        tokens=tokens_spent(run_files.analytics, outcome.output),
     )
     log.info("run %s ended: %s, exit %s, files %s", run.run_id, outcome.ending.value, outcome.exit_code, common["files_modified"])
     if outcome.ending is Ending.cancelled:
