@@ -257,7 +257,7 @@ def start_stack(root: Path, model: str, threads: int) -> tuple[StackEnv, list[Se
 def baseline_solved(paths: list[Path], chosen: list[he.Problem]) -> dict[str, dict[str, Any]]:
     """The problems the baseline reports solved with the single-shot request, by id: a `single`
     mode's records, or else the first iteration of a mode whose first iteration is that request (a
-    loop run cut after it, `first_iteration`). None without a baseline."""
+    loop run cut after it, `first_iteration`). Nothing without a baseline."""
     if not paths:
         return {}
     results: list[dict[str, Any]] = []
@@ -279,7 +279,8 @@ def reported(paths: list[Path]) -> set[str]:
 
 
 async def run(args: argparse.Namespace, ralph_url: str, workspace_root: Path, report: dict[str, Any]) -> None:
-    chosen = [p for p in he.choose(he.problems(), None, args.sample, args.seed) if p.task_id not in reported(args.exclude)]
+    excluded = reported(args.exclude)  # read once, not once per problem
+    chosen = [p for p in he.choose(he.problems(), None, args.sample, args.seed) if p.task_id not in excluded]
     chosen = chosen[: args.limit][args.skip :]
     reused = baseline_solved(args.baseline, chosen)
     for problem in chosen:
