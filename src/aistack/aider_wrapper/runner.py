@@ -172,16 +172,14 @@ def tokens_of_exhausted(output: str) -> TokenCounts:
     """Token usage of the requests that hit the model's token limit. aider logs no `message_send`
     for those, only its own estimate under the "has hit a token limit!" line, and the longest
     runs are the ones that end so: counted as nothing, they would be the cheapest."""
-    prompt = completion = 0
+    counts = {"Input": 0, "Output": 0}
     lines = output.splitlines()
     for i, line in enumerate(lines):
-        if not TOKEN_LIMIT.match(line.strip()):
-            continue
-        for follow in lines[i + 1 : i + 6]:  # "Token counts below are approximate.", a blank, then the counts
-            if found := _APPROXIMATE.match(follow.strip()):
-                count = int(found[2].replace(",", ""))
-                prompt, completion = (prompt + count, completion) if found[1] == "Input" else (prompt, completion + count)
-    return TokenCounts(prompt=prompt, completion=completion)
+        if TOKEN_LIMIT.match(line.strip()):
+            for follow in lines[i + 1 : i + 6]:  # "Token counts below are approximate.", a blank, then the counts
+                if found := _APPROXIMATE.match(follow.strip()):
+                    counts[found[1]] += int(found[2].replace(",", ""))
+    return TokenCounts(prompt=counts["Input"], completion=counts["Output"])
 
 
 def tokens_spent(analytics: Path, output: str) -> TokenCounts:
