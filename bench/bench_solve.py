@@ -65,6 +65,7 @@ MODES: dict[str, dict[str, Any]] = {
     "loop-all": {**LOOP, "strategy": {"keep_best": True, "feedback": "shaped", "diversity": True}},
     "loop-restart": {**LOOP, "strategy": {"restart": True, "diversity": True}},  # a new sample from the base files, hotter
     "loop-restart-shaped": {**LOOP, "strategy": {"restart": True, "diversity": True, "feedback": "shaped"}},  # told less, for fewer tokens
+    "loop-restart-parallel": {**LOOP, "strategy": {"restart": True, "diversity": True, "candidates": 2}},  # two restarts at once
     # The other agents, one attempt each (beside `single`): the same prompt, file and check.
     **{
         f"one-{name}": {"backend": name, "max_iterations": 1}
