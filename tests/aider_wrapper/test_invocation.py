@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,8 +78,22 @@ def test_a_test_command_makes_aider_test_and_reflect(tmp_path: Path) -> None:
     cmd = invocation.aider_command(
         cfg, Path("/opt/aider"), files, invocation.RunFiles(files.runs / "r1"), [str(ws / "a.py")], [], 60, cfg.llm_urls[0], test
     )
-    assert "--auto-test" in cmd and cmd[cmd.index("--test-cmd") + 1] == test  # one argument, as given
+    assert "--auto-test" in cmd and cmd[cmd.index("--test-cmd") + 1] == invocation.auto_test_command(test)  # one argument
     assert cmd[-1] == str(ws / "a.py")
+
+
+def test_the_test_command_prints_for_a_plain_pipe_in_aiders_environment(tmp_path: Path) -> None:
+    """aider runs its test command with `/bin/sh -c` in its own environment, whose COLUMNS keeps
+    aider's lines whole; the failing test's output is what the model is shown next, so pytest must
+    draw its rules as wide as for any pipe, not 10,000 characters."""
+    cfg = settings_for(tmp_path)
+    env = invocation.aider_env(cfg, invocation.write_model_files(cfg))
+    (tmp_path / "test_a.py").write_text("def test_a():\n    assert 1 + 1 == 3\n")
+    test = f"{sys.executable} -m pytest -q -x -p no:cacheprovider test_a.py"
+    done = subprocess.run(invocation.auto_test_command(test), shell=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "assert (1 + 1) == 3" in done.stdout
+    assert max(map(len, done.stdout.splitlines())) <= 200
+    assert env["COLUMNS"] == "10000"  # aider's own lines stay whole
 
 
 def test_a_run_with_its_own_sampling_gets_model_settings_of_its_own(tmp_path: Path) -> None:

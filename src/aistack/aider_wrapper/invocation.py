@@ -137,6 +137,13 @@ def find_aider(settings: Settings) -> Path | None:
     return find_program(settings.aider_bin, "aider", "aider")
 
 
+def auto_test_command(test_command: str) -> str:
+    """The test command as aider runs it (`/bin/sh -c`, in aider's environment), without the
+    COLUMNS that keeps aider's own lines whole: under it pytest draws its rules 10,000 characters
+    wide, and each failing run's output, which aider shows the model, would fill its context."""
+    return f"unset COLUMNS; {test_command}"
+
+
 def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
     """The environment aider runs in: the agents' allow-list (`agentenv`), its own HOME, and what
     it needs to run plainly. No AIDER_* setting of ours reaches it (aider reads AIDER_<OPTION>
@@ -223,7 +230,7 @@ def aider_command(
         "--message-file", str(run.message),
     ]  # fmt: skip
     if test_command:
-        cmd += ["--auto-test", "--test-cmd", test_command]
+        cmd += ["--auto-test", "--test-cmd", auto_test_command(test_command)]
     for path in read_only:
         cmd += ["--read", path]
     return cmd + edit
