@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_the_test_command_prints_for_a_plain_pipe_in_aiders_environment(tmp_path
     cfg = settings_for(tmp_path)
     env = invocation.aider_env(cfg, invocation.write_model_files(cfg))
     (tmp_path / "test_a.py").write_text("def test_a():\n    assert 1 + 1 == 3\n")
-    test = f"{sys.executable} -m pytest -q -x -p no:cacheprovider test_a.py"
+    test = f"{shlex.quote(sys.executable)} -m pytest -q -x -p no:cacheprovider test_a.py"
     done = subprocess.run(invocation.auto_test_command(test), shell=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "assert (1 + 1) == 3" in done.stdout
     assert max(map(len, done.stdout.splitlines())) <= 200
