@@ -377,7 +377,6 @@ def main() -> None:
         "baseline": [str(p) for p in args.baseline] or None,
     }
     started: list[ServiceProcess] = []
-    stopped = False
     with tempfile.TemporaryDirectory(prefix="bench-solve-") as tmp:
         try:
             if args.ralph:
@@ -385,17 +384,15 @@ def main() -> None:
             else:
                 env, started = start_stack(Path(tmp), args.model, args.threads)
                 asyncio.run(run(args, env.url("ralph-wiggum"), env.workspace_root, report))
-        except KeyboardInterrupt:  # a stop, not a failure: no traceback; what ran is saved below
+        except KeyboardInterrupt:  # a stop, not a failure: no traceback; `finally` saves what ran
             print(f"stopped, after {sum(map(len, report.get('results', {}).values()))} task(s)", file=sys.stderr)
-            stopped = True
+            raise SystemExit(130) from None  # the shell's code for a run ended by a signal
         finally:
             for service in reversed(started):
                 service.stop(20)
             save(args.out, report)
             if report.get("summary"):
                 print("\n" + table(report))
-    if stopped:
-        raise SystemExit(130)  # the shell's code for a run ended by a signal
 
 
 if __name__ == "__main__":
