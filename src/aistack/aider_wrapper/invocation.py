@@ -155,7 +155,7 @@ def aider_env(settings: Settings, files: AiderFiles) -> dict[str, str]:
     env.update(
         TERM="dumb",  # plain output, no prompt_toolkit
         NO_COLOR="1",
-        COLUMNS="10000",  # no wrapped lines: error lines are read one per line
+        COLUMNS="10000",  # no wrapped lines: error lines are read one per line (not the test command's: auto_test_command)
         PYTHONUNBUFFERED="1",  # output arrives as it is printed, so fatal errors are seen at once
         PYTHONIOENCODING="utf-8",
         LITELLM_LOCAL_MODEL_COST_MAP="True",  # litellm's bundled price list, not a download
