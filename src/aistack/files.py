@@ -1,15 +1,17 @@
-"""Files written whole or not at all: a unique temporary file beside the target, then one rename.
+"""Files written whole or not at all: a unique temporary file beside the target, then one rename;
+and the locks that processes building or changing the same thing take.
 
 A reader (or a crash) never sees half a file, and two writers never share a temporary name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,3 +50,21 @@ def file_lock(path: Path) -> Iterator[None]:
     with path.with_name(path.name + ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@asynccontextmanager
+async def directory_lock(path: Path, poll_seconds: float = 0.01) -> AsyncIterator[None]:
+    """Hold an exclusive lock on the directory `path` itself (nothing is written there), against
+    other processes and other holders in this one alike. Waiting polls, so the event loop runs on
+    and a cancelled wait leaves nothing held."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(poll_seconds)
+        yield
+    finally:
+        os.close(fd)  # which also releases the lock

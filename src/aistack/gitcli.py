@@ -84,11 +84,12 @@ async def changes(cwd: Path, errors: str = "replace", timeout: float = GIT_TIMEO
     return [(entry[:2], entry[3:]) for entry in out.split("\0") if len(entry) > 3]
 
 
-async def confine_repository(work_tree: Path, roots: list[Path]) -> None:
+async def confine_repository(work_tree: Path, roots: list[Path]) -> Path:
     """Refuse a work tree whose repository lies outside `roots`. A `.git` file (`gitdir: …`), or a
     `commondir` in the git directory, may point anywhere: branches, commits and worktrees are
     written there, so the git directory and the common one must be confined as the work tree is.
-    PathNotAllowed says which is outside; GitError if `work_tree` is not a repository."""
+    The common one (where branches and the list of worktrees are); PathNotAllowed says which is
+    outside; GitError if `work_tree` is not a repository."""
     out = await git(work_tree, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", locks=False,
                     errors="surrogateescape")  # fmt: skip
     lines = out.removesuffix("\n").split("\n")
@@ -100,6 +101,7 @@ async def confine_repository(work_tree: Path, roots: list[Path]) -> None:
         except PathNotAllowed:
             shown = " or ".join(str(root) for root in roots)
             raise PathNotAllowed(f"the {what} of {work_tree} (its .git) lies outside the allowed root ({shown})") from None
+    return Path(lines[1])
 
 
 def failure(cwd: Path, args: tuple[str, ...], result: GitResult) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -171,3 +172,29 @@ def test_a_repository_whose_git_directories_leave_the_root_is_refused(tmp_path):
     with pytest.raises(PathNotAllowed):  # checked again where the branch would be written
         asyncio.run(trees.prepare(task_in(root / "common"), None))
     assert git(outside, "for-each-ref") == refs
+
+
+def test_trees_made_and_removed_at_once_in_one_repository_all_succeed(tmp_path):
+    # git's own `worktree add` reads every other worktree's files, and fails when one is half
+    # written by a concurrent add ("failed to read .git/worktrees/<id>/commondir"); two
+    # GitWorktrees stand for two processes (workers) on one machine.
+    repo = make_git_repo(tmp_path / "repo", {"a.txt": "one\n"})
+    workers = [GitWorktrees(tmp_path / "worktrees", tmp_path) for _ in range(2)]
+
+    async def one(n: int) -> Path:
+        task = task_in(repo, id=f"t{n}")
+        tree = await workers[n % 2].prepare(task, None)
+        (tree.path / "a.txt").write_text(f"{n}\n")
+        await workers[n % 2].checkpoint(tree, f"iteration of t{n}")
+        if n % 3 == 0:  # some end (their trees removed) while others are being made
+            await workers[n % 2].remove(replace(task, worktree=str(tree.path)))
+        return tree.path
+
+    async def rounds():
+        for first in range(0, 120, 6):
+            await asyncio.gather(*(one(n) for n in range(first, first + 6)))
+
+    asyncio.run(rounds())
+    listed = [line for line in git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+    assert len(listed) == 1 + 80  # the checkout and every tree whose task did not end
+    assert all(git(repo, "log", "-1", "--format=%s", f"aistack/t{n}") == f"iteration of t{n}" for n in range(120))

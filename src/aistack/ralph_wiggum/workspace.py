@@ -4,7 +4,8 @@ A task's workspace is prepared once (and again on resume), staged and checkpoint
 iteration, checked, restored to its last checkpoint, and removed when the task ends. With git
 worktrees, each task gets its own worktree and branch `aistack/<id>` in the user's repository;
 the user's checkout, index and uncommitted files are never touched: every command runs in the
-task's worktree, or is a read-only query or a ref update in the shared repository.
+task's worktree, or is a read-only query or a ref update in the shared repository. Worktrees
+are added and removed one at a time per repository, across processes (`_worktrees_held`).
 
 A task may name a git remote instead (`TaskRecord.repository`): its worktree then grows from
 this worker's bare mirror of the remote (AISTACK_DATA_DIR/repositories/<hash of the URL>.git),
@@ -19,10 +20,13 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from aistack.files import directory_lock
 from aistack.gitcli import IDENTITY, GitError, changes, confine_repository, failure, git, run_git
 from aistack.gitremote import RemoteError, RemoteRefused, Remotes
 from aistack.paths import PathNotAllowed
@@ -308,13 +312,15 @@ class GitWorktrees:
         # detached: a checkpoint there moves no branch; the task's tree takes it over if it is kept
         await self.remove_candidate(tree)  # one left by a crash
         path = _candidate_path(tree.path)
-        await git(tree.path, "worktree", "add", "-q", "--detach", str(path), "HEAD")
+        async with _worktrees_held(tree.path):
+            await git(tree.path, "worktree", "add", "-q", "--detach", str(path), "HEAD")
         return Tree(path, tree.branch, tree.base_commit, created=True)
 
     async def remove_candidate(self, tree: Tree) -> None:
-        if _candidate_path(tree.path).exists():
-            await git(tree.path, "worktree", "remove", "--force", str(_candidate_path(tree.path)), check=False)
-        await git(tree.path, "worktree", "prune", check=False)
+        async with _worktrees_held(tree.path):
+            if _candidate_path(tree.path).exists():
+                await git(tree.path, "worktree", "remove", "--force", str(_candidate_path(tree.path)), check=False)
+            await git(tree.path, "worktree", "prune", check=False)
 
     async def remove(self, task: TaskRecord) -> None:
         # A task stopped while its first `worktree add` ran has a tree but no record of it yet;
@@ -323,8 +329,9 @@ class GitWorktrees:
         repository = self._repository(task)
         for tree in (path, _candidate_path(path)):  # a candidate's tree is left only by a crash
             if tree.exists():
-                await git(repository, "worktree", "remove", "--force", str(tree), check=False)
-                await git(repository, "worktree", "prune", check=False)
+                async with _worktrees_held(repository):
+                    await git(repository, "worktree", "remove", "--force", str(tree), check=False)
+                    await git(repository, "worktree", "prune", check=False)
         branch = branch_name(task.id)
         if task.repository is not None and branch in self._unpushed:  # the last push failed: a last try
             if error := await self._push(repository, task.repository, branch):
@@ -344,17 +351,35 @@ class GitWorktrees:
         """Add the worktree on the task's branch at `at`; the branch is (re)set there, which drops
         checkpoints no iteration record names (an interrupted iteration's). Its repository is
         confined to `roots` again first: its `.git` may have been pointed elsewhere since the submission."""
-        await confine_repository(repository, roots)
+        common = await confine_repository(repository, roots)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # a previous attempt was interrupted between `add` and recording it
-            await git(repository, "worktree", "remove", "--force", str(path), check=False)
-            await git(repository, "worktree", "prune", check=False)
-        await git(repository, "worktree", "add", "-q", "-B", branch_name(task_id), str(path), at)
+        async with _worktrees_held(repository, common):
+            if path.exists():  # a previous attempt was interrupted between `add` and recording it
+                await git(repository, "worktree", "remove", "--force", str(path), check=False)
+                await git(repository, "worktree", "prune", check=False)
+            await git(repository, "worktree", "add", "-q", "-B", branch_name(task_id), str(path), at)
 
     @staticmethod
     async def _reset_to(path: Path, commit: str) -> None:
         await git(path, "reset", "-q", "--hard", commit)
         await git(path, "clean", "-q", "-fd")
+
+
+@asynccontextmanager
+async def _worktrees_held(cwd: Path, common: Path | None = None) -> AsyncIterator[None]:
+    """The list of worktrees of the repository at `cwd` (its common git directory, if known) for
+    one holder at a time, in any process on this machine: git's own `worktree add` reads every
+    other worktree's files, and fails on one that a concurrent add is still writing ("failed to
+    read .git/worktrees/<id>/commondir"). A repository git cannot locate is not held: the git
+    command that follows says what is wrong."""
+    if common is None:
+        found = await run_git(cwd, "rev-parse", "--path-format=absolute", "--git-common-dir", locks=False, errors="surrogateescape")
+        common = Path(found.out.removesuffix("\n")) if found.code == 0 else None
+    if common is None:
+        yield
+        return
+    async with directory_lock(common):
+        yield
 
 
 def _names(listing: str) -> list[str]:
