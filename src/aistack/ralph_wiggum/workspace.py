@@ -21,7 +21,7 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -310,17 +310,15 @@ class GitWorktrees:
 
     async def add_candidate(self, tree: Tree) -> Tree:
         # detached: a checkpoint there moves no branch; the task's tree takes it over if it is kept
-        await self.remove_candidate(tree)  # one left by a crash
         path = _candidate_path(tree.path)
         async with _worktrees_held(tree.path):
+            await _remove_candidate(tree)  # one left by a crash
             await git(tree.path, "worktree", "add", "-q", "--detach", str(path), "HEAD")
         return Tree(path, tree.branch, tree.base_commit, created=True)
 
     async def remove_candidate(self, tree: Tree) -> None:
         async with _worktrees_held(tree.path):
-            if _candidate_path(tree.path).exists():
-                await git(tree.path, "worktree", "remove", "--force", str(_candidate_path(tree.path)), check=False)
-            await git(tree.path, "worktree", "prune", check=False)
+            await _remove_candidate(tree)
 
     async def remove(self, task: TaskRecord) -> None:
         # A task stopped while its first `worktree add` ran has a tree but no record of it yet;
@@ -375,11 +373,15 @@ async def _worktrees_held(cwd: Path, common: Path | None = None) -> AsyncIterato
     if common is None:
         found = await run_git(cwd, "rev-parse", "--path-format=absolute", "--git-common-dir", locks=False, errors="surrogateescape")
         common = Path(found.out.removesuffix("\n")) if found.code == 0 else None
-    if common is None:
+    async with directory_lock(common) if common is not None else nullcontext():
         yield
-        return
-    async with directory_lock(common):
-        yield
+
+
+async def _remove_candidate(tree: Tree) -> None:
+    """Remove the candidate's tree beside `tree`, if there is one (the caller holds the list)."""
+    if _candidate_path(tree.path).exists():
+        await git(tree.path, "worktree", "remove", "--force", str(_candidate_path(tree.path)), check=False)
+    await git(tree.path, "worktree", "prune", check=False)
 
 
 def _names(listing: str) -> list[str]:
