@@ -88,8 +88,8 @@ async def confine_repository(work_tree: Path, roots: list[Path]) -> Path:
     """Refuse a work tree whose repository lies outside `roots`. A `.git` file (`gitdir: …`), or a
     `commondir` in the git directory, may point anywhere: branches, commits and worktrees are
     written there, so the git directory and the common one must be confined as the work tree is.
-    The common one (where branches and the list of worktrees are); PathNotAllowed says which is
-    outside; GitError if `work_tree` is not a repository."""
+    Returns the common git directory (where branches and the list of worktrees are).
+    PathNotAllowed says which is outside; GitError if `work_tree` is not a repository."""
     out = await git(work_tree, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", locks=False,
                     errors="surrogateescape")  # fmt: skip
     lines = out.removesuffix("\n").split("\n")
