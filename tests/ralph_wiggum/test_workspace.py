@@ -181,14 +181,13 @@ def test_trees_made_and_removed_at_once_in_one_repository_all_succeed(tmp_path):
     repo = make_git_repo(tmp_path / "repo", {"a.txt": "one\n"})
     workers = [GitWorktrees(tmp_path / "worktrees", tmp_path) for _ in range(2)]
 
-    async def one(n: int) -> Path:
-        task = task_in(repo, id=f"t{n}")
-        tree = await workers[n % 2].prepare(task, None)
+    async def one(n: int) -> None:
+        task, trees = task_in(repo, id=f"t{n}"), workers[n % 2]
+        tree = await trees.prepare(task, None)
         (tree.path / "a.txt").write_text(f"{n}\n")
-        await workers[n % 2].checkpoint(tree, f"iteration of t{n}")
+        await trees.checkpoint(tree, f"iteration of t{n}")
         if n % 3 == 0:  # some end (their trees removed) while others are being made
-            await workers[n % 2].remove(replace(task, worktree=str(tree.path)))
-        return tree.path
+            await trees.remove(replace(task, worktree=str(tree.path)))
 
     async def rounds():
         for first in range(0, 120, 6):
